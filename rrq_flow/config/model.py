@@ -1,0 +1,134 @@
+"""The typed, immutable configuration model of a pipeline.
+
+Everything after loading works with these frozen dataclasses, never with raw dicts. Durations are
+stored in seconds (float). Defaults from ``defaults:`` in the file are already merged into every
+:class:`QueueConfig`; the values below are what applies when the file says nothing at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from rrq_flow.client.async_client import Client
+    from rrq_flow.client.sync_client import SyncClient
+
+BackoffKind = Literal["exponential", "fixed"]
+ExecutorKind = Literal["async", "thread", "process"]
+
+DEFAULT_CONCURRENCY = 10
+DEFAULT_TIMEOUT = 300.0
+DEFAULT_LOCK_EXTENSION = 30.0
+DEFAULT_RESULT_TTL = 86400.0
+DEFAULT_MAX_STALLS = 3
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """Where Redis is. ``url`` None means: start (or reuse) the embedded redis-server."""
+
+    url: str | None = None
+    connect_timeout: float = 5.0
+    command_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a failed attempt is retried. ``max_attempts`` counts every execution, the first too."""
+
+    max_attempts: int = 3
+    backoff: BackoffKind = "exponential"
+    delay: float = 1.0
+    max_delay: float = 600.0
+    jitter: bool = True
+    fatal_errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    """One stage of the pipeline, with the pipeline defaults already merged in."""
+
+    name: str
+    handler: str
+    concurrency: int = DEFAULT_CONCURRENCY
+    timeout: float = DEFAULT_TIMEOUT
+    lock_extension: float = DEFAULT_LOCK_EXTENSION
+    lock_refresh: bool = True
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    dead_letter: bool = True
+    result_ttl: float = DEFAULT_RESULT_TTL
+    # None: async for coroutine functions, thread otherwise (decided when the handler is imported).
+    executor: ExecutorKind | None = None
+    next: tuple[str, ...] = ()
+    fan_out: bool = False
+    max_stalls: int = DEFAULT_MAX_STALLS
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+
+    @property
+    def initial_lease(self) -> float:
+        """Seconds of lease a claim grants: renewable ``lock_extension``, or the whole budget."""
+        if self.lock_refresh:
+            return self.lock_extension
+        return self.timeout + self.lock_extension
+
+    @property
+    def hard_lease(self) -> float:
+        """Seconds after the start beyond which no renewal extends the lease."""
+        return self.timeout + self.lock_extension
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersConfig:
+    processes: int = 1
+    shutdown_grace_period: float = 30.0
+    heartbeat_interval: float = 5.0
+    metrics_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """A loaded, validated ``pipeline.yaml``."""
+
+    pipeline: str
+    queues: Mapping[str, QueueConfig]
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    version: int = 1
+    # The file it came from (None when built in code); the embedded Redis lives beside it.
+    source: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.queues, MappingProxyType):
+            object.__setattr__(self, "queues", MappingProxyType(dict(self.queues)))
+
+    def queue(self, name: str) -> QueueConfig:
+        """The queue called ``name``; raises :class:`rrq_flow.errors.UnknownQueueError`."""
+        try:
+            return self.queues[name]
+        except KeyError:
+            from rrq_flow.errors import UnknownQueueError
+
+            raise UnknownQueueError(name, tuple(self.queues)) from None
+
+    @property
+    def state_dir(self) -> Path:
+        """Where embedded Redis keeps its socket and data: ``.rrq-flow/`` beside the file."""
+        base = self.source.parent if self.source is not None else Path.cwd()
+        return base / ".rrq-flow"
+
+    def client(self) -> Client:
+        """An async producer/admin client (coredis; use as ``async with``)."""
+        from rrq_flow.client.async_client import Client
+
+        return Client(self)
+
+    def sync_client(self) -> SyncClient:
+        """A synchronous producer/admin client (redis-py), for web apps and scripts."""
+        from rrq_flow.client.sync_client import SyncClient
+
+        return SyncClient(self)

@@ -1,0 +1,116 @@
+"""Exceptions rrq-flow raises, and the two that handlers raise to steer retries.
+
+Every error a user can cause carries what they need to fix it: which file, queue or job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class RRQFlowError(Exception):
+    """Base of every error rrq-flow raises on purpose."""
+
+
+# --- raised by handlers ---------------------------------------------------------------------
+
+
+class Retry(Exception):  # noqa: N818 - a verb, as handlers read it: `raise Retry(delay="10s")`
+    """Raise from a handler to retry this job after ``delay`` (seconds or a duration string).
+
+    The attempt still counts; when no attempts are left the job is dead-lettered.
+    """
+
+    def __init__(self, reason: str = "retry requested", *, delay: float | str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+
+class Fatal(Exception):  # noqa: N818
+    """Raise from a handler to dead-letter the job at once, skipping any attempts left."""
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a pipeline file, located at a YAML node."""
+
+    file: str
+    line: int  # 1-based
+    col: int  # 1-based
+    path: str  # dotted path of the offending node, e.g. "queues.fetch.timeout"
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.file}:{self.line}:{self.col}: {where}{self.message}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "file": self.file,
+            "line": self.line,
+            "col": self.col,
+            "path": self.path,
+            "message": self.message,
+        }
+
+
+class ConfigError(RRQFlowError):
+    """A pipeline file is invalid; ``problems`` lists everything wrong, in file order."""
+
+    def __init__(self, problems: Sequence[Problem]):
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ConfigUsageError(RRQFlowError):
+    """The pipeline file cannot be read at all (missing, unreadable, not YAML)."""
+
+
+class UnknownQueueError(RRQFlowError, KeyError):
+    def __init__(self, name: str, known: Sequence[str]):
+        self.name = name
+        self.known = tuple(known)
+        super().__init__(name)
+
+    def __str__(self) -> str:
+        return f"unknown queue {self.name!r}; the pipeline has: {', '.join(self.known)}"
+
+
+# --- jobs and Redis -------------------------------------------------------------------------
+
+
+class PayloadError(RRQFlowError, ValueError):
+    """A job's arguments are not JSON, or are larger than the queue's ``max_payload_bytes``."""
+
+
+class JobNotFound(RRQFlowError, LookupError):
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+        super().__init__(f"no job {job_id!r} (never enqueued, or its record expired)")
+
+
+class JobFailed(RRQFlowError):
+    """``wait()`` on a job that ended dead-lettered, failed or cancelled."""
+
+    def __init__(self, job_id: str, status: str, error: object):
+        self.job_id = job_id
+        self.status = status
+        self.error = error
+        super().__init__(f"job {job_id} ended {status}: {error}")
+
+
+class RedisUnavailable(RRQFlowError):
+    """Redis could not be reached (at start, or for longer than the caller tolerates)."""
+
+
+class DataLossDetected(RRQFlowError):
+    """Redis no longer holds this pipeline's data (flushed, or restarted without persistence)."""
+
+
+class EmbeddedRedisError(RRQFlowError):
+    """The embedded redis-server could not be found or started."""
