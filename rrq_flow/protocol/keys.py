@@ -1,0 +1,69 @@
+"""The Redis key layout of a pipeline.
+
+Every key starts with ``rrq:{<pipeline>}:``; the braces are a Redis Cluster hash tag, so all keys
+of one pipeline share a slot and every script may touch any of them. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys of one queue (stage)."""
+
+    ready: str  # ZSET job id -> ready time ms (queued and producer-scheduled jobs)
+    retry: str  # ZSET job id -> retry due time ms (jobs in backoff)
+    active: str  # ZSET job id -> lease deadline ms (claimed jobs)
+    dead: str  # ZSET job id -> time dead-lettered ms
+    wake: str  # LIST of wake-up tokens an idle worker blocks on
+    stats: str  # HASH of counters: enqueued done dead failed retried released reaped ...
+    tput: str  # HASH ring of finished-job counts per 10 s bucket
+    reaper: str  # STRING guard: at most one reap per interval across workers
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    pipeline: str
+
+    @property
+    def prefix(self) -> str:
+        return f"rrq:{{{self.pipeline}}}:"
+
+    @property
+    def meta(self) -> str:
+        """HASH: generation (random id written at first use), created_at."""
+        return self.prefix + "meta"
+
+    @property
+    def workers(self) -> str:
+        """ZSET worker id -> last heartbeat ms: lists live workers without SCAN."""
+        return self.prefix + "workers"
+
+    def worker(self, worker_id: str) -> str:
+        """HASH of one worker's heartbeat record (expires after a few missed beats)."""
+        return f"{self.prefix}worker:{worker_id}"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def job_errors(self, job_id: str) -> str:
+        """LIST of the job's attempt errors, newest first, bounded."""
+        return f"{self.prefix}job:{job_id}:errors"
+
+    def unique(self, key: str) -> str:
+        return f"{self.prefix}unique:{key}"
+
+    def queue(self, name: str) -> QueueKeys:
+        base = f"{self.prefix}q:{name}"
+        return QueueKeys(
+            ready=base,
+            retry=base + ":retry",
+            active=base + ":active",
+            dead=base + ":dead",
+            wake=base + ":wake",
+            stats=base + ":stats",
+            tput=base + ":tput",
+            reaper=base + ":reaper",
+        )

@@ -1,0 +1,35 @@
+--[[
+  Cancel one job: a waiting one (queued, scheduled, retrying) at once; an active one at its
+  worker, which sees the request on its next lease renewal, cancels the handler and records the
+  job as cancelled.
+
+  KEYS[1] queue ZSET     KEYS[2] retry ZSET     KEYS[3] queue stats HASH
+  ARGV[1] key prefix     ARGV[2] job id     ARGV[3] result ttl ms
+
+  Returns: {verdict, status before}: 'CANCELLED' | 'CANCELLING' (active; the worker finishes it) |
+  'FINISHED' (already terminal: nothing changed) | 'MISSING'.
+  Invariant: a cancelled job is terminal and recorded once; its unique key is released.
+  Retry-safe: a repeat finds the job cancelled (FINISHED) or still CANCELLING.
+]]
+-- #include common
+
+local id, ttl_ms = ARGV[2], tonumber(ARGV[3])
+local jk = job_key(id)
+local status = rcall('HGET', jk, 'status')
+if not status then return { 'MISSING', '' } end
+if status == 'active' then
+  rcall('HSET', jk, 'cancel_requested', '1')
+  return { 'CANCELLING', status }
+end
+if status == 'queued' or status == 'scheduled' or status == 'retrying' then
+  local now = now_ms()
+  rcall('ZREM', KEYS[1], id)
+  rcall('ZREM', KEYS[2], id)
+  release_unique(jk, id)
+  rcall('HSET', jk, 'status', 'cancelled', 'finished_at', now, 'settled', 'cancel')
+  rcall('PEXPIRE', jk, ttl_ms)
+  rcall('PEXPIRE', jk .. ':errors', ttl_ms)
+  rcall('HINCRBY', KEYS[3], 'cancelled', 1)
+  return { 'CANCELLED', status }
+end
+return { 'FINISHED', status }

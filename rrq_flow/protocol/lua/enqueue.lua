@@ -1,0 +1,36 @@
+--[[
+  Enqueue a batch of jobs into one queue.
+
+  KEYS[1] meta HASH            KEYS[2] queue ZSET (score = ready time, ms)
+  KEYS[3] wake LIST            KEYS[4] queue stats HASH
+  ARGV[1] key prefix "rrq:{<pipeline>}:"     ARGV[2] queue name
+  ARGV[3] max attempts                       ARGV[4] generation id to record if the pipeline is new
+  ARGV[5] number of jobs N, then N groups of 6:
+          id, args JSON, kwargs JSON, when ("" now | "+<ms>" delay | "=<ms>" absolute),
+          unique key ("" none), parent id ("" none)
+
+  Returns: flat array id, verdict per job; verdict 'new' | 'exists' | 'unique' (the id is then
+  the unfinished job holding the unique key).
+  Invariant: a job record and its queue entry are created together; an id is never enqueued twice.
+  Retry-safe: the client picks job ids before sending, so a repeat after a lost reply answers
+  'exists' for each job and changes nothing.
+]]
+-- #include common
+-- #include add_job
+
+rcall('HSETNX', KEYS[1], 'generation', ARGV[4])
+local queue, max_attempts, n = ARGV[2], ARGV[3], tonumber(ARGV[5])
+local now = now_ms()
+local out = {}
+local any_ready = false
+for i = 0, n - 1 do
+  local b = 6 + i * 6
+  local id, verdict, ready = add_job(queue, ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
+    ARGV[b + 4], ARGV[b + 5], max_attempts, now)
+  out[#out + 1] = id
+  out[#out + 1] = verdict
+  if verdict == 'new' then any_ready = true end
+end
+-- Deferred jobs wake an idle worker too, so it can shorten its wait to their due time.
+if any_ready then wake(KEYS[3]) end
+return out

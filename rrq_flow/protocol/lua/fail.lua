@@ -1,0 +1,62 @@
+--[[
+  Record failed (or cancelled) attempts, a batch from one worker and one queue: schedule a retry,
+  or finish the job dead-lettered / failed / cancelled.
+
+  KEYS[1] active ZSET    KEYS[2] retry ZSET (score = due time)    KEYS[3] queue stats HASH
+  KEYS[4] finished-jobs ring HASH (tput)
+  ARGV[1] key prefix     ARGV[2] worker id     ARGV[3] result ttl ms
+  ARGV[4] dead letter "1" | "0"      ARGV[5] errors kept per job
+  ARGV[6..] groups of 5: id, epoch, error JSON, action, retry delay ms
+          action: 'retry' (if attempts remain), 'dead' (no retry: Fatal, fatal_errors),
+                  'cancel' (an operator's cancel reached the worker)
+
+  Returns: one verdict per job: 'RETRY' | 'DEAD' | 'FAILED' | 'CANCELLED' | 'STALE' |
+  'ALREADY_DONE'.
+  Invariant: only the current owner at the current epoch settles an attempt; the error is kept
+  (the job's last error plus a bounded history); attempts are never exceeded.
+  Retry-safe: the settled operation is recorded with owner and epoch, so a repeat answers
+  ALREADY_DONE; a later claim bumps the epoch and turns any stale call into STALE.
+]]
+-- #include common
+
+local worker, ttl_ms, dead_letter = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local keep = tonumber(ARGV[5])
+local now = now_ms()
+local out = {}
+local finished = 0
+for i = 6, #ARGV, 5 do
+  local id, epoch, err, action, delay = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
+    tonumber(ARGV[i + 4])
+  local jk = job_key(id)
+  local _, verdict = check_owner(jk, epoch, worker, 'fail')
+  if verdict then
+    out[#out + 1] = verdict
+  else
+    rcall('ZREM', KEYS[1], id)
+    rcall('HSET', jk, 'error', err, 'settled', 'fail')
+    rcall('LPUSH', jk .. ':errors', err)
+    rcall('LTRIM', jk .. ':errors', 0, keep - 1)
+    local f = rcall('HMGET', jk, 'attempts', 'max_attempts', 'queue')
+    local queue = f[3]
+    if action == 'cancel' then
+      release_unique(jk, id)
+      rcall('HSET', jk, 'status', 'cancelled', 'finished_at', now)
+      rcall('PEXPIRE', jk, ttl_ms)
+      rcall('PEXPIRE', jk .. ':errors', ttl_ms)
+      rcall('HINCRBY', KEYS[3], 'cancelled', 1)
+      out[#out + 1] = 'CANCELLED'
+    elseif action == 'retry' and tonumber(f[1]) < tonumber(f[2]) then
+      local due = now + delay
+      rcall('HSET', jk, 'status', 'retrying', 'retry_at', due)
+      rcall('ZADD', KEYS[2], due, id)
+      rcall('HINCRBY', KEYS[3], 'retried', 1)
+      out[#out + 1] = 'RETRY'
+    else
+      local reason = action == 'dead' and 'fatal' or 'out of attempts'
+      out[#out + 1] = finish_dead(jk, id, queue, now, dead_letter, ttl_ms, reason)
+    end
+    if out[#out] ~= 'RETRY' then finished = finished + 1 end
+  end
+end
+count_finished(KEYS[4], now, finished)
+return out

@@ -1,0 +1,37 @@
+--[[
+  add_job: create one job record and put it in its queue; shared by enqueue and by complete
+  (children of a pipeline stage). Needs common.
+
+  Returns (id, verdict): 'new'; 'exists' when a job with this id is known (the same id twice never
+  makes a second job, so a retried enqueue is harmless); 'unique' with the id of the unfinished
+  job that holds the unique key. Second return: true when the job is ready now.
+]]
+local TERMINAL = { done = true, dead = true, failed = true, cancelled = true }
+
+local function add_job(queue, id, args, kwargs, when, unique_key, parent, max_attempts, now)
+  local jk = job_key(id)
+  if rcall('EXISTS', jk) == 1 then return id, 'exists', false end
+  local uk
+  if unique_key ~= '' then
+    uk = PREFIX .. 'unique:' .. unique_key
+    local holder = rcall('GET', uk)
+    if holder then
+      local holder_status = rcall('HGET', job_key(holder), 'status')
+      if holder_status and not TERMINAL[holder_status] then return holder, 'unique', false end
+    end
+  end
+  local ready_at = now
+  local status = 'queued'
+  if when ~= '' then
+    local kind, ms = string.sub(when, 1, 1), tonumber(string.sub(when, 2))
+    if kind == '+' then ready_at = now + ms else ready_at = ms end
+    if ready_at > now then status = 'scheduled' end
+  end
+  rcall('HSET', jk, 'id', id, 'queue', queue, 'args', args, 'kwargs', kwargs, 'status', status,
+    'attempts', 0, 'claims', 0, 'max_attempts', max_attempts, 'epoch', 0, 'stalls', 0,
+    'enqueued_at', now, 'ready_at', ready_at, 'unique_key', unique_key, 'parent', parent)
+  if uk then rcall('SET', uk, id) end
+  rcall('ZADD', queue_key(queue), ready_at, id)
+  rcall('HINCRBY', stats_key(queue), 'enqueued', 1)
+  return id, 'new', ready_at <= now
+end

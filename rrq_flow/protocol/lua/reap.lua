@@ -1,0 +1,64 @@
+--[[
+  Bring back jobs whose lease expired (their worker died, froze or lost Redis), at most once per
+  interval per queue across all workers.
+
+  KEYS[1] queue ZSET     KEYS[2] active ZSET     KEYS[3] wake LIST     KEYS[4] queue stats HASH
+  KEYS[5] reaper guard STRING
+  ARGV[1] key prefix     ARGV[2] guard ms (0: no guard)     ARGV[3] max stalls
+  ARGV[4] dead letter "1" | "0"     ARGV[5] max jobs per call     ARGV[6] result ttl ms
+
+  Returns: {'GUARDED'} when another worker reaped within the interval, else
+  {'OK', requeued count, dead count, then the ids dead-lettered as stalled}.
+  Invariant: a job whose lease ran out gets a new epoch at once, so its stale owner is fenced
+  even before anyone claims it again; the stall does not consume an attempt, but a job that
+  stalls more than max stalls times is dead-lettered with reason "stalled" instead of looping.
+  Retry-safe: a reaped job is no longer in `active` with an expired lease, so a repeat skips it.
+]]
+-- #include common
+
+if tonumber(ARGV[2]) > 0 then
+  if not rcall('SET', KEYS[5], '1', 'NX', 'PX', ARGV[2]) then return { 'GUARDED' } end
+end
+local max_stalls, dead_letter = tonumber(ARGV[3]), ARGV[4]
+local ttl_ms = tonumber(ARGV[6])
+local now = now_ms()
+local ids = rcall('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+local requeued, dead = 0, {}
+for _, id in ipairs(ids) do
+  rcall('ZREM', KEYS[2], id)
+  local jk = job_key(id)
+  local f = rcall('HMGET', jk, 'status', 'attempts', 'owner', 'queue')
+  if f[1] == 'active' then
+    rcall('HINCRBY', jk, 'epoch', 1)
+    local stalls = rcall('HINCRBY', jk, 'stalls', 1)
+    local err = cjson.encode({ type = 'Stalled', attempt = tonumber(f[2]), worker = f[3],
+      message = 'lease expired: worker ' .. f[3] .. ' stopped renewing it (stall ' .. stalls .. ')',
+      at = now })
+    rcall('HSET', jk, 'error', err, 'settled', 'reap', 'owner', '')
+    rcall('LPUSH', jk .. ':errors', err)
+    rcall('LTRIM', jk .. ':errors', 0, 9)
+    rcall('HINCRBY', KEYS[4], 'stalled', 1)
+    if rcall('HGET', jk, 'cancel_requested') == '1' then
+      -- An operator cancelled it while its worker was gone: honour that instead of re-running.
+      release_unique(jk, id)
+      rcall('HSET', jk, 'status', 'cancelled', 'finished_at', now)
+      rcall('PEXPIRE', jk, ttl_ms)
+      rcall('HINCRBY', KEYS[4], 'cancelled', 1)
+    elseif stalls > max_stalls then
+      finish_dead(jk, id, f[4], now, dead_letter, ttl_ms, 'stalled')
+      dead[#dead + 1] = id
+    else
+      rcall('HINCRBY', jk, 'attempts', -1)
+      rcall('HSET', jk, 'status', 'queued')
+      rcall('ZADD', KEYS[1], rcall('HGET', jk, 'ready_at'), id)
+      requeued = requeued + 1
+    end
+  end
+end
+if requeued > 0 then
+  wake(KEYS[3])
+  rcall('HINCRBY', KEYS[4], 'reaped', requeued)
+end
+local out = { 'OK', requeued, #dead }
+for _, id in ipairs(dead) do out[#out + 1] = id end
+return out

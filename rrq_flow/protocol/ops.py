@@ -1,0 +1,266 @@
+"""Building script calls and reading their replies: the one place that knows each script's
+KEYS / ARGV layout. Pure functions of data, shared by the async and sync clients and the worker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rrq_flow.protocol.keys import KeyLayout
+from rrq_flow.protocol.scripts import Script, ScriptArg, script
+
+ERRORS_KEPT = 10  # attempt errors kept per job
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    script: Script
+    keys: list[str]
+    args: list[ScriptArg]
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to create. ``when``: "" now, "+<ms>" after a delay, "=<ms>" at an absolute time."""
+
+    id: str
+    args_json: str = "[]"
+    kwargs_json: str = "{}"
+    when: str = ""
+    unique_key: str = ""
+    parent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChildJob:
+    """A job created atomically with its parent's completion (next stage, or outbox)."""
+
+    queue: str
+    id: str
+    args_json: str
+    kwargs_json: str
+    max_attempts: int
+    when: str = ""
+    unique_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    id: str
+    epoch: int
+    result_json: str
+    children: Sequence[ChildJob] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failed attempt. ``action``: 'retry' (if attempts remain), 'dead', or 'cancel'."""
+
+    id: str
+    epoch: int
+    error_json: str
+    action: str
+    delay_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    id: str
+    epoch: int
+    attempt: int
+    max_attempts: int
+    args_json: str
+    kwargs_json: str
+    enqueued_at: int
+    parent: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimReply:
+    lost: bool
+    generation: str = ""
+    now: int = 0
+    next_due: int | None = None
+    jobs: list[ClaimedJob] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ReapReply:
+    guarded: bool
+    requeued: int = 0
+    dead: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Protocol:
+    """Script calls for one pipeline's key layout."""
+
+    layout: KeyLayout
+
+    @property
+    def prefix(self) -> str:
+        return self.layout.prefix
+
+    def enqueue(
+        self, queue: str, max_attempts: int, generation: str, jobs: Sequence[NewJob]
+    ) -> Call:
+        q = self.layout.queue(queue)
+        args: list[ScriptArg] = [self.prefix, queue, max_attempts, generation, len(jobs)]
+        for j in jobs:
+            args += [j.id, j.args_json, j.kwargs_json, j.when, j.unique_key, j.parent]
+        return Call(script("enqueue"), [self.layout.meta, q.ready, q.wake, q.stats], args)
+
+    def claim(
+        self, queue: str, generation: str, worker: str, n: int, lease_ms: int, hard_ms: int
+    ) -> Call:
+        q = self.layout.queue(queue)
+        return Call(
+            script("claim"),
+            [self.layout.meta, q.ready, q.retry, q.active, q.wake],
+            [self.prefix, generation, worker, n, lease_ms, hard_ms],
+        )
+
+    def refresh(
+        self, queue: str, worker: str, lease_ms: int, items: Iterable[tuple[str, int]]
+    ) -> Call:
+        args: list[ScriptArg] = [self.prefix, worker, lease_ms]
+        for job_id, epoch in items:
+            args += [job_id, epoch]
+        return Call(script("refresh"), [self.layout.queue(queue).active], args)
+
+    def complete(
+        self, queue: str, worker: str, result_ttl_ms: int, done: Sequence[Completion]
+    ) -> Call:
+        q = self.layout.queue(queue)
+        args: list[ScriptArg] = [self.prefix, worker, result_ttl_ms, len(done)]
+        for c in done:
+            args += [c.id, c.epoch, c.result_json, len(c.children)]
+            for ch in c.children:
+                args += [
+                    ch.queue,
+                    ch.id,
+                    ch.args_json,
+                    ch.kwargs_json,
+                    ch.max_attempts,
+                    ch.when,
+                    ch.unique_key,
+                ]
+        return Call(script("complete"), [q.active, q.stats, q.tput], args)
+
+    def fail(
+        self,
+        queue: str,
+        worker: str,
+        result_ttl_ms: int,
+        dead_letter: bool,
+        failures: Sequence[Failure],
+    ) -> Call:
+        q = self.layout.queue(queue)
+        args: list[ScriptArg] = [
+            self.prefix,
+            worker,
+            result_ttl_ms,
+            "1" if dead_letter else "0",
+            ERRORS_KEPT,
+        ]
+        for f in failures:
+            args += [f.id, f.epoch, f.error_json, f.action, f.delay_ms]
+        return Call(script("fail"), [q.active, q.retry, q.stats, q.tput], args)
+
+    def release(self, queue: str, worker: str, items: Iterable[tuple[str, int]]) -> Call:
+        q = self.layout.queue(queue)
+        args: list[ScriptArg] = [self.prefix, worker]
+        for job_id, epoch in items:
+            args += [job_id, epoch]
+        return Call(script("release"), [q.ready, q.active, q.wake, q.stats], args)
+
+    def reap(
+        self,
+        queue: str,
+        *,
+        guard_ms: int,
+        max_stalls: int,
+        dead_letter: bool,
+        result_ttl_ms: int,
+        limit: int = 1000,
+    ) -> Call:
+        q = self.layout.queue(queue)
+        return Call(
+            script("reap"),
+            [q.ready, q.active, q.wake, q.stats, q.reaper],
+            [
+                self.prefix,
+                guard_ms,
+                max_stalls,
+                "1" if dead_letter else "0",
+                limit,
+                result_ttl_ms,
+            ],
+        )
+
+    def requeue(
+        self, queue: str, ids: Sequence[str] | None, *, limit: int = 1000, dry_run: bool = False
+    ) -> Call:
+        q = self.layout.queue(queue)
+        args: list[ScriptArg] = [
+            self.prefix,
+            "all" if ids is None else "ids",
+            limit,
+            "1" if dry_run else "0",
+        ]
+        args += list(ids or ())
+        return Call(script("requeue"), [q.dead, q.ready, q.wake, q.stats], args)
+
+    def cancel(self, queue: str, job_id: str, result_ttl_ms: int) -> Call:
+        q = self.layout.queue(queue)
+        return Call(
+            script("cancel"), [q.ready, q.retry, q.stats], [self.prefix, job_id, result_ttl_ms]
+        )
+
+
+# --- replies --------------------------------------------------------------------------------
+
+
+def parse_enqueue(reply: Sequence[Any]) -> list[tuple[str, str]]:
+    """[(job id, verdict)] with verdict 'new' | 'exists' | 'unique'."""
+    return [(str(reply[i]), str(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+
+def parse_claim(reply: Sequence[Any]) -> ClaimReply:
+    if reply[0] == "LOST":
+        return ClaimReply(lost=True, generation=str(reply[1]))
+    now, next_due, count = int(reply[1]), int(reply[2]), int(reply[3])
+    jobs = []
+    for i in range(count):
+        b = 4 + i * 8
+        jobs.append(
+            ClaimedJob(
+                id=reply[b],
+                epoch=int(reply[b + 1]),
+                attempt=int(reply[b + 2]),
+                max_attempts=int(reply[b + 3]),
+                args_json=reply[b + 4],
+                kwargs_json=reply[b + 5],
+                enqueued_at=int(reply[b + 6]),
+                parent=reply[b + 7],
+            )
+        )
+    return ClaimReply(False, "", now, None if next_due < 0 else next_due, jobs)
+
+
+def parse_reap(reply: Sequence[Any]) -> ReapReply:
+    if reply[0] == "GUARDED":
+        return ReapReply(guarded=True)
+    return ReapReply(False, int(reply[1]), [str(x) for x in reply[3:]])
+
+
+def ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
+
+
+def encode_json(value: Any) -> str:
+    """Compact JSON; raises TypeError / ValueError for values JSON cannot represent."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

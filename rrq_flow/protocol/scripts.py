@@ -1,0 +1,90 @@
+"""Loading the Lua scripts and calling them by SHA, with reload on NOSCRIPT.
+
+Each transition of a job is one ``.lua`` file under ``lua/``; shared fragments under
+``lua/fragments/`` are pulled in by a ``-- #include NAME`` line, so they are written once. The
+SHA is computed locally; a call first tries EVALSHA and, when the server does not know the script
+(restart, SCRIPT FLUSH, a new cluster node), falls back to EVAL, which also caches it server-side.
+Every script is safe to repeat after a lost reply, so this fallback never does harm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import coredis.exceptions
+import redis.exceptions
+
+_INCLUDE = re.compile(r"^-- #include (\w+)\s*$", re.MULTILINE)
+
+ScriptArg = str | int | float
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    source: str
+    sha: str
+
+
+def _read(relative: str) -> str:
+    return (resources.files("rrq_flow.protocol") / "lua" / relative).read_text(encoding="utf-8")
+
+
+@cache
+def script(name: str) -> Script:
+    """The script ``lua/<name>.lua`` with its includes expanded."""
+    source = _INCLUDE.sub(lambda m: _read(f"fragments/{m.group(1)}.lua"), _read(f"{name}.lua"))
+    return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+
+SCRIPT_NAMES = (
+    "enqueue",
+    "claim",
+    "refresh",
+    "complete",
+    "fail",
+    "release",
+    "reap",
+    "requeue",
+    "cancel",
+)
+
+
+def all_scripts() -> list[Script]:
+    return [script(n) for n in SCRIPT_NAMES]
+
+
+async def call_async(client: Any, s: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+    """Run ``s`` on a coredis client (or pipeline-free client)."""
+    try:
+        return await client.evalsha(s.sha, keys=keys, args=args)
+    except coredis.exceptions.NoScriptError:
+        return await client.eval(s.source, keys=keys, args=args)
+
+
+def call_sync(client: Any, s: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+    """Run ``s`` on a redis-py client."""
+    try:
+        return client.evalsha(s.sha, len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:
+        return client.eval(s.source, len(keys), *keys, *args)
+
+
+def preload_sync(client: Any) -> None:
+    """Load every script (one pipelined round trip) so that pipelines may use EVALSHA."""
+    pipe = client.pipeline(transaction=False)
+    for s in all_scripts():
+        pipe.script_load(s.source)
+    pipe.execute()
+
+
+async def preload_async(client: Any) -> None:
+    async with client.pipeline(transaction=False) as pipe:
+        for s in all_scripts():
+            pipe.script_load(s.source)
