@@ -220,6 +220,25 @@ class Protocol:
             script("cancel"), [q.ready, q.retry, q.stats], [self.prefix, job_id, result_ttl_ms]
         )
 
+    def heartbeat(
+        self, worker: str, ttl_ms: int, forget_ms: int, fields: dict[str, ScriptArg]
+    ) -> Call:
+        args: list[ScriptArg] = [self.prefix, worker, ttl_ms, forget_ms]
+        for k, v in fields.items():
+            args += [k, v]
+        return Call(
+            script("heartbeat"),
+            [self.layout.workers, self.layout.worker(worker), self.layout.meta],
+            args,
+        )
+
+    def drained(self, queues: Sequence[str]) -> Call:
+        keys: list[str] = []
+        for name in queues:
+            q = self.layout.queue(name)
+            keys += [q.ready, q.retry, q.active]
+        return Call(script("drained"), keys, [self.prefix])
+
 
 # --- replies --------------------------------------------------------------------------------
 

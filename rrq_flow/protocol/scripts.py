@@ -53,6 +53,8 @@ SCRIPT_NAMES = (
     "reap",
     "requeue",
     "cancel",
+    "heartbeat",
+    "drained",
 )
 
 

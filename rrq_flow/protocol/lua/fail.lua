@@ -50,6 +50,8 @@ for i = 6, #ARGV, 5 do
       rcall('HSET', jk, 'status', 'retrying', 'retry_at', due)
       rcall('ZADD', KEYS[2], due, id)
       rcall('HINCRBY', KEYS[3], 'retried', 1)
+      -- An idle worker learns the new due time from its next claim and sleeps exactly so long.
+      wake(wake_key(queue))
       out[#out + 1] = 'RETRY'
     else
       local reason = action == 'dead' and 'fatal' or 'out of attempts'

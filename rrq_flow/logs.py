@@ -1,0 +1,72 @@
+"""Logging with the worker id, queue and job id on every record, in text or JSON.
+
+The ids live in context variables set by the worker (per task, copied into handler threads by
+trio), and a filter copies them onto each record, so any logger — the handler's own included —
+is tagged without passing anything around.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from typing import Literal
+
+worker_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("rrq_worker_id", default="")
+queue_var: contextvars.ContextVar[str] = contextvars.ContextVar("rrq_queue", default="")
+job_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("rrq_job_id", default="")
+
+LogFormat = Literal["text", "json"]
+
+
+class ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker_id = worker_id_var.get()
+        record.queue = queue_var.get()
+        record.job_id = job_id_var.get()
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        tags = []
+        if getattr(record, "worker_id", ""):
+            tags.append(f"worker={record.worker_id}")
+        if getattr(record, "queue", ""):
+            tags.append(f"queue={record.queue}")
+        if getattr(record, "job_id", ""):
+            tags.append(f"job={record.job_id}")
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        line = f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} [{' '.join(tags)}] "
+        line += record.getMessage()
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, object] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "worker_id": getattr(record, "worker_id", ""),
+            "queue": getattr(record, "queue", ""),
+            "job_id": getattr(record, "job_id", ""),
+        }
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def setup_logging(fmt: LogFormat = "text", level: str = "INFO") -> None:
+    """Configure the root logger for a worker or supervisor process (stderr)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,70 @@
+"""The running job's context, reachable from inside a handler via ``current_job()``."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from rrq_flow.errors import RRQFlowError
+
+_current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("rrq_current_job")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxJob:
+    queue: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    job_id: str | None = None
+
+
+@dataclass(slots=True)
+class JobContext:
+    """What a handler may know about the attempt it runs.
+
+    ``epoch`` is the fence token: it grows every time the job changes hands, so a handler that
+    writes to an external system can reject writes carrying an older epoch. ``deadline`` is the
+    Unix time (server clock) at which the attempt's timeout fires.
+    """
+
+    id: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    epoch: int
+    enqueued_at: float
+    deadline: float
+    worker_id: str
+    parent: str | None
+    logger: logging.Logger
+    _outbox: list[OutboxJob] = field(default_factory=list)
+
+    def enqueue(self, queue: str, *args: Any, job_id: str | None = None, **kwargs: Any) -> None:
+        """Buffer a job that is committed atomically with this job's successful completion and
+        dropped if this attempt fails or loses its lease (a transactional outbox)."""
+        self._outbox.append(OutboxJob(queue, args, kwargs, job_id))
+
+    @property
+    def outbox(self) -> list[OutboxJob]:
+        return self._outbox
+
+
+def current_job() -> JobContext:
+    """The context of the job running in this task or handler thread.
+
+    Not available in ``executor: process`` handlers (they run in another process).
+    """
+    try:
+        return _current.get()
+    except LookupError:
+        raise RRQFlowError("current_job() called outside a running rrq-flow job") from None
+
+
+def set_current(ctx: JobContext) -> contextvars.Token[JobContext]:
+    return _current.set(ctx)
+
+
+def reset_current(token: contextvars.Token[JobContext]) -> None:
+    _current.reset(token)

@@ -1,0 +1,445 @@
+"""Serving one queue: claim → run → acknowledge, plus lease renewal and reaping.
+
+One QueueRunner per queue, each in its own nursery, with its own ``concurrency`` slots, so a busy
+queue never starves another. Claims are sized to the free slots (one script call per batch);
+``concurrency`` long-lived runner tasks take claimed jobs from a channel (no task spawn per
+job); outcomes are buffered and sent as one script call per batch while the previous batch is in
+flight (pipelined acknowledgements, no added latency). An idle queue blocks on its wake-up list
+instead of polling.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+import trio_util
+
+from rrq_flow.config.model import QueueConfig
+from rrq_flow.connection import MAX_BLOCK_SECONDS
+from rrq_flow.errors import DataLossDetected
+from rrq_flow.logs import job_id_var, queue_var
+from rrq_flow.protocol.ops import (
+    ChildJob,
+    ClaimedJob,
+    Completion,
+    Failure,
+    encode_json,
+    ms,
+    parse_claim,
+    parse_reap,
+)
+from rrq_flow.worker.context import JobContext, reset_current, set_current
+from rrq_flow.worker.executor import make_runner
+from rrq_flow.worker.policy import classify, error_record, timeout_verdict
+from rrq_flow.worker.redis_calls import TRANSIENT
+
+if TYPE_CHECKING:
+    from rrq_flow.worker.worker import Worker
+
+log = logging.getLogger("rrq_flow.worker")
+
+MAX_CLAIM = 500  # jobs per claim call
+
+
+@dataclass(eq=False)
+class RunningJob:
+    job: ClaimedJob
+    scope: trio.CancelScope
+    started: float  # trio clock
+    renewed: float  # trio clock when the last successful renewal was *sent*
+    stop_reason: str | None = None  # 'lost' | 'cancel' | 'shutdown'
+    settled: bool = False  # the shutdown watchdog already released it
+
+
+@dataclass
+class AckBuffer:
+    """Outcomes waiting to be sent; the acker sends everything buffered in one call per kind."""
+
+    completions: list[tuple[Completion, float]] = field(default_factory=list)
+    failures: list[tuple[Failure, float]] = field(default_factory=list)
+    releases: list[tuple[str, int]] = field(default_factory=list)
+    sending: bool = False
+    event: trio.Event = field(default_factory=trio.Event)
+
+    def __len__(self) -> int:
+        return len(self.completions) + len(self.failures) + len(self.releases)
+
+    def poke(self) -> None:
+        self.event.set()
+
+
+class QueueRunner:
+    def __init__(self, worker: Worker, cfg: QueueConfig, handler: Callable[..., Any]):
+        self.worker = worker
+        self.cfg = cfg
+        self.name = cfg.name
+        self.executor, self.run_handler = make_runner(cfg, handler)
+        self.fatal_types = worker.fatal_types[cfg.name]
+        self.tally = worker.stats.tally(cfg.name)
+        self.running: dict[str, RunningJob] = {}
+        self.claimed = 0  # claimed and not yet finished (waiting in the channel or running)
+        self.slot_freed = trio.Event()
+        self.acks = AckBuffer()
+        self.idle = False  # nothing claimed, nothing to acknowledge, last claim found nothing
+        self.started_jobs = 0
+        self._send, self._recv = trio.open_memory_channel[ClaimedJob](math.inf)
+        self._lease_ms = ms(cfg.initial_lease)
+        self._hard_ms = ms(cfg.hard_lease)
+        self._result_ttl_ms = ms(cfg.result_ttl)
+
+    # --- the queue's task tree ---------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Run until the worker stops claiming and every claimed job is settled and sent."""
+        queue_var.set(self.name)
+        async with trio.open_nursery() as support:
+            support.start_soon(self._acker)
+            support.start_soon(self._reaper)
+            if self.cfg.lock_refresh:
+                support.start_soon(self._lease_refresher)
+            async with trio.open_nursery() as runners:
+                for _ in range(self.cfg.concurrency):
+                    runners.start_soon(self._runner)
+                try:
+                    await self._claim_loop()
+                finally:
+                    self._send.close()
+            await self.drain_acks()
+            support.cancel_scope.cancel()
+
+    def locally_idle(self) -> bool:
+        return self.idle and self.claimed == 0 and len(self.acks) == 0 and not self.acks.sending
+
+    # --- claiming ----------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        w = self.worker
+        while not w.stopping.is_set():
+            free = self.cfg.concurrency - self.claimed
+            if w.max_jobs is not None:
+                free = min(free, w.max_jobs - w.claimed_total)
+                if free <= 0 and self.claimed == 0:
+                    w.request_stop("max jobs reached")
+                    return
+            if free <= 0:
+                self.slot_freed = trio.Event()
+                await trio_util.wait_any(self.slot_freed.wait, w.stopping.wait)
+                continue
+            call = w.protocol.claim(
+                self.name,
+                w.generation,
+                w.worker_id,
+                min(free, MAX_CLAIM),
+                self._lease_ms,
+                self._hard_ms,
+            )
+            reply = parse_claim(await w.caller.until_done(call))
+            if reply.lost:
+                raise DataLossDetected(w.data_loss_message(reply.generation))
+            for job in reply.jobs:
+                self.claimed += 1
+                w.claimed_total += 1
+                self._send.send_nowait(job)
+            if len(reply.jobs) < free:
+                await self._wait_for_work(reply.now, reply.next_due, bool(reply.jobs))
+
+    async def _wait_for_work(self, now: int, next_due: int | None, got_some: bool) -> None:
+        """Block until a wake-up token, the next due job, or a stop — never a polling sleep."""
+        timeout = MAX_BLOCK_SECONDS
+        if next_due is not None:
+            timeout = min(timeout, max(0.0, (next_due - now) / 1000))
+        if timeout <= 0.001:
+            return
+        self.idle = not got_some
+        w = self.worker
+        try:
+            async with trio_util.move_on_when(w.stopping.wait):
+                await w.redis.blpop([w.layout.queue(self.name).wake], timeout=timeout)
+        except TRANSIENT as exc:
+            w.caller.outage.failed(exc)
+            await trio.sleep(0.1)
+        finally:
+            self.idle = False
+
+    # --- running -----------------------------------------------------------------------------
+
+    async def _runner(self) -> None:
+        async for job in self._recv:
+            if self.worker.stopping.is_set():
+                # Claimed but never started: give it back at once, no attempt used.
+                self._release(job)
+                self._slot_done()
+                continue
+            await self._run_one(job)
+
+    def _slot_done(self) -> None:
+        self.claimed -= 1
+        self.slot_freed.set()
+
+    async def _run_one(self, job: ClaimedJob) -> None:
+        cfg, w = self.cfg, self.worker
+        t0 = trio.current_time()
+        rj = RunningJob(job, trio.CancelScope(deadline=t0 + cfg.timeout), t0, t0)
+        self.running[job.id] = rj
+        self.started_jobs += 1
+        ctx = JobContext(
+            id=job.id,
+            queue=self.name,
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            epoch=job.epoch,
+            enqueued_at=job.enqueued_at / 1000,
+            deadline=w.server_time_at(t0 + cfg.timeout),
+            worker_id=w.worker_id,
+            parent=job.parent or None,
+            logger=w.job_logger,
+        )
+        ctx_token = set_current(ctx)
+        id_token = job_id_var.set(job.id)
+        result: Any = None
+        error: Exception | None = None
+        try:
+            with rj.scope:
+                args = json.loads(job.args_json)
+                kwargs = json.loads(job.kwargs_json)
+                result = await self.run_handler(args, kwargs)
+        except Exception as exc:
+            error = exc
+        finally:
+            reset_current(ctx_token)
+            del self.running[job.id]
+            self._slot_done()
+        try:
+            self._settle(rj, ctx, result, error, trio.current_time() - t0)
+        finally:
+            job_id_var.reset(id_token)
+
+    def _settle(
+        self,
+        rj: RunningJob,
+        ctx: JobContext,
+        result: Any,
+        error: Exception | None,
+        duration: float,
+    ) -> None:
+        """Turn an attempt's outcome into an acknowledgement (or into nothing, when fenced)."""
+        job, cfg = rj.job, self.cfg
+        if rj.settled:
+            return
+        if rj.scope.cancel_called:
+            reason = rj.stop_reason or "timeout"
+            if reason == "lost":
+                self.tally.lost += 1
+                log.warning("lease lost; outcome of attempt %d dropped", job.attempt)
+            elif reason == "shutdown":
+                self._release(job)
+            elif reason == "cancel":
+                record = error_record(None, job.attempt, "cancelled by an operator", "Cancelled")
+                self._fail(Failure(job.id, job.epoch, encode_json(record), "cancel"), duration)
+            else:
+                verdict = timeout_verdict(cfg.timeout, job.attempt, cfg.retry)
+                log.warning("attempt %d timed out after %gs", job.attempt, cfg.timeout)
+                self._fail(
+                    Failure(job.id, job.epoch, verdict.error_json, "retry", ms(verdict.delay)),
+                    duration,
+                )
+            return
+        if error is not None:
+            verdict = classify(error, job.attempt, cfg.retry, self.fatal_types)
+            log.info(
+                "attempt %d failed: %s: %s",
+                job.attempt,
+                type(error).__name__,
+                error,
+            )
+            failure = Failure(job.id, job.epoch, verdict.error_json, verdict.action)
+            if verdict.action == "retry":
+                failure = Failure(job.id, job.epoch, verdict.error_json, "retry", ms(verdict.delay))
+            self._fail(failure, duration)
+            return
+        try:
+            result_json = encode_json(result)
+            children = self.worker.handoff.children(cfg, job.id, result, ctx.outbox)
+        except (TypeError, ValueError) as exc:
+            record = error_record(exc, job.attempt, f"cannot hand off the result: {exc}")
+            self._fail(Failure(job.id, job.epoch, encode_json(record), "dead"), duration)
+            return
+        self.acks.completions.append(
+            (Completion(job.id, job.epoch, result_json, children), duration)
+        )
+        self.acks.poke()
+
+    def _fail(self, failure: Failure, duration: float) -> None:
+        self.acks.failures.append((failure, duration))
+        self.acks.poke()
+
+    def _release(self, job: ClaimedJob) -> None:
+        self.acks.releases.append((job.id, job.epoch))
+        self.acks.poke()
+
+    # --- acknowledging -----------------------------------------------------------------------
+
+    async def _acker(self) -> None:
+        while True:
+            await self.acks.event.wait()
+            self.acks.event = trio.Event()
+            while len(self.acks):
+                await self._send_acks()
+
+    async def drain_acks(self) -> None:
+        """Wait until every buffered outcome has been sent and answered."""
+        while len(self.acks) or self.acks.sending:
+            await trio.sleep(0.005)
+
+    async def _send_acks(self) -> None:
+        acks, w = self.acks, self.worker
+        completions, acks.completions = acks.completions, []
+        failures, acks.failures = acks.failures, []
+        releases, acks.releases = acks.releases, []
+        acks.sending = True
+        try:
+            if completions:
+                call = w.protocol.complete(
+                    self.name, w.worker_id, self._result_ttl_ms, [c for c, _ in completions]
+                )
+                verdicts = await w.caller.until_done(call)
+                for (c, duration), verdict in zip(completions, verdicts, strict=True):
+                    self._count(verdict, duration, c.id)
+            if failures:
+                call = w.protocol.fail(
+                    self.name,
+                    w.worker_id,
+                    self._result_ttl_ms,
+                    self.cfg.dead_letter,
+                    [f for f, _ in failures],
+                )
+                verdicts = await w.caller.until_done(call)
+                for (f, duration), verdict in zip(failures, verdicts, strict=True):
+                    self._count(verdict, duration, f.id)
+            if releases:
+                call = w.protocol.release(self.name, w.worker_id, releases)
+                verdicts = await w.caller.until_done(call)
+                for _, verdict in zip(releases, verdicts, strict=True):
+                    if verdict in ("OK", "ALREADY_DONE"):
+                        self.tally.released += 1
+                    else:
+                        self.tally.stale += 1
+        finally:
+            acks.sending = False
+
+    def _count(self, verdict: str, duration: float, job_id: str) -> None:
+        t = self.tally
+        if verdict == "OK":
+            t.done += 1
+        elif verdict == "RETRY":
+            t.retried += 1
+        elif verdict in ("DEAD", "FAILED"):
+            t.dead += 1
+            log.warning("job %s %s", job_id, "dead-lettered" if verdict == "DEAD" else "failed")
+        elif verdict == "CANCELLED":
+            t.cancelled += 1
+        elif verdict == "STALE":
+            t.stale += 1
+            log.warning("job %s: outcome rejected, another worker owns it now (fenced)", job_id)
+            return
+        else:  # ALREADY_DONE: a repeated call after a lost reply; counted the first time
+            return
+        t.durations.append(duration)
+        self.worker.on_finished(self.name, verdict)
+
+    # --- leases ------------------------------------------------------------------------------
+
+    async def _lease_refresher(self) -> None:
+        """Renew running jobs' leases every third of ``lock_extension`` (one call per batch).
+
+        A renewal answered STALE or DEADLINE, or no successful renewal for a whole
+        ``lock_extension`` (Redis unreachable), cancels the handler: the lease is gone and the
+        outcome would be rejected anyway. CANCEL does the same for an operator's cancel.
+        """
+        ext = self.cfg.lock_extension
+        every = ext / 3
+        tick = min(max(every / 2, 0.02), 5.0)
+        w = self.worker
+        while True:
+            await trio.sleep(tick)
+            now = trio.current_time()
+            due: list[RunningJob] = []
+            for rj in self.running.values():
+                if rj.stop_reason is not None:
+                    continue
+                if now - rj.renewed >= ext:
+                    self._stop(rj, "lost")
+                elif now - rj.renewed >= every:
+                    due.append(rj)
+            if not due:
+                continue
+            call = w.protocol.refresh(
+                self.name, w.worker_id, self._lease_ms, [(rj.job.id, rj.job.epoch) for rj in due]
+            )
+            try:
+                verdicts = await w.caller.once(call)
+            except TRANSIENT:
+                continue
+            for rj, verdict in zip(due, verdicts, strict=True):
+                if verdict == "OK":
+                    rj.renewed = now
+                elif verdict == "CANCEL":
+                    self._stop(rj, "cancel")
+                else:
+                    log.warning("lease renewal of job %s answered %s", rj.job.id, verdict)
+                    self._stop(rj, "lost")
+                    w.metrics_lease_failures += 1
+
+    @staticmethod
+    def _stop(rj: RunningJob, reason: str) -> None:
+        if rj.stop_reason is None:
+            rj.stop_reason = reason
+        rj.scope.cancel()
+
+    def cancel_all(self, reason: str) -> None:
+        for rj in self.running.values():
+            self._stop(rj, reason)
+
+    # --- reaping -----------------------------------------------------------------------------
+
+    async def _reaper(self) -> None:
+        """Bring back jobs whose lease expired, at most once per interval across all workers."""
+        interval = reap_interval(self.cfg)
+        w = self.worker
+        call = w.protocol.reap(
+            self.name,
+            guard_ms=ms(interval),
+            max_stalls=self.cfg.max_stalls,
+            dead_letter=self.cfg.dead_letter,
+            result_ttl_ms=self._result_ttl_ms,
+        )
+        while True:
+            try:
+                reply = parse_reap(await w.caller.once(call))
+            except TRANSIENT:
+                reply = None
+            if reply is not None and not reply.guarded:
+                if reply.requeued:
+                    log.warning("recovered %d job(s) whose lease expired", reply.requeued)
+                    w.metrics_recovered += reply.requeued
+                for job_id in reply.dead:
+                    log.warning("job %s dead-lettered: stalled too many times", job_id)
+            await trio.sleep(interval)
+
+
+def reap_interval(cfg: QueueConfig) -> float:
+    """How often expired leases are looked for: a quarter of ``lock_extension``, 50 ms .. 5 s.
+
+    A dead worker's job is back in its queue at most ``lock_extension`` + this after the
+    worker's last renewal.
+    """
+    return min(max(cfg.lock_extension / 4, 0.05), 5.0)
+
+
+__all__ = ["ChildJob", "QueueRunner", "RunningJob", "reap_interval"]

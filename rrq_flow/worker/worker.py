@@ -1,0 +1,368 @@
+"""One worker process: serves the pipeline's queues until stopped, drained (burst) or broken.
+
+Task tree (everything lives inside ``Worker.run``; nothing outlives it)::
+
+    run
+    ├── signals            first SIGTERM/SIGINT: drain; second: cancel in-flight jobs now
+    ├── heartbeat          record + index entry; notices data loss when all slots are busy
+    ├── burst monitor      (--burst) stops once every selected queue is drained
+    ├── shutdown           grace period, then cancel and release, then a last resort
+    └── queues
+        └── QueueRunner.serve, one per queue (claim / run / ack / renew / reap)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import coredis
+import trio
+import trio_util
+
+from rrq_flow._version import __version__
+from rrq_flow.config.model import PipelineConfig
+from rrq_flow.connection import open_async_redis
+from rrq_flow.errors import ConfigError, DataLossDetected, Problem, RedisUnavailable
+from rrq_flow.logs import worker_id_var
+from rrq_flow.protocol.keys import KeyLayout
+from rrq_flow.protocol.ops import Protocol, ms
+from rrq_flow.protocol.scripts import preload_async
+from rrq_flow.worker.handoff import Handoff
+from rrq_flow.worker.queue_runner import QueueRunner
+from rrq_flow.worker.redis_calls import TRANSIENT, RedisCaller
+from rrq_flow.worker.summary import RunStats
+
+log = logging.getLogger("rrq_flow.worker")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_REDIS = 0, 1, 2, 3
+SHUTDOWN_MARGIN = 2.0  # seconds past the grace period before the last resort
+
+
+def new_worker_id() -> str:
+    """host:pid:random — unique across hosts and restarts, readable in logs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def load_handlers(
+    config: PipelineConfig, queues: Iterable[str]
+) -> tuple[dict[str, Callable[..., Any]], dict[str, tuple[type[BaseException], ...]]]:
+    """Import every selected queue's handler and fatal error classes, or raise ConfigError."""
+    from rrq_flow.config.imports import ImportProblem, import_exception_class, import_handler
+
+    search = [config.source.parent] if config.source is not None else []
+    search.append(Path.cwd())
+    handlers: dict[str, Callable[..., Any]] = {}
+    fatal: dict[str, tuple[type[BaseException], ...]] = {}
+    problems: list[Problem] = []
+    file = str(config.source or "<pipeline>")
+    for name in queues:
+        cfg = config.queue(name)
+        try:
+            handlers[name] = import_handler(cfg.handler, search_paths=search)
+        except ImportProblem as exc:
+            problems.append(Problem(file, 0, 0, f"queues.{name}.handler", str(exc)))
+        types = []
+        for spec in cfg.retry.fatal_errors:
+            try:
+                types.append(import_exception_class(spec, search_paths=search))
+            except ImportProblem as exc:
+                problems.append(Problem(file, 0, 0, f"queues.{name}.retry.fatal_errors", str(exc)))
+        fatal[name] = tuple(types)
+    if problems:
+        raise ConfigError(problems)
+    return handlers, fatal
+
+
+class Worker:
+    """Serves ``queues`` (default: all) of a pipeline. ``await run()`` returns the exit code."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        *,
+        url: str,
+        queues: Sequence[str] | None = None,
+        burst: bool = False,
+        max_jobs: int | None = None,
+        max_duration: float | None = None,
+        handle_signals: bool = True,
+        handlers: dict[str, Callable[..., Any]] | None = None,
+        worker_id: str | None = None,
+        on_finished: Callable[[str, str], None] | None = None,
+    ):
+        self.config = config
+        self.url = url
+        self.queue_names = list(queues or config.queues)
+        for name in self.queue_names:
+            config.queue(name)  # raises UnknownQueueError early
+        self.burst = burst
+        self.max_jobs = max_jobs
+        self.max_duration = max_duration
+        self.handle_signals = handle_signals
+        self.worker_id = worker_id or new_worker_id()
+        if handlers is None:
+            handlers, self.fatal_types = load_handlers(config, self.queue_names)
+        else:
+            self.fatal_types = {name: () for name in self.queue_names}
+        self.handlers = handlers
+        self.layout = KeyLayout(config.pipeline)
+        self.protocol = Protocol(self.layout)
+        self.handoff = Handoff(config)
+        self.stats = RunStats()
+        for name in self.queue_names:
+            self.stats.tally(name)
+        self.job_logger = logging.getLogger("rrq_flow.job")
+        self.generation = ""
+        self.stopping = trio.Event()
+        self.hard_stop = trio.Event()
+        self.stop_reason = ""
+        self.claimed_total = 0
+        self.metrics_recovered = 0
+        self.metrics_lease_failures = 0
+        self.wall_time = 0.0
+        self.runners: list[QueueRunner] = []
+        self._on_finished = on_finished
+        self._redis: coredis.Redis[str] | None = None
+        self._caller: RedisCaller | None = None
+        self._queues_done = trio.Event()
+        self._clock_offset = 0.0
+
+    # --- shared with the queue runners -------------------------------------------------------
+
+    @property
+    def redis(self) -> coredis.Redis[str]:
+        assert self._redis is not None
+        return self._redis
+
+    @property
+    def caller(self) -> RedisCaller:
+        assert self._caller is not None
+        return self._caller
+
+    def server_time_at(self, trio_time: float) -> float:
+        return trio_time + self._clock_offset
+
+    def data_loss_message(self, found: str) -> str:
+        what = f"generation {found!r}" if found else "no pipeline data at all"
+        return (
+            f"Redis lost the data of pipeline {self.config.pipeline!r}: this worker started with "
+            f"generation {self.generation!r} but Redis now has {what} (flushed, or restarted "
+            "without persistence). Queued and running jobs are gone; stopping so that this is "
+            "noticed. Enable AOF persistence (appendonly yes) to survive restarts."
+        )
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stopping.is_set():
+            self.stop_reason = reason
+            log.info("stopping: %s", reason)
+            self.stopping.set()
+
+    def on_finished(self, queue: str, verdict: str) -> None:
+        if self._on_finished is not None:
+            self._on_finished(queue, verdict)
+
+    # --- running -----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        worker_id_var.set(self.worker_id)
+        started = time.monotonic()
+        code = EXIT_OK
+        try:
+            await self._run()
+        except RedisUnavailable as exc:
+            log.error("%s", exc)
+            code = EXIT_REDIS
+        except BaseExceptionGroup as group:
+            loss = group.subgroup(DataLossDetected)
+            if loss is None:
+                raise
+            log.error("%s", _first(loss))
+            self.stop_reason = "data loss detected"
+            code = EXIT_REDIS
+        except DataLossDetected as exc:
+            log.error("%s", exc)
+            self.stop_reason = "data loss detected"
+            code = EXIT_REDIS
+        self.wall_time = time.monotonic() - started
+        if code == EXIT_OK and self.burst and self.stats.any_dead:
+            code = EXIT_FAILED
+        return code
+
+    async def _run(self) -> None:
+        self._redis = open_async_redis(self.url, self.config.redis)
+        async with self._redis:
+            self._caller = RedisCaller(self._redis, self.config.redis.command_timeout)
+            await self._start()
+            self.runners = [
+                QueueRunner(self, self.config.queue(n), self.handlers[n]) for n in self.queue_names
+            ]
+            log.info(
+                "worker started: pipeline %s, queues %s%s",
+                self.config.pipeline,
+                ", ".join(self.queue_names),
+                " (burst)" if self.burst else "",
+            )
+            try:
+                async with trio.open_nursery() as nursery:
+                    if self.handle_signals:
+                        nursery.start_soon(self._signals)
+                    nursery.start_soon(self._heartbeat)
+                    nursery.start_soon(self._shutdown)
+                    if self.burst:
+                        nursery.start_soon(self._burst_monitor)
+                    if self.max_duration is not None:
+                        nursery.start_soon(self._duration_limit, self.max_duration)
+                    async with trio.open_nursery() as queues:
+                        for runner in self.runners:
+                            queues.start_soon(runner.serve)
+                    self._queues_done.set()
+                    nursery.cancel_scope.cancel()
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await self._leave()
+
+    async def _start(self) -> None:
+        """Check Redis answers, learn (or set) the pipeline's generation, load the scripts."""
+        try:
+            with trio.fail_after(self.config.redis.connect_timeout + 1):
+                await self.redis.ping()
+                await self.redis.hsetnx(self.layout.meta, "generation", secrets.token_hex(16))
+                await self.redis.hsetnx(self.layout.meta, "created_at", str(int(time.time())))
+                self.generation = str(await self.redis.hget(self.layout.meta, "generation"))
+                await preload_async(self.redis)
+        except (*TRANSIENT, coredis.exceptions.RedisError) as exc:
+            raise RedisUnavailable(
+                f"cannot reach Redis at {self.url}: {type(exc).__name__}: {exc}"
+            ) from None
+        self._clock_offset = time.time() - trio.current_time()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not self.stopping.is_set():
+                    self.request_stop(f"{name} received")
+                    log.warning(
+                        "%s: draining in-flight jobs for up to %gs (send it again to stop now)",
+                        name,
+                        self.config.workers.shutdown_grace_period,
+                    )
+                else:
+                    log.warning("%s again: cancelling in-flight jobs now", name)
+                    self.hard_stop.set()
+
+    async def _shutdown(self) -> None:
+        """After a stop request: let jobs finish within the grace period, then cancel them (they
+        are released, attempts not used); if something still holds on, the last resort."""
+        await self.stopping.wait()
+        grace = self.config.workers.shutdown_grace_period
+        with trio.move_on_after(grace):
+            async with trio_util.move_on_when(self.hard_stop.wait):
+                await self._queues_done.wait()
+        if self._queues_done.is_set():
+            return
+        running = sum(len(r.running) for r in self.runners)
+        if running:
+            log.warning("cancelling %d job(s) still running; they go back to their queue", running)
+        for runner in self.runners:
+            runner.cancel_all("shutdown")
+        with trio.move_on_after(SHUTDOWN_MARGIN):
+            await self._queues_done.wait()
+        if not self._queues_done.is_set():
+            await self._last_resort()
+
+    async def _last_resort(self) -> None:
+        """A handler ignored cancellation: release what is still held and exit the process."""
+        stuck = [(r, rj) for r in self.runners for rj in r.running.values()]
+        log.error(
+            "%d handler(s) ignored cancellation; releasing their jobs and exiting", len(stuck)
+        )
+        for runner, rj in stuck:
+            rj.settled = True
+            call = self.protocol.release(runner.name, self.worker_id, [(rj.job.id, rj.job.epoch)])
+            # If Redis does not answer, the lease runs out and the reaper brings the job back.
+            with contextlib.suppress(*TRANSIENT):
+                await self.caller.once(call)
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            for runner in self.runners:
+                await runner.drain_acks()
+            await self._leave()
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(EXIT_FAILED if self.burst and self.stats.any_dead else EXIT_OK)
+
+    async def _duration_limit(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        self.request_stop(f"max duration {seconds:g}s reached")
+
+    async def _burst_monitor(self) -> None:
+        """Stop once every selected queue has nothing ready, active or waiting to retry —
+        checked in one atomic snapshot so a hand-off between stages is never missed."""
+        delay = 0.01
+        while True:
+            await trio.sleep(delay)
+            if not all(r.locally_idle() for r in self.runners):
+                delay = 0.01
+                continue
+            try:
+                counts = await self.caller.once(self.protocol.drained(self.queue_names))
+            except TRANSIENT:
+                continue
+            if not any(int(c) for c in counts):
+                self.request_stop("drained")
+                return
+            delay = min(delay * 2, 0.25)
+
+    async def _heartbeat(self) -> None:
+        interval = self.config.workers.heartbeat_interval
+        started = int(time.time() * 1000)
+        host = socket.gethostname()
+        while True:
+            fields: dict[str, str | int | float] = {
+                "id": self.worker_id,
+                "host": host,
+                "pid": os.getpid(),
+                "queues": ",".join(self.queue_names),
+                "in_flight": sum(len(r.running) for r in self.runners),
+                "started_at": started,
+                "interval_ms": ms(interval),
+                "version": __version__,
+                "burst": int(self.burst),
+                "stopping": int(self.stopping.is_set()),
+            }
+            call = self.protocol.heartbeat(
+                self.worker_id, ms(interval * 3), ms(interval * 20), fields
+            )
+            try:
+                _, generation = await self.caller.once(call)
+            except TRANSIENT:
+                pass
+            else:
+                if generation != self.generation:
+                    raise DataLossDetected(self.data_loss_message(str(generation)))
+            await trio.sleep(interval)
+
+    async def _leave(self) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.delete([self.layout.worker(self.worker_id)])
+                pipe.zrem(self.layout.workers, [self.worker_id])
+        except TRANSIENT:
+            pass
+
+
+def _first(group: BaseExceptionGroup[DataLossDetected]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
