@@ -34,7 +34,7 @@ def print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-class ExitWith(Exception):  # noqa: N818
+class ExitWith(Exception):
     """Raised inside a command to stop with an exit code after its message was printed."""
 
     def __init__(self, code: int):
@@ -57,3 +57,39 @@ def load_pipeline(path: Path, *, check_imports: bool = False) -> PipelineConfig:
             print(problem, file=sys.stderr)
         error(f"{path}: {len(exc.problems)} problem(s); run `rrq-flow validate {path}`")
         raise ExitWith(EXIT_USAGE) from None
+
+
+def redis_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "Redis is not reachable" for the sync client."""
+    import redis
+
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+def open_sync_client(config: PipelineConfig) -> Any:
+    """A SyncClient that answers PING, or print why not and raise ExitWith(3)."""
+    from rrq_flow.client.sync_client import SyncClient
+    from rrq_flow.errors import EmbeddedRedisError
+
+    try:
+        client = SyncClient(config)
+    except EmbeddedRedisError as exc:
+        error(str(exc))
+        raise ExitWith(EXIT_REDIS) from None
+    try:
+        client.redis.ping()
+    except redis_errors() as exc:
+        client.close()
+        error(f"cannot reach Redis at {client.url}: {exc}")
+        raise ExitWith(EXIT_REDIS) from None
+    return client
+
+
+def parse_duration_arg(value: str) -> float:
+    """argparse type for durations ("90", "1m30s")."""
+    from rrq_flow.config.durations import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -44,7 +44,7 @@ def when_field(defer: float | str | dt.timedelta | None, at: float | dt.datetime
         if isinstance(defer, dt.timedelta):
             seconds = defer.total_seconds()
         elif isinstance(defer, str):
-            from rrq_flow.config import parse_duration
+            from rrq_flow.config.durations import parse_duration
 
             seconds = parse_duration(defer)
         else:

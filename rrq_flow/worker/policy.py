@@ -64,12 +64,14 @@ def classify(
     record = error_record(exc, attempt)
     if isinstance(exc, Fatal) or (fatal_types and isinstance(exc, tuple(fatal_types))):
         return Verdict("dead", 0.0, encode_json(record))
+    delay = backoff_delay(policy, attempt)
     if isinstance(exc, Retry) and exc.delay is not None:
-        from rrq_flow.config import parse_duration
+        from rrq_flow.config.durations import parse_duration
 
-        delay = parse_duration(exc.delay)
-    else:
-        delay = backoff_delay(policy, attempt)
+        try:
+            delay = parse_duration(exc.delay)
+        except ValueError as bad:
+            record["message"] = f"{record['message']} (Retry delay ignored: {bad})"
     return Verdict("retry", delay, encode_json(record))
 
 

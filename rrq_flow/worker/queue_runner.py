@@ -217,6 +217,10 @@ class QueueRunner:
             self._slot_done()
         try:
             self._settle(rj, ctx, result, error, trio.current_time() - t0)
+        except Exception:
+            # A bug of ours must not lose the job: give it back, attempt not used.
+            log.exception("could not record the outcome; releasing the job")
+            self._release(job)
         finally:
             job_id_var.reset(id_token)
 

@@ -179,19 +179,15 @@ class Worker:
         code = EXIT_OK
         try:
             await self._run()
-        except RedisUnavailable as exc:
-            log.error("%s", exc)
-            code = EXIT_REDIS
-        except BaseExceptionGroup as group:
-            loss = group.subgroup(DataLossDetected)
-            if loss is None:
+        except (RedisUnavailable, DataLossDetected, BaseExceptionGroup) as exc:
+            # coredis runs its pool in a task group, so our errors may arrive wrapped.
+            found = _unwrap(exc, (RedisUnavailable, DataLossDetected))
+            if found is None:
                 raise
-            log.error("%s", _first(loss))
-            self.stop_reason = "data loss detected"
-            code = EXIT_REDIS
-        except DataLossDetected as exc:
-            log.error("%s", exc)
-            self.stop_reason = "data loss detected"
+            log.error("%s", found)
+            self.stop_reason = (
+                "data loss detected" if isinstance(found, DataLossDetected) else "Redis unreachable"
+            )
             code = EXIT_REDIS
         self.wall_time = time.monotonic() - started
         if code == EXIT_OK and self.burst and self.stats.any_dead:
@@ -361,8 +357,13 @@ class Worker:
             pass
 
 
-def _first(group: BaseExceptionGroup[DataLossDetected]) -> BaseException:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
+def _unwrap(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of one of ``kinds`` in ``exc`` or, recursively, in its group."""
+    if isinstance(exc, kinds):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _unwrap(inner, kinds)
+            if found is not None:
+                return found
+    return None

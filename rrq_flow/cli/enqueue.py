@@ -1,0 +1,144 @@
+"""``rrq-flow enqueue``: add one job, or a JSON Lines file of jobs (all or nothing)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from rrq_flow.cli._common import (
+    EXIT_OK,
+    EXIT_REDIS,
+    EXIT_USAGE,
+    ExitWith,
+    add_json_flag,
+    add_pipeline_argument,
+    error,
+    load_pipeline,
+    open_sync_client,
+    parse_duration_arg,
+    print_json,
+    redis_errors,
+)
+
+HELP = """\
+Enqueue one job (positional args as a JSON array, keyword args as a JSON object), or many from a
+JSON Lines file: one job per line, either a JSON array of args or an object with any of
+args / kwargs / job_id / unique_key / defer. Every line is checked first; a bad line is reported
+with its number and nothing from the file is enqueued. Prints the job ids (one per line).
+
+examples:
+  rrq-flow enqueue pipeline.yaml fetch --args '["https://example.com/a.png"]'
+  rrq-flow enqueue pipeline.yaml fetch --kwargs '{"url": "..."}' --unique-key a.png --defer 10s
+  rrq-flow enqueue pipeline.yaml fetch --jsonl urls.jsonl
+"""
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "enqueue",
+        help="add jobs to a queue",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_pipeline_argument(p)
+    p.add_argument("queue", metavar="QUEUE", help="the queue (stage) to add the jobs to")
+    p.add_argument("--args", metavar="JSON_ARRAY", help="positional arguments, e.g. '[1, \"a\"]'")
+    p.add_argument("--kwargs", metavar="JSON_OBJECT", help="keyword arguments, e.g. '{\"n\": 1}'")
+    p.add_argument("--job-id", metavar="ID", help="your own id: enqueueing it twice makes one job")
+    p.add_argument(
+        "--unique-key", metavar="KEY", help="no second unfinished job with this key (returns it)"
+    )
+    p.add_argument(
+        "--defer", metavar="DURATION", type=parse_duration_arg, help="start no sooner than this"
+    )
+    p.add_argument(
+        "--jsonl", metavar="FILE", help="read jobs from a JSON Lines file ('-' for stdin)"
+    )
+    add_json_flag(p)
+    p.set_defaults(handler=run)
+
+
+def _json_arg(text: str | None, kind: type, flag: str) -> Any:
+    if text is None:
+        return kind()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        error(f"{flag}: not JSON: {exc.msg} (column {exc.colno})")
+        raise ExitWith(EXIT_USAGE) from None
+    if not isinstance(value, kind):
+        error(f"{flag}: must be a JSON {'array' if kind is list else 'object'}")
+        raise ExitWith(EXIT_USAGE)
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from rrq_flow.client._core import JobSpec
+    from rrq_flow.client.jsonl import JsonlError, read_jobs
+    from rrq_flow.errors import PayloadError, UnknownQueueError
+
+    config = load_pipeline(args.pipeline)
+    try:
+        queue_cfg = config.queue(args.queue)
+    except UnknownQueueError as exc:
+        error(str(exc))
+        return EXIT_USAGE
+    if args.jsonl is not None:
+        if any(x is not None for x in (args.args, args.kwargs, args.job_id, args.unique_key)):
+            error(
+                "--jsonl reads every job from the file: drop --args/--kwargs/--job-id/--unique-key"
+            )
+            return EXIT_USAGE
+        try:
+            specs = read_jobs(
+                _open_lines(args.jsonl), args.jsonl, args.queue, queue_cfg.max_payload_bytes
+            )
+        except JsonlError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        job_args = _json_arg(args.args, list, "--args")
+        job_kwargs = _json_arg(args.kwargs, dict, "--kwargs")
+        specs = [JobSpec(tuple(job_args), job_kwargs, args.job_id, args.unique_key, args.defer)]
+    client = open_sync_client(config)
+    try:
+        started = time.perf_counter()
+        ids = client.enqueue_many(args.queue, specs)
+        elapsed = time.perf_counter() - started
+    except PayloadError as exc:
+        error(str(exc))
+        return EXIT_USAGE
+    except redis_errors() as exc:
+        error(
+            f"Redis failed while enqueueing: {exc}. Batches sent before the failure may be in; "
+            "give jobs explicit job_id values to make a re-run safe"
+        )
+        return EXIT_REDIS
+    finally:
+        client.close()
+    if args.json:
+        print_json(
+            {"queue": args.queue, "count": len(ids), "seconds": round(elapsed, 4), "ids": ids}
+        )
+    else:
+        sys.stdout.write("".join(f"{i}\n" for i in ids))
+        if args.jsonl is not None:
+            rate = len(ids) / elapsed if elapsed > 0 else 0
+            print(
+                f"enqueued {len(ids)} job(s) into {args.queue} in {elapsed:.2f}s ({rate:,.0f}/s)",
+                file=sys.stderr,
+            )
+    return EXIT_OK
+
+
+def _open_lines(path: str) -> Any:
+    if path == "-":
+        return sys.stdin
+    try:
+        return open(path, encoding="utf-8")
+    except OSError as exc:
+        error(f"cannot read {path}: {exc.strerror}")
+        raise ExitWith(EXIT_USAGE) from None

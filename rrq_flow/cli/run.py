@@ -1,0 +1,241 @@
+"""``rrq-flow run``: start the workers of a pipeline (one process, or a supervisor of N)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from rrq_flow.cli._common import (
+    EXIT_REDIS,
+    EXIT_USAGE,
+    ExitWith,
+    add_pipeline_argument,
+    error,
+    load_pipeline,
+    parse_duration_arg,
+    print_json,
+    redis_errors,
+)
+
+HELP = """\
+Run the pipeline's workers. Without --burst they serve until SIGTERM/SIGINT: the first signal
+stops claiming and lets in-flight jobs finish within workers.shutdown_grace_period, then cancels
+them and puts them back in their queue (no attempt used); a second signal cancels at once.
+
+With --burst they process until every selected queue has nothing ready, nothing running and no
+retry pending (jobs deferred into the future by a producer do not count), then exit — for cron.
+--input QUEUE=FILE enqueues a JSON Lines file first (checked whole first: all or nothing).
+
+exit codes: 0 every job finished in the run succeeded; 1 at least one was dead-lettered or
+failed; 2 usage or configuration error; 3 Redis unreachable at start or its data lost.
+
+examples:
+  rrq-flow run pipeline.yaml
+  rrq-flow run pipeline.yaml --burst --input fetch=urls.jsonl
+  rrq-flow run pipeline.yaml --queue resize --processes 4 --log-format json
+"""
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="run the workers (until stopped, or --burst until drained)",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_pipeline_argument(p)
+    p.add_argument(
+        "--queue", action="append", metavar="Q", help="serve only this queue (repeatable)"
+    )
+    p.add_argument("--burst", action="store_true", help="exit once the queues are drained")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="QUEUE=FILE",
+        help="enqueue a JSON Lines file into QUEUE first (repeatable; FILE '-' is stdin)",
+    )
+    p.add_argument("--max-jobs", type=int, metavar="N", help="stop (cleanly) after N jobs")
+    p.add_argument(
+        "--max-duration",
+        type=parse_duration_arg,
+        metavar="DURATION",
+        help="stop (cleanly) after this long, e.g. 10m",
+    )
+    p.add_argument(
+        "--processes", type=int, metavar="N", help="worker processes (default: workers.processes)"
+    )
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--log-level", default="INFO", metavar="LEVEL", help="DEBUG, INFO, WARNING...")
+    p.add_argument(
+        "--progress",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="live progress display (auto: when stderr is a terminal)",
+    )
+    p.add_argument("--json", action="store_true", help="print the end-of-run summary as JSON")
+    p.set_defaults(handler=run)
+
+
+def _parse_inputs(items: list[str], config: Any) -> list[tuple[str, list[Any]]]:
+    from rrq_flow.client.jsonl import JsonlError, read_jobs
+    from rrq_flow.errors import UnknownQueueError
+
+    parsed = []
+    for item in items:
+        queue, sep, path = item.partition("=")
+        if not sep or not queue or not path:
+            error(f"--input {item!r}: expected QUEUE=FILE")
+            raise ExitWith(EXIT_USAGE)
+        try:
+            cfg = config.queue(queue)
+        except UnknownQueueError as exc:
+            error(f"--input {item!r}: {exc}")
+            raise ExitWith(EXIT_USAGE) from None
+        try:
+            stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            error(f"--input {item!r}: cannot read {path}: {exc.strerror}")
+            raise ExitWith(EXIT_USAGE) from None
+        try:
+            with stream:
+                specs = read_jobs(stream, path, queue, cfg.max_payload_bytes)
+        except JsonlError as exc:
+            print(exc, file=sys.stderr)
+            raise ExitWith(EXIT_USAGE) from None
+        parsed.append((queue, specs))
+    return parsed
+
+
+def run(args: argparse.Namespace) -> int:
+    from rrq_flow.embedded import redis_url_for
+    from rrq_flow.errors import ConfigError, EmbeddedRedisError, UnknownQueueError
+    from rrq_flow.logs import setup_logging
+
+    setup_logging(args.log_format, args.log_level)
+    config = load_pipeline(args.pipeline, check_imports=True)
+    queues = args.queue or list(config.queues)
+    try:
+        for name in queues:
+            config.queue(name)
+    except UnknownQueueError as exc:
+        error(str(exc))
+        return EXIT_USAGE
+    if args.max_jobs is not None and args.max_jobs < 1:
+        error("--max-jobs must be at least 1")
+        return EXIT_USAGE
+    processes = args.processes or config.workers.processes
+    if processes < 1:
+        error("--processes must be at least 1")
+        return EXIT_USAGE
+    inputs = _parse_inputs(args.input, config)
+    try:
+        with redis_url_for(config) as url:
+            if inputs:
+                _enqueue_inputs(config, url, inputs)
+            if processes == 1:
+                code, stats, wall, reason = _run_in_process(args, config, url, queues)
+            else:
+                from rrq_flow.supervisor import Supervisor
+
+                sup = Supervisor(
+                    config,
+                    url=url,
+                    processes=processes,
+                    queues=args.queue,
+                    burst=args.burst,
+                    max_jobs=args.max_jobs,
+                    max_duration=args.max_duration,
+                    log_format=args.log_format,
+                    log_level=args.log_level,
+                )
+                code = sup.run()
+                stats, wall, reason = sup.stats, sup.wall_time, sup.stop_reason
+    except EmbeddedRedisError as exc:
+        error(str(exc))
+        return EXIT_REDIS
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    if stats is not None and (args.burst or stats.finished):
+        _print_summary(args, stats, wall, reason, code)
+    return code
+
+
+def _enqueue_inputs(config: Any, url: str, inputs: list[tuple[str, list[Any]]]) -> None:
+    from rrq_flow.client.sync_client import SyncClient
+
+    client = SyncClient(config, url=url)
+    try:
+        for queue, specs in inputs:
+            started = time.perf_counter()
+            client.enqueue_many(queue, specs)
+            elapsed = time.perf_counter() - started
+            rate = len(specs) / elapsed if elapsed > 0 else 0
+            print(
+                f"rrq-flow: enqueued {len(specs)} job(s) into {queue} ({rate:,.0f}/s)",
+                file=sys.stderr,
+            )
+    except redis_errors() as exc:
+        error(f"cannot reach Redis at {url}: {exc}")
+        raise ExitWith(EXIT_REDIS) from None
+    finally:
+        client.close()
+
+
+def _run_in_process(
+    args: argparse.Namespace, config: Any, url: str, queues: list[str]
+) -> tuple[int, Any, float, str]:
+    import trio
+
+    from rrq_flow.worker.progress import progress_for
+    from rrq_flow.worker.worker import Worker
+
+    progress = progress_for(args.progress, config, url, queues, burst=args.burst)
+    worker = Worker(
+        config,
+        url=url,
+        queues=queues,
+        burst=args.burst,
+        max_jobs=args.max_jobs,
+        max_duration=args.max_duration,
+        on_finished=progress.on_finished if progress else None,
+    )
+
+    async def main() -> int:
+        if progress is None:
+            return await worker.run()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(progress.run, worker)
+            code = await worker.run()
+            nursery.cancel_scope.cancel()
+        return code
+
+    code = trio.run(main)
+    if progress is not None:
+        progress.close()
+    return code, worker.stats, worker.wall_time, worker.stop_reason or "stopped"
+
+
+def _print_summary(
+    args: argparse.Namespace, stats: Any, wall: float, reason: str, code: int
+) -> None:
+    from rrq_flow.worker.summary import render_summary
+
+    if args.json:
+        queues = {name: t.as_dict() for name, t in stats.queues.items()}
+        print_json(
+            {
+                "exit_code": code,
+                "reason": reason,
+                "wall_seconds": round(wall, 3),
+                "finished": stats.finished,
+                "jobs_per_second": round(stats.finished / wall, 1) if wall > 0 else 0.0,
+                "queues": queues,
+            }
+        )
+    else:
+        print(render_summary(stats, wall, reason))

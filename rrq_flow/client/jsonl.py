@@ -1,0 +1,94 @@
+"""Reading jobs from JSON Lines (``enqueue --jsonl``, ``run --input``): all lines are checked
+before anything is enqueued, so a bad line means nothing from the file is written."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from rrq_flow.client._core import JobSpec, encode_payload, when_field
+from rrq_flow.errors import PayloadError, RRQFlowError
+
+ALLOWED_KEYS = {"args", "kwargs", "job_id", "unique_key", "defer"}
+MAX_REPORTED = 20
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    line: int
+    message: str
+
+
+class JsonlError(RRQFlowError):
+    def __init__(self, source: str, errors: list[LineError], total_bad: int):
+        self.source = source
+        self.errors = errors
+        self.total_bad = total_bad
+        lines = [f"{source}:{e.line}: {e.message}" for e in errors]
+        if total_bad > len(errors):
+            lines.append(f"... and {total_bad - len(errors)} more bad line(s)")
+        lines.append(f"{source}: {total_bad} bad line(s); nothing was enqueued")
+        super().__init__("\n".join(lines))
+
+
+def parse_job_line(data: Any) -> JobSpec:
+    """One line's JSON: an array of args, or an object with args / kwargs / job_id /
+    unique_key / defer."""
+    if isinstance(data, list):
+        return JobSpec(args=tuple(data))
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON array of args or an object, got {type(data).__name__}")
+    unknown = set(data) - ALLOWED_KEYS
+    if unknown:
+        allowed = ", ".join(sorted(ALLOWED_KEYS))
+        raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}; allowed: {allowed}")
+    args = data.get("args", [])
+    kwargs = data.get("kwargs", {})
+    if not isinstance(args, list):
+        raise ValueError("'args' must be a JSON array")
+    if not isinstance(kwargs, dict):
+        raise ValueError("'kwargs' must be a JSON object")
+    for key in ("job_id", "unique_key"):
+        if key in data and not (isinstance(data[key], str) and data[key]):
+            raise ValueError(f"'{key}' must be a non-empty string")
+    defer = data.get("defer")
+    if defer is not None and not isinstance(defer, int | float | str):
+        raise ValueError("'defer' must be a duration (seconds or a string like '10s')")
+    return JobSpec(
+        args=tuple(args),
+        kwargs=kwargs,
+        job_id=data.get("job_id"),
+        unique_key=data.get("unique_key"),
+        defer=defer,
+    )
+
+
+def read_jobs(
+    lines: Iterable[str], source: str, queue: str, max_payload_bytes: int
+) -> list[JobSpec]:
+    """Parse and check every line (blank lines skipped); raise JsonlError listing bad lines."""
+    specs: list[JobSpec] = []
+    errors: list[LineError] = []
+    bad = 0
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            spec = parse_job_line(json.loads(raw))
+            encode_payload(queue, spec.args, spec.kwargs, max_payload_bytes)
+            when_field(spec.defer, None)
+        except json.JSONDecodeError as exc:
+            message = f"not JSON: {exc.msg} (column {exc.colno})"
+        except (ValueError, PayloadError, TypeError) as exc:
+            message = str(exc)
+        else:
+            specs.append(spec)
+            continue
+        bad += 1
+        if len(errors) < MAX_REPORTED:
+            errors.append(LineError(number, message))
+    if bad:
+        raise JsonlError(source, errors, bad)
+    return specs

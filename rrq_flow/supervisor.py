@@ -1,0 +1,221 @@
+"""The supervisor: ``rrq-flow run`` with ``workers.processes`` > 1.
+
+Starts N worker processes and waits on them. A worker that dies unexpectedly is restarted with
+backoff; several deaths within a short window (a crash loop) stop everything with a clear
+message. The first SIGTERM/SIGINT is passed on to every worker (graceful drain), a second one
+too (each worker then cancels at once). Workers hold a lifeline pipe, so they stop by
+themselves if the supervisor is killed. In burst mode the supervisor exits once every worker
+has drained, with the worst of their exit codes, and one summary for the whole run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from rrq_flow.config.model import PipelineConfig
+from rrq_flow.worker.summary import RunStats
+
+log = logging.getLogger("rrq_flow.supervisor")
+
+EXIT_CRASH_LOOP = 4
+CRASH_WINDOW = 30.0  # seconds
+CRASH_LIMIT = 5  # unexpected deaths within the window that count as a crash loop
+RESTART_BACKOFF = (0.5, 10.0)  # first and largest delay before a restart
+
+
+@dataclass
+class Slot:
+    index: int
+    process: trio.Process | None = None
+    restarts: int = 0
+    finished: bool = False
+    codes: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        *,
+        url: str,
+        processes: int,
+        queues: list[str] | None = None,
+        burst: bool = False,
+        max_jobs: int | None = None,
+        max_duration: float | None = None,
+        log_format: str = "text",
+        log_level: str = "INFO",
+    ):
+        if config.source is None:
+            raise ValueError("the supervisor needs a pipeline loaded from a file")
+        self.config = config
+        self.url = url
+        self.processes = processes
+        self.queues = queues
+        self.burst = burst
+        self.max_jobs = max_jobs
+        self.max_duration = max_duration
+        self.log_format = log_format
+        self.log_level = log_level
+        self.stats = RunStats()
+        self.wall_time = 0.0
+        self.stop_reason = ""
+        self.stopping = False
+        self._signals_seen = 0
+        self._deaths: deque[float] = deque()
+        self._slots = [Slot(i) for i in range(processes)]
+        self._codes: list[int] = []
+        self._tmp = Path(tempfile.mkdtemp(prefix="rrq-flow-sup-"))
+        # The write end stays open in this process only; workers watch the read end.
+        self._lifeline_r, self._lifeline_w = os.pipe()
+        os.set_inheritable(self._lifeline_r, True)
+
+    def run(self) -> int:
+        started = time.monotonic()
+        try:
+            code = trio.run(self._main)
+        finally:
+            os.close(self._lifeline_r)
+            os.close(self._lifeline_w)
+        self.wall_time = time.monotonic() - started
+        return code
+
+    def _command(self, slot: Slot) -> list[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "rrq_flow.worker.process_main",
+            str(self.config.source),
+            "--url",
+            self.url,
+            "--stats-file",
+            str(self._stats_file(slot)),
+            "--lifeline-fd",
+            str(self._lifeline_r),
+            "--log-format",
+            self.log_format,
+            "--log-level",
+            self.log_level,
+        ]
+        for q in self.queues or ():
+            cmd += ["--queue", q]
+        if self.burst:
+            cmd.append("--burst")
+        if self.max_jobs is not None:
+            cmd += ["--max-jobs", str(math.ceil(self.max_jobs / self.processes))]
+        return cmd
+
+    def _stats_file(self, slot: Slot) -> Path:
+        return self._tmp / f"worker-{slot.index}-{slot.restarts}.json"
+
+    async def _main(self) -> int:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._signals)
+            if self.max_duration is not None:
+                nursery.start_soon(self._duration_limit, self.max_duration)
+            async with trio.open_nursery() as workers:
+                for slot in self._slots:
+                    workers.start_soon(self._keep_running, slot)
+            nursery.cancel_scope.cancel()
+        if not self.stop_reason:
+            self.stop_reason = "drained" if self.burst else "stopped"
+        return max(self._codes, default=0)
+
+    async def _keep_running(self, slot: Slot) -> None:
+        """Run one worker slot: start, wait, restart after an unexpected death."""
+        delay = RESTART_BACKOFF[0]
+        while True:
+            # New session: a terminal's Ctrl-C reaches only the supervisor, which passes it on
+            # once; otherwise every worker would see it too and take the forward as a second.
+            process = await trio.lowlevel.open_process(
+                self._command(slot), pass_fds=(self._lifeline_r,), start_new_session=True
+            )
+            slot.process = process
+            log.info("worker %d started (pid %d)", slot.index, process.pid)
+            code = await process.wait()
+            self._collect(slot)
+            if self._expected_exit(code):
+                self._codes.append(code)
+                return
+            cause = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            log.error("worker %d (pid %d) died unexpectedly (%s)", slot.index, process.pid, cause)
+            now = time.monotonic()
+            self._deaths.append(now)
+            while self._deaths and now - self._deaths[0] > CRASH_WINDOW:
+                self._deaths.popleft()
+            if len(self._deaths) >= CRASH_LIMIT:
+                log.error(
+                    "crash loop: %d worker deaths within %.0fs; stopping. Check the worker "
+                    "logs above (a handler that kills its process, or an exhausted resource).",
+                    len(self._deaths),
+                    CRASH_WINDOW,
+                )
+                self.stop_reason = "crash loop"
+                self._codes.append(EXIT_CRASH_LOOP)
+                self._forward(signal.SIGTERM)
+                return
+            await trio.sleep(delay)
+            delay = min(delay * 2, RESTART_BACKOFF[1])
+            if self.stopping:
+                return
+            slot.restarts += 1
+
+    def _expected_exit(self, code: int) -> bool:
+        if self.stopping:
+            return True  # whatever it returned while we were stopping it
+        if code == 3:
+            # Redis unreachable or data lost: restarting would not help; stop the rest too.
+            self.stop_reason = self.stop_reason or "Redis unreachable or data lost"
+            self._forward(signal.SIGTERM)
+            return True
+        if self.burst and code in (0, 1):
+            return True  # drained
+        return code == 2  # a configuration error will not fix itself
+
+    def _collect(self, slot: Slot) -> None:
+        path = self._stats_file(slot)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return  # killed before it could write: its jobs are recovered by the reaper
+        self.stats.merge(RunStats.from_json(data["stats"]))
+        path.unlink(missing_ok=True)
+
+    def _forward(self, signum: int) -> None:
+        self.stopping = True
+        for slot in self._slots:
+            if slot.process is not None and slot.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    slot.process.send_signal(signum)
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                self._signals_seen += 1
+                name = signal.Signals(signum).name
+                if self._signals_seen == 1:
+                    self.stop_reason = f"{name} received"
+                    log.warning(
+                        "%s: workers drain in-flight jobs (send it again to stop now)", name
+                    )
+                else:
+                    log.warning("%s again: workers cancel in-flight jobs now", name)
+                self._forward(signal.SIGTERM)
+
+    async def _duration_limit(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        self.stop_reason = f"max duration {seconds:g}s reached"
+        self._forward(signal.SIGTERM)
