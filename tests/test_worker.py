@@ -272,7 +272,7 @@ async def test_job_of_a_vanished_worker_is_recovered_within_about_lock_extension
         call = protocol.claim("q", str(gen), "vanished", 1, int(ext * 1000), 60_000)
         call_sync(sync_redis, call.script, call.keys, call.args)
         claimed_at = time.time()
-        worker, _ = await run_burst(cfg)
+        await run_burst(cfg)
         info = client.job(job_id)
     assert info.status == "done"
     assert info.finished_at is not None
