@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +82,7 @@ class Supervisor:
         self._tmp = Path(tempfile.mkdtemp(prefix="rrq-flow-sup-"))
         # The write end stays open in this process only; workers watch the read end.
         self._lifeline_r, self._lifeline_w = os.pipe()
+        self._child_env: dict[str, str] = dict(os.environ)
         os.set_inheritable(self._lifeline_r, True)
 
     def run(self) -> int:
@@ -114,6 +116,8 @@ class Supervisor:
             cmd += ["--queue", q]
         if self.burst:
             cmd.append("--burst")
+        if "PROMETHEUS_MULTIPROC_DIR" in self._child_env:
+            cmd.append("--no-metrics-server")
         if self.max_jobs is not None:
             cmd += ["--max-jobs", str(math.ceil(self.max_jobs / self.processes))]
         return cmd
@@ -122,6 +126,29 @@ class Supervisor:
         return self._tmp / f"worker-{slot.index}-{slot.restarts}.json"
 
     async def _main(self) -> int:
+        stop_metrics = self._start_metrics()
+        try:
+            return await self._supervise()
+        finally:
+            stop_metrics()
+
+    def _start_metrics(self) -> Callable[[], None]:
+        """With several processes the supervisor serves the one metrics endpoint, aggregating
+        what the workers write (prometheus-client's multiprocess mode)."""
+        port = self.config.workers.metrics_port
+        if port is None:
+            return lambda: None
+        try:
+            from rrq_flow.metrics import serve_multiprocess
+        except ImportError as exc:
+            log.warning("metrics unavailable (%s): pip install 'rrq-flow[metrics]'", exc)
+            return lambda: None
+        metrics_dir = self._tmp / "metrics"
+        metrics_dir.mkdir()
+        self._child_env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        return serve_multiprocess(port, metrics_dir)
+
+    async def _supervise(self) -> int:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._signals)
             if self.max_duration is not None:
@@ -141,7 +168,10 @@ class Supervisor:
             # New session: a terminal's Ctrl-C reaches only the supervisor, which passes it on
             # once; otherwise every worker would see it too and take the forward as a second.
             process = await trio.lowlevel.open_process(
-                self._command(slot), pass_fds=(self._lifeline_r,), start_new_session=True
+                self._command(slot),
+                pass_fds=(self._lifeline_r,),
+                start_new_session=True,
+                env=self._child_env,
             )
             slot.process = process
             log.info("worker %d started (pid %d)", slot.index, process.pid)

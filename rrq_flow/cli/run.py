@@ -202,7 +202,7 @@ def _run_in_process(
         burst=args.burst,
         max_jobs=args.max_jobs,
         max_duration=args.max_duration,
-        on_finished=progress.on_finished if progress else None,
+        observers=[progress] if progress else (),
     )
 
     async def main() -> int:

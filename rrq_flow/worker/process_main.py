@@ -32,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lifeline-fd", type=int)
     p.add_argument("--log-format", default="text")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--no-metrics-server", action="store_true")
     return p.parse_args(argv)
 
 
@@ -63,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load(args.pipeline)
         worker = Worker(
-            config, url=args.url, queues=args.queue, burst=args.burst, max_jobs=args.max_jobs
+            config,
+            url=args.url,
+            queues=args.queue,
+            burst=args.burst,
+            max_jobs=args.max_jobs,
+            serve_metrics=not args.no_metrics_server,
         )
     except ConfigError as exc:
         print(exc, file=sys.stderr)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from rrq_flow.worker.observer import WorkerObserver
 from rrq_flow.worker.redis_calls import TRANSIENT
 
 if TYPE_CHECKING:
@@ -23,16 +24,13 @@ log = logging.getLogger("rrq_flow.progress")
 LOG_EVERY = 5.0  # seconds between progress lines without a terminal
 
 
-class Progress:
+class Progress(WorkerObserver):
     def __init__(self, queues: list[str], live: bool):
         self.queues = queues
         self.live = live
         self.left: dict[str, int] = {q: 0 for q in queues}
         self._lines_drawn = 0
         self._started = time.monotonic()
-
-    def on_finished(self, queue: str, verdict: str) -> None:
-        """Called per settled job; the tallies live in the worker, nothing to do here."""
 
     async def run(self, worker: Worker) -> None:
         last_log = time.monotonic()

@@ -355,7 +355,7 @@ class QueueRunner:
         else:  # ALREADY_DONE: a repeated call after a lost reply; counted the first time
             return
         t.durations.append(duration)
-        self.worker.on_finished(self.name, verdict)
+        self.worker.notify("job_finished", self.name, verdict, duration)
 
     # --- leases ------------------------------------------------------------------------------
 
@@ -398,7 +398,7 @@ class QueueRunner:
                 else:
                     log.warning("lease renewal of job %s answered %s", rj.job.id, verdict)
                     self._stop(rj, "lost")
-                    w.metrics_lease_failures += 1
+                    w.notify("lease_lost", self.name)
 
     @staticmethod
     def _stop(rj: RunningJob, reason: str) -> None:
@@ -431,7 +431,7 @@ class QueueRunner:
             if reply is not None and not reply.guarded:
                 if reply.requeued:
                     log.warning("recovered %d job(s) whose lease expired", reply.requeued)
-                    w.metrics_recovered += reply.requeued
+                    w.notify("jobs_recovered", self.name, reply.requeued)
                 for job_id in reply.dead:
                     log.warning("job %s dead-lettered: stalled too many times", job_id)
             await trio.sleep(interval)

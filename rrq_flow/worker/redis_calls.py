@@ -9,6 +9,7 @@ effect is unknown in the middle of its reply.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import coredis
@@ -34,12 +35,15 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 class Outage:
     """Tracks whether Redis is reachable, so an outage is logged once, not per call."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_error: Callable[[], None] | None = None) -> None:
         self.since: float | None = None
-        self.errors = 0  # total failed calls, for metrics
+        self.errors = 0  # total failed calls
+        self._on_error = on_error
 
     def failed(self, exc: BaseException) -> None:
         self.errors += 1
+        if self._on_error is not None:
+            self._on_error()
         if self.since is None:
             self.since = trio.current_time()
             log.warning("Redis unreachable (%s: %s); retrying", type(exc).__name__, exc)
@@ -51,10 +55,15 @@ class Outage:
 
 
 class RedisCaller:
-    def __init__(self, redis: coredis.Redis[str], timeout: float):
+    def __init__(
+        self,
+        redis: coredis.Redis[str],
+        timeout: float,
+        on_error: Callable[[], None] | None = None,
+    ):
         self.redis = redis
         self.timeout = timeout
-        self.outage = Outage()
+        self.outage = Outage(on_error)
 
     async def once(self, call: Call) -> Any:
         """One attempt, shielded, bounded by the command timeout; raises TRANSIENT errors."""

@@ -38,6 +38,7 @@ from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import Protocol, ms
 from rrq_flow.protocol.scripts import preload_async
 from rrq_flow.worker.handoff import Handoff
+from rrq_flow.worker.observer import WorkerObserver
 from rrq_flow.worker.queue_runner import QueueRunner
 from rrq_flow.worker.redis_calls import TRANSIENT, RedisCaller
 from rrq_flow.worker.summary import RunStats
@@ -98,7 +99,8 @@ class Worker:
         handle_signals: bool = True,
         handlers: dict[str, Callable[..., Any]] | None = None,
         worker_id: str | None = None,
-        on_finished: Callable[[str, str], None] | None = None,
+        observers: Sequence[WorkerObserver] = (),
+        serve_metrics: bool = True,
     ):
         self.config = config
         self.url = url
@@ -127,11 +129,10 @@ class Worker:
         self.hard_stop = trio.Event()
         self.stop_reason = ""
         self.claimed_total = 0
-        self.metrics_recovered = 0
-        self.metrics_lease_failures = 0
+        self.observers: list[WorkerObserver] = list(observers)
+        self.serve_metrics = serve_metrics
         self.wall_time = 0.0
         self.runners: list[QueueRunner] = []
-        self._on_finished = on_finished
         self._redis: coredis.Redis[str] | None = None
         self._caller: RedisCaller | None = None
         self._queues_done = trio.Event()
@@ -167,9 +168,10 @@ class Worker:
             log.info("stopping: %s", reason)
             self.stopping.set()
 
-    def on_finished(self, queue: str, verdict: str) -> None:
-        if self._on_finished is not None:
-            self._on_finished(queue, verdict)
+    def notify(self, event: str, *args: Any) -> None:
+        """Tell every observer (progress, metrics) about ``event`` (a WorkerObserver method)."""
+        for observer in self.observers:
+            getattr(observer, event)(*args)
 
     # --- running -----------------------------------------------------------------------------
 
@@ -197,7 +199,11 @@ class Worker:
     async def _run(self) -> None:
         self._redis = open_async_redis(self.url, self.config.redis)
         async with self._redis:
-            self._caller = RedisCaller(self._redis, self.config.redis.command_timeout)
+            self._caller = RedisCaller(
+                self._redis,
+                self.config.redis.command_timeout,
+                on_error=lambda: self.notify("redis_error"),
+            )
             await self._start()
             self.runners = [
                 QueueRunner(self, self.config.queue(n), self.handlers[n]) for n in self.queue_names
@@ -218,6 +224,8 @@ class Worker:
                         nursery.start_soon(self._burst_monitor)
                     if self.max_duration is not None:
                         nursery.start_soon(self._duration_limit, self.max_duration)
+                    if self.config.workers.metrics_port is not None:
+                        self._start_metrics(nursery)
                     async with trio.open_nursery() as queues:
                         for runner in self.runners:
                             queues.start_soon(runner.serve)
@@ -296,6 +304,20 @@ class Worker:
         logging.shutdown()
         sys.stdout.flush()
         os._exit(EXIT_FAILED if self.burst and self.stats.any_dead else EXIT_OK)
+
+    def _start_metrics(self, nursery: trio.Nursery) -> None:
+        try:
+            from rrq_flow.metrics import WorkerMetrics
+        except ImportError as exc:
+            log.warning(
+                "workers.metrics_port is set but metrics are unavailable (%s): "
+                "pip install 'rrq-flow[metrics]'",
+                exc,
+            )
+            return
+        metrics = WorkerMetrics(self)
+        self.observers.append(metrics)
+        nursery.start_soon(metrics.run)
 
     async def _duration_limit(self, seconds: float) -> None:
         await trio.sleep(seconds)
