@@ -79,7 +79,7 @@ def open_async_redis(url: str, settings: RedisSettings, **extra: Any) -> coredis
     common.update(extra)
     if loc.unix_socket is not None:
         return coredis.Redis(unix_socket_path=loc.unix_socket, **common)
-    return coredis.Redis(host=loc.host, port=loc.port, ssl=loc.ssl, **common)
+    return coredis.Redis(host=loc.host or "localhost", port=loc.port or 6379, ssl=loc.ssl, **common)
 
 
 def open_sync_redis(url: str, settings: RedisSettings, **extra: Any) -> redis.Redis:
@@ -96,4 +96,4 @@ def open_sync_redis(url: str, settings: RedisSettings, **extra: Any) -> redis.Re
     common.update(extra)
     if loc.unix_socket is not None:
         return redis.Redis(unix_socket_path=loc.unix_socket, **common)
-    return redis.Redis(host=loc.host, port=loc.port, ssl=loc.ssl, **common)
+    return redis.Redis(host=loc.host or "localhost", port=loc.port or 6379, ssl=loc.ssl, **common)

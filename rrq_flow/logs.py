@@ -23,9 +23,9 @@ LogFormat = Literal["text", "json"]
 
 class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.worker_id = worker_id_var.get()
-        record.queue = queue_var.get()
-        record.job_id = job_id_var.get()
+        record.__dict__["worker_id"] = worker_id_var.get()
+        record.__dict__["queue"] = queue_var.get()
+        record.__dict__["job_id"] = job_id_var.get()
         return True
 
 

@@ -11,13 +11,11 @@ TERMINAL_STATES = frozenset({"done", "dead", "failed", "cancelled"})
 
 
 def _ms_to_s(value: str | None) -> float | None:
-    return int(value) / 1000 if value not in (None, "") else None  # type: ignore[arg-type]
+    return int(value) / 1000 if value else None
 
 
 def _json(value: str | None) -> Any:
-    if value in (None, ""):
-        return None
-    return json.loads(value)  # type: ignore[arg-type]
+    return json.loads(value) if value else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None =
     base = min(base, policy.max_delay)
     if policy.jitter and base > 0:
         base = (rng or random).uniform(base / 2, base)
-    return base
+    return float(base)
 
 
 @dataclass(frozen=True, slots=True)

@@ -244,7 +244,7 @@ class Worker:
                 await self.redis.hsetnx(self.layout.meta, "created_at", str(int(time.time())))
                 self.generation = str(await self.redis.hget(self.layout.meta, "generation"))
                 await preload_async(self.redis)
-        except (*TRANSIENT, coredis.exceptions.RedisError) as exc:
+        except (*TRANSIENT, coredis.exceptions.RedisError) as exc:  # type: ignore[misc]
             raise RedisUnavailable(
                 f"cannot reach Redis at {self.url}: {type(exc).__name__}: {exc}"
             ) from None
