@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+import trio
 
 from rrq_flow.config.model import (
     PipelineConfig,
@@ -19,6 +20,7 @@ from rrq_flow.config.model import (
     WorkersConfig,
 )
 from rrq_flow.redis_server import RedisServerProcess, start_redis_server
+from rrq_flow.worker.worker import Worker
 
 TESTS = Path(__file__).parent
 
@@ -70,3 +72,11 @@ def make_pipeline(
         redis=RedisSettings(url=redis_url, connect_timeout=2, command_timeout=5),
         workers=workers or WorkersConfig(heartbeat_interval=0.5, shutdown_grace_period=2),
     )
+
+
+async def run_burst(cfg: PipelineConfig, **kw: Any) -> tuple[Worker, int]:
+    """Run an in-process worker in burst mode until the queues drain (60 s at most)."""
+    worker = Worker(cfg, url=str(cfg.redis.url), burst=True, handle_signals=False, **kw)
+    with trio.fail_after(60):
+        code = await worker.run()
+    return worker, code

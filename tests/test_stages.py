@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis
-import trio
 
 from rrq_flow.client.sync_client import SyncClient
-from rrq_flow.config.model import PipelineConfig
 from rrq_flow.protocol.keys import KeyLayout
-from rrq_flow.worker.worker import EXIT_OK, Worker
-from tests.conftest import make_pipeline, make_queue
+from rrq_flow.worker.worker import EXIT_OK
+from tests.conftest import make_pipeline, make_queue, run_burst
 
 FAST = {"max_attempts": 3, "delay": 0.01, "jitter": False}
-
-
-async def run_burst(cfg: PipelineConfig, **kw: Any) -> tuple[Worker, int]:
-    worker = Worker(cfg, url=str(cfg.redis.url), burst=True, handle_signals=False, **kw)
-    with trio.fail_after(60):
-        code = await worker.run()
-    return worker, code
 
 
 def all_jobs(r: redis.Redis, pipeline: str = "t") -> dict[str, dict[str, str]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -18,16 +17,9 @@ from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import Completion, Protocol, parse_claim
 from rrq_flow.protocol.scripts import call_sync
 from rrq_flow.worker.worker import EXIT_FAILED, EXIT_OK, EXIT_REDIS, Worker
-from tests.conftest import make_pipeline, make_queue
+from tests.conftest import make_pipeline, make_queue, run_burst
 
 FAST_RETRY = {"max_attempts": 3, "delay": 0.01, "jitter": False}
-
-
-async def run_burst(cfg: PipelineConfig, **kw: Any) -> tuple[Worker, int]:
-    worker = Worker(cfg, url=str(cfg.redis.url), burst=True, handle_signals=False, **kw)
-    with trio.fail_after(30):
-        code = await worker.run()
-    return worker, code
 
 
 def read_lines(path: Path) -> list[list[str]]:
