@@ -16,7 +16,7 @@ class RRQFlowError(Exception):
 # --- raised by handlers ---------------------------------------------------------------------
 
 
-class Retry(Exception):  # noqa: N818 - a verb, as handlers read it: `raise Retry(delay="10s")`
+class Retry(Exception):
     """Raise from a handler to retry this job after ``delay`` (seconds or a duration string).
 
     The attempt still counts; when no attempts are left the job is dead-lettered.
@@ -28,7 +28,7 @@ class Retry(Exception):  # noqa: N818 - a verb, as handlers read it: `raise Retr
         self.delay = delay
 
 
-class Fatal(Exception):  # noqa: N818
+class Fatal(Exception):
     """Raise from a handler to dead-letter the job at once, skipping any attempts left."""
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
+from rrq_flow.config.imports import is_async_callable
 from rrq_flow.config.model import ExecutorKind, QueueConfig
 
 Runner = Callable[[list[Any], dict[str, Any]], Awaitable[Any]]
@@ -17,7 +17,7 @@ Runner = Callable[[list[Any], dict[str, Any]], Awaitable[Any]]
 def resolve_executor(cfg: QueueConfig, handler: Callable[..., Any]) -> ExecutorKind:
     if cfg.executor is not None:
         return cfg.executor
-    return "async" if inspect.iscoroutinefunction(handler) else "thread"
+    return "async" if is_async_callable(handler) else "thread"
 
 
 def make_runner(cfg: QueueConfig, handler: Callable[..., Any]) -> tuple[ExecutorKind, Runner]:

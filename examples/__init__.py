@@ -1,0 +1,1 @@
+"""Example pipelines for rrq-flow (importable so that their handlers can be referenced)."""

@@ -1,0 +1,270 @@
+"""Checks beyond the schema, and the step from checked data to :class:`PipelineConfig`.
+
+Order of work: problems found while reading (duplicate keys, unset variables), then the schema,
+then the checks here (durations that must be positive, the ``next`` graph, and optionally that
+handlers and ``fatal_errors`` import). Nodes that already have a problem are not re-reported.
+Only a document without problems is built into a config, with ``defaults`` merged into every
+queue (``retry`` key by key).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rrq_flow.config.durations import parse_duration
+from rrq_flow.config.imports import (
+    ImportProblem,
+    import_exception_class,
+    import_handler,
+    is_async_callable,
+)
+from rrq_flow.config.loader import Document, PathKey, read_document
+from rrq_flow.config.model import (
+    PipelineConfig,
+    QueueConfig,
+    RedisSettings,
+    RetryPolicy,
+    WorkersConfig,
+)
+from rrq_flow.config.schema import schema_problems
+from rrq_flow.errors import Problem
+
+# Duration settings, and whether 0 is allowed for them.
+_DURATIONS: dict[str, bool] = {
+    "connect_timeout": False,
+    "command_timeout": False,
+    "heartbeat_interval": False,
+    "shutdown_grace_period": True,
+    "timeout": False,
+    "lock_extension": False,
+    "result_ttl": False,
+    "delay": True,
+    "max_delay": True,
+}
+_EXECUTORS = ("async", "thread", "process")
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """The outcome of checking a document: a config exactly when there are no problems."""
+
+    config: PipelineConfig | None
+    problems: list[Problem]
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _queues(data: Any) -> dict[str, dict[str, Any]]:
+    queues = _mapping(_mapping(data).get("queues"))
+    return {name: _mapping(spec) for name, spec in queues.items() if isinstance(name, str)}
+
+
+def _settings_sections(data: Any) -> Iterator[tuple[PathKey, dict[str, Any]]]:
+    """Every mapping that holds queue settings: ``defaults`` and each queue."""
+    yield ("defaults",), _mapping(_mapping(data).get("defaults"))
+    for name, spec in _queues(data).items():
+        yield ("queues", name), spec
+
+
+# --- semantic checks ----------------------------------------------------------------------------
+
+
+def _duration_problems(doc: Document) -> Iterator[Problem]:
+    data = _mapping(doc.data)
+    sections: list[tuple[PathKey, dict[str, Any]]] = [
+        (("redis",), _mapping(data.get("redis"))),
+        (("workers",), _mapping(data.get("workers"))),
+    ]
+    for path, section in _settings_sections(data):
+        sections += [(path, section), ((*path, "retry"), _mapping(section.get("retry")))]
+    for base, section in sections:
+        for key, value in section.items():
+            path = (*base, key)
+            if key not in _DURATIONS or doc.is_blocked(path):
+                continue
+            try:
+                seconds = parse_duration(value)
+            except ValueError as exc:
+                yield doc.problem(path, str(exc))
+                continue
+            if seconds == 0 and not _DURATIONS[key]:
+                yield doc.problem(path, f"must be greater than 0, got {value!r}")
+
+
+def _next_problems(doc: Document) -> Iterator[Problem]:
+    """Every ``next`` names a queue, and following ``next`` never comes back (no cycles)."""
+    queues = _queues(doc.data)
+    edges: dict[str, list[tuple[str, PathKey]]] = {name: [] for name in queues}
+    for name, spec in queues.items():
+        base: PathKey = ("queues", name, "next")
+        target = spec.get("next")
+        if doc.is_blocked(base):
+            continue
+        if isinstance(target, str):
+            items: list[tuple[Any, PathKey]] = [(target, base)]
+        elif isinstance(target, list):
+            items = [(t, (*base, i)) for i, t in enumerate(target)]
+        else:
+            items = []
+        for target_name, path in items:
+            if not isinstance(target_name, str) or doc.is_blocked(path):
+                continue
+            if target_name in queues:
+                edges[name].append((target_name, path))
+                continue
+            close = difflib.get_close_matches(target_name, list(queues), n=1)
+            hint = (
+                f"did you mean {close[0]!r}?" if close else f"the pipeline has: {', '.join(queues)}"
+            )
+            yield doc.problem(path, f"unknown queue {target_name!r}; {hint}")
+
+    state: dict[str, bool] = {}  # False: on the current path, True: finished
+    stack: list[str] = []
+
+    def visit(queue: str) -> Iterator[Problem]:
+        state[queue] = False
+        stack.append(queue)
+        for target_name, path in edges[queue]:
+            if state.get(target_name) is False:
+                cycle = [*stack[stack.index(target_name) :], target_name]
+                yield doc.problem(path, f"'next' makes a cycle: {' -> '.join(cycle)}")
+            elif target_name not in state:
+                yield from visit(target_name)
+        stack.pop()
+        state[queue] = True
+
+    for name in queues:
+        if name not in state:
+            yield from visit(name)
+
+
+def _import_problems(doc: Document, search_paths: Sequence[Path]) -> Iterator[Problem]:
+    """Handlers import and suit their executor; ``fatal_errors`` are exception classes."""
+    data = _mapping(doc.data)
+    defaults = _mapping(data.get("defaults"))
+    path: PathKey
+    for name, spec in _queues(data).items():
+        path = ("queues", name, "handler")
+        reference = spec.get("handler")
+        if not isinstance(reference, str) or doc.is_blocked(path):
+            continue
+        try:
+            handler = import_handler(reference, search_paths=search_paths)
+        except ImportProblem as exc:
+            yield doc.problem(path, str(exc))
+            continue
+        if "executor" in spec:
+            executor, where, origin = spec["executor"], ("queues", name, "executor"), ""
+        else:
+            executor, where, origin = defaults.get("executor"), path, " (from defaults)"
+        if executor not in _EXECUTORS:
+            continue  # unset (chosen from the handler) or already reported by the schema
+        is_async = is_async_callable(handler)
+        if executor == "async" and not is_async:
+            yield doc.problem(
+                where,
+                f"executor 'async'{origin} needs an 'async def' handler, "
+                f"but {reference!r} is a plain function",
+            )
+        elif executor != "async" and is_async:
+            yield doc.problem(
+                where,
+                f"executor {executor!r}{origin} cannot run {reference!r}, an 'async def' "
+                "function; use executor 'async' or leave executor out",
+            )
+
+    for base, section in _settings_sections(data):
+        errors = _mapping(section.get("retry")).get("fatal_errors")
+        if not isinstance(errors, list):
+            continue
+        for i, reference in enumerate(errors):
+            path = (*base, "retry", "fatal_errors", i)
+            if not isinstance(reference, str) or doc.is_blocked(path):
+                continue
+            try:
+                import_exception_class(reference, search_paths=search_paths)
+            except ImportProblem as exc:
+                yield doc.problem(path, str(exc))
+
+
+# --- building the model ---------------------------------------------------------------------
+
+
+def _convert(key: str, value: Any) -> Any:
+    if key in _DURATIONS:
+        return parse_duration(value)
+    if key in ("next", "fatal_errors"):
+        return (value,) if isinstance(value, str) else tuple(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # JSON Schema counts 3.0 as an integer
+    return value
+
+
+def _settings(section: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: _convert(key, value) for key, value in section.items()}
+
+
+def build_config(data: Mapping[str, Any], *, source: Path | None = None) -> PipelineConfig:
+    """The model for data that passed every check; ``defaults`` merged into each queue."""
+    redis = _settings(_mapping(data.get("redis")))
+    redis["url"] = redis.get("url") or None  # empty means embedded, like leaving it out
+    defaults = _mapping(data.get("defaults"))
+    queues: dict[str, QueueConfig] = {}
+    for name, spec in _queues(data).items():
+        merged = {k: v for k, v in {**defaults, **spec}.items() if k != "retry"}
+        retry = {**_mapping(defaults.get("retry")), **_mapping(spec.get("retry"))}
+        queues[name] = QueueConfig(
+            name=name, retry=RetryPolicy(**_settings(retry)), **_settings(merged)
+        )
+    return PipelineConfig(
+        pipeline=data["pipeline"],
+        queues=queues,
+        redis=RedisSettings(**redis),
+        workers=WorkersConfig(**_settings(_mapping(data.get("workers")))),
+        version=data["version"],
+        source=source,
+    )
+
+
+# --- putting it together --------------------------------------------------------------------
+
+
+def check(
+    doc: Document,
+    *,
+    check_imports: bool = False,
+    source: Path | None = None,
+    search_paths: Sequence[Path] = (),
+) -> Checked:
+    """Run every check on ``doc``; build the config when nothing is wrong."""
+    problems = [*doc.problems, *schema_problems(doc)]
+    problems += _duration_problems(doc)
+    problems += _next_problems(doc)
+    if check_imports:
+        problems += _import_problems(doc, search_paths)
+    problems.sort(key=lambda p: (p.line, p.col))
+    if problems:
+        return Checked(None, problems)
+    return Checked(build_config(doc.data, source=source), [])
+
+
+def check_file(path: str | os.PathLike[str], *, check_imports: bool = False) -> Checked:
+    """Read and check a pipeline file (ConfigUsageError if it cannot be read or parsed).
+
+    Handlers are imported with the file's directory and the current directory on ``sys.path``.
+    """
+    doc = read_document(path)
+    source = Path(path).resolve()
+    return check(
+        doc,
+        check_imports=check_imports,
+        source=source,
+        search_paths=(source.parent, Path.cwd()),
+    )
