@@ -32,12 +32,10 @@ class ContextFilter(logging.Filter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         tags = []
-        if getattr(record, "worker_id", ""):
-            tags.append(f"worker={record.worker_id}")
-        if getattr(record, "queue", ""):
-            tags.append(f"queue={record.queue}")
-        if getattr(record, "job_id", ""):
-            tags.append(f"job={record.job_id}")
+        for attr, tag in (("worker_id", "worker"), ("queue", "queue"), ("job_id", "job")):
+            value = getattr(record, attr, "")
+            if value:
+                tags.append(f"{tag}={value}")
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         line = f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} [{' '.join(tags)}] "
         line += record.getMessage()

@@ -72,7 +72,7 @@ def open_sync_client(config: PipelineConfig) -> Any:
     from rrq_flow.errors import EmbeddedRedisError
 
     try:
-        client = SyncClient(config)
+        client = SyncClient(config, fail_fast=True)
     except EmbeddedRedisError as exc:
         error(str(exc))
         raise ExitWith(EXIT_REDIS) from None

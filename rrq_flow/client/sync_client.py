@@ -10,6 +10,8 @@ from types import TracebackType
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from rrq_flow.client._core import DEFAULT_BATCH, ClientCore, JobSpec
 from rrq_flow.client.jobinfo import JobInfo
@@ -27,7 +29,7 @@ class SyncClient:
     starts (or reuses) the embedded Redis for as long as the client is open.
     """
 
-    def __init__(self, config: PipelineConfig, *, url: str | None = None):
+    def __init__(self, config: PipelineConfig, *, url: str | None = None, fail_fast: bool = False):
         self._core = ClientCore(config)
         self.config = config
         self._stack = contextlib.ExitStack()
@@ -36,7 +38,10 @@ class SyncClient:
 
             url = self._stack.enter_context(redis_url_for(config))
         self.url = url
-        self.redis: redis.Redis = open_sync_redis(url, config.redis)
+        # redis-py retries a refused connection three times with backoff by default, which a
+        # producer in a web app wants and a command-line tool does not (4 s to say "down").
+        extra = {"retry": Retry(NoBackoff(), 0)} if fail_fast else {}
+        self.redis: redis.Redis = open_sync_redis(url, config.redis, **extra)
         self._scripts_loaded = False
 
     def __enter__(self) -> SyncClient:
