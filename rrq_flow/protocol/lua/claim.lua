@@ -28,8 +28,13 @@ local now = now_ms()
 -- Retries whose backoff is over become ready again (bounded work per call).
 local due = rcall('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
 for i = 1, #due, 2 do
-  rcall('ZADD', KEYS[2], due[i + 1], due[i])
-  rcall('HSET', job_key(due[i]), 'status', 'queued')
+  -- Only a job still waiting for its retry moves; a stray entry (record gone or the job already
+  -- settled elsewhere) is just dropped: an HSET here would create a phantom job record.
+  local jk = job_key(due[i])
+  if rcall('HGET', jk, 'status') == 'retrying' then
+    rcall('ZADD', KEYS[2], due[i + 1], due[i])
+    rcall('HSET', jk, 'status', 'queued')
+  end
 end
 if #due > 0 then
   local members = {}

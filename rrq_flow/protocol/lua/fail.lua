@@ -8,7 +8,8 @@
   ARGV[4] dead letter "1" | "0"      ARGV[5] errors kept per job
   ARGV[6..] groups of 5: id, epoch, error JSON, action, retry delay ms
           action: 'retry' (if attempts remain), 'dead' (no retry: Fatal, fatal_errors),
-                  'cancel' (an operator's cancel reached the worker)
+                  'cancel' (an operator's cancel reached the worker); a 'retry' of a job
+                  whose cancel was requested ends it cancelled instead
 
   Returns: one verdict per job: 'RETRY' | 'DEAD' | 'FAILED' | 'CANCELLED' | 'STALE' |
   'ALREADY_DONE'.
@@ -36,9 +37,10 @@ for i = 6, #ARGV, 5 do
     rcall('HSET', jk, 'error', err, 'settled', 'fail')
     rcall('LPUSH', jk .. ':errors', err)
     rcall('LTRIM', jk .. ':errors', 0, keep - 1)
-    local f = rcall('HMGET', jk, 'attempts', 'max_attempts', 'queue')
+    local f = rcall('HMGET', jk, 'attempts', 'max_attempts', 'queue', 'cancel_requested')
     local queue = f[3]
-    if action == 'cancel' then
+    -- An operator cancelled it while it ran: a retry would only run it again, so it ends here.
+    if action == 'cancel' or (action == 'retry' and f[4] == '1') then
       release_unique(jk, id)
       rcall('HSET', jk, 'status', 'cancelled', 'finished_at', now)
       rcall('PEXPIRE', jk, ttl_ms)

@@ -43,6 +43,7 @@ for _, id in ipairs(ids) do
       release_unique(jk, id)
       rcall('HSET', jk, 'status', 'cancelled', 'finished_at', now)
       rcall('PEXPIRE', jk, ttl_ms)
+      rcall('PEXPIRE', jk .. ':errors', ttl_ms)
       rcall('HINCRBY', KEYS[4], 'cancelled', 1)
     elseif stalls > max_stalls then
       finish_dead(jk, id, f[4], now, dead_letter, ttl_ms, 'stalled')

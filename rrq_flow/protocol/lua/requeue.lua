@@ -32,7 +32,8 @@ for _, id in ipairs(ids) do
         rcall('ZREM', KEYS[1], id)
         rcall('HSET', jk, 'status', 'queued', 'attempts', 0, 'stalls', 0, 'settled', '',
           'ready_at', now, 'requeued_at', now)
-        rcall('HDEL', jk, 'finished_at', 'dead_reason', 'result')
+        -- A fresh run: a cancel requested during an earlier attempt does not carry over.
+        rcall('HDEL', jk, 'finished_at', 'dead_reason', 'result', 'cancel_requested')
         rcall('PERSIST', jk)
         rcall('ZADD', KEYS[2], now, id)
       end

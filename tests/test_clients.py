@@ -1,0 +1,388 @@
+"""SyncClient (redis-py) and Client (coredis, under trio) against the real redis-server.
+
+Jobs are moved through their life by hand with the protocol scripts (no worker), so each test
+states exactly what happened to the job it waits on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+import trio
+
+from rrq_flow.client._core import JobSpec
+from rrq_flow.client.async_client import Client
+from rrq_flow.client.jobinfo import JobInfo
+from rrq_flow.client.sync_client import SyncClient
+from rrq_flow.config.model import PipelineConfig
+from rrq_flow.errors import JobFailed, JobNotFound, PayloadError, UnknownQueueError
+from rrq_flow.protocol.ops import Completion, Failure
+from rrq_flow.protocol.scripts import preload_sync
+from tests.conftest import make_pipeline, make_queue
+from tests.test_protocol_scripts import Proto
+
+
+@pytest.fixture
+def cfg(redis_url: str) -> PipelineConfig:
+    return make_pipeline(
+        redis_url,
+        make_queue("q", retry={"max_attempts": 4}),
+        make_queue("small", max_payload_bytes=64),
+    )
+
+
+@pytest.fixture
+def p(sync_redis: redis.Redis) -> Proto:
+    return Proto(sync_redis, "t")
+
+
+def _script_calls(r: redis.Redis) -> tuple[int, int]:
+    stats = r.info("commandstats")
+    return (
+        stats.get("cmdstat_evalsha", {}).get("calls", 0),
+        stats.get("cmdstat_eval", {}).get("calls", 0),
+    )
+
+
+def _generation(p: Proto) -> str:
+    return p.r.hget(p.layout.meta, "generation") or ""
+
+
+def _finish_by_hand(p: Proto, job_id: str, how: str, queue: str = "q") -> None:
+    """Claim the job as worker 'w' and settle it: done (result {"ok": id}) or dead."""
+    reply = p.claim("w", 1, queue=queue, gen=_generation(p))
+    assert [j.id for j in reply.jobs] == [job_id]
+    epoch = reply.jobs[0].epoch
+    if how == "done":
+        done = [Completion(job_id, epoch, f'{{"ok":"{job_id}"}}')]
+        assert p.complete("w", done, queue=queue) == ["OK"]
+    else:
+        err = '{"type":"Boom","message":"no"}'
+        assert p.fail("w", [Failure(job_id, epoch, err, "dead")], queue=queue) == ["DEAD"]
+
+
+BAD_PAYLOADS: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+    (({1, 2},), {}),
+    ((float("nan"),), {}),
+    ((), {"when": dt.datetime(2024, 1, 1)}),
+    ((object(),), {}),
+]
+
+
+# --- SyncClient ---------------------------------------------------------------------------------
+
+
+def test_sync_enqueue_returns_id_and_job_reads_typed_record(cfg: PipelineConfig, p: Proto) -> None:
+    before = time.time()
+    with SyncClient(cfg) as client:
+        job_id = client.enqueue("q", 1, "two", x={"y": [3]})
+        info = client.job(job_id)
+    assert isinstance(job_id, str) and len(job_id) == 32
+    assert isinstance(info, JobInfo)
+    assert info.id == job_id and info.queue == "q" and info.status == "queued"
+    assert info.args == [1, "two"] and info.kwargs == {"x": {"y": [3]}}
+    assert (info.attempts, info.max_attempts, info.epoch) == (0, 4, 0)
+    assert info.enqueued_at is not None and before - 1 <= info.enqueued_at <= time.time() + 1
+    assert info.ready_at == info.enqueued_at
+    assert info.started_at is None and info.finished_at is None and info.owner is None
+    assert info.result is None and info.error is None and info.errors == []
+    assert not info.finished and not info.cancel_requested
+    assert _generation(p)  # written at first use
+    assert p.r.zscore(p.q().ready, job_id) is not None
+
+
+def test_sync_job_info_follows_the_job(cfg: PipelineConfig, p: Proto) -> None:
+    with SyncClient(cfg) as client:
+        job_id = client.enqueue("q", 1)
+        reply = p.claim("w", 1, gen=_generation(p), lease_ms=30_000)
+        active = client.job(job_id)
+        assert active.status == "active" and active.owner == "w"
+        assert active.attempts == 1 and active.epoch == 1
+        assert active.started_at is not None and active.lease_until is not None
+        assert active.lease_until == pytest.approx(active.started_at + 30, abs=0.01)
+        epoch = reply.jobs[0].epoch
+        p.fail("w", [Failure(job_id, epoch, '{"type":"E","attempt":1}', "retry", 0)])
+        retrying = client.job(job_id)
+        assert retrying.status == "retrying" and retrying.owner is None
+        assert retrying.error == {"type": "E", "attempt": 1}
+        assert retrying.errors == [{"type": "E", "attempt": 1}]
+        _finish_by_hand(p, job_id, "done")
+        done = client.job(job_id)
+    assert done.status == "done" and done.finished and done.result == {"ok": job_id}
+    assert done.finished_at is not None and done.attempts == 2 and done.children == []
+
+
+def test_sync_same_job_id_and_unique_key(cfg: PipelineConfig, p: Proto) -> None:
+    with SyncClient(cfg) as client:
+        assert client.enqueue("q", 1, job_id="fixed") == "fixed"
+        assert client.enqueue("q", 2, job_id="fixed") == "fixed"
+        first = client.enqueue("q", unique_key="u")
+        assert client.enqueue("q", unique_key="u") == first
+        assert client.job("fixed").args == [1]
+        assert client.job(first).unique_key == "u"
+    assert p.r.zcard(p.q().ready) == 2
+    with pytest.raises(ValueError), SyncClient(cfg) as client:
+        client.enqueue("q", job_id="")
+
+
+def test_sync_defer_and_at(cfg: PipelineConfig, p: Proto) -> None:
+    with SyncClient(cfg) as client:
+        a = client.enqueue("q", defer=60)
+        b = client.enqueue("q", defer="90s")
+        c = client.enqueue("q", defer=dt.timedelta(minutes=2))
+        d = client.enqueue("q", at=time.time() + 300)
+        e = client.enqueue("q", at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+        infos = {k: client.job(v) for k, v in dict(a=a, b=b, c=c, d=d, e=e).items()}
+        with pytest.raises(ValueError):
+            client.enqueue("q", defer=1, at=time.time())
+    for key, seconds in (("a", 60), ("b", 90), ("c", 120)):
+        info = infos[key]
+        assert info.status == "scheduled"
+        assert info.ready_at == pytest.approx(info.enqueued_at + seconds, abs=0.01)
+    assert infos["d"].status == "scheduled"
+    assert infos["e"].status == "queued" and infos["e"].ready_at == 946684800.0
+    assert p.r.zscore(p.q().ready, e) == 946684800000
+
+
+def test_sync_enqueue_many_one_script_call_per_batch(cfg: PipelineConfig, p: Proto) -> None:
+    preload_sync(p.r)  # so that no NOSCRIPT fallback counts as an extra call
+    specs = [[i] for i in range(2500)]
+    with SyncClient(cfg) as client:
+        before = _script_calls(p.r)
+        ids = client.enqueue_many("q", specs, batch_size=1000)
+        after = _script_calls(p.r)
+        assert client.job(ids[1234]).args == [1234]
+    assert (after[0] - before[0], after[1] - before[1]) == (3, 0)
+    assert len(ids) == len(set(ids)) == 2500
+    assert p.r.zcard(p.q().ready) == 2500
+    assert p.r.hget(p.q().stats, "enqueued") == "2500"
+
+
+def test_sync_enqueue_many_with_specs_and_repeat(cfg: PipelineConfig, p: Proto) -> None:
+    specs = [
+        JobSpec(args=(1,), job_id="a"),
+        JobSpec(kwargs={"k": 1}, job_id="b", defer=60),
+        JobSpec(args=(2,), unique_key="u"),
+        JobSpec(args=(3,), unique_key="u"),
+    ]
+    with SyncClient(cfg) as client:
+        ids = client.enqueue_many("q", specs, batch_size=2)
+        assert ids[:2] == ["a", "b"] and ids[3] == ids[2]
+        assert client.job("b").status == "scheduled" and client.job("b").kwargs == {"k": 1}
+        assert client.enqueue_many("q", specs[:2]) == ["a", "b"]  # same ids: no new jobs
+        assert client.enqueue_many("q", []) == []
+    assert p.r.zcard(p.q().ready) == 3
+
+
+def test_sync_enqueue_many_reloads_scripts_after_script_flush(
+    cfg: PipelineConfig, p: Proto
+) -> None:
+    with SyncClient(cfg) as client:
+        client.enqueue_many("q", [[1]])
+        p.r.script_flush()
+        ids = client.enqueue_many("q", [[2], [3]], batch_size=1)
+    assert len(ids) == 2 and p.r.zcard(p.q().ready) == 3
+
+
+def test_sync_wait_returns_result_of_completion(cfg: PipelineConfig, p: Proto) -> None:
+    with SyncClient(cfg) as client:
+        job_id = client.enqueue("q", 1)
+        finisher = threading.Timer(0.1, _finish_by_hand, (p, job_id, "done"))
+        finisher.start()
+        try:
+            assert client.wait(job_id, timeout=5) == {"ok": job_id}
+        finally:
+            finisher.join()
+        assert client.wait(job_id, timeout=0) == {"ok": job_id}  # already done
+
+
+def test_sync_wait_raises_job_failed_for_dead(cfg: PipelineConfig, p: Proto) -> None:
+    with SyncClient(cfg) as client:
+        job_id = client.enqueue("q", 1)
+        _finish_by_hand(p, job_id, "dead")
+        with pytest.raises(JobFailed) as exc:
+            client.wait(job_id, timeout=5)
+    assert exc.value.job_id == job_id and exc.value.status == "dead"
+    assert exc.value.error == {"type": "Boom", "message": "no"}
+
+
+def test_sync_wait_raises_job_failed_for_cancelled(cfg: PipelineConfig, p: Proto) -> None:
+    with SyncClient(cfg) as client:
+        job_id = client.enqueue("q", 1)
+        assert p.cancel(job_id)[0] == "CANCELLED"
+        with pytest.raises(JobFailed) as exc:
+            client.wait(job_id, timeout=5)
+    assert exc.value.status == "cancelled"
+
+
+def test_sync_wait_times_out(cfg: PipelineConfig) -> None:
+    with SyncClient(cfg) as client:
+        job_id = client.enqueue("q", 1)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            client.wait(job_id, timeout=0.2)
+    assert 0.2 <= time.monotonic() - started < 2
+
+
+def test_sync_missing_job_raises_job_not_found(cfg: PipelineConfig) -> None:
+    with SyncClient(cfg) as client:
+        with pytest.raises(JobNotFound):
+            client.job("nope")
+        with pytest.raises(JobNotFound):
+            client.wait("nope", timeout=1)
+
+
+def test_sync_unknown_queue_writes_nothing(cfg: PipelineConfig, p: Proto) -> None:
+    with SyncClient(cfg) as client:
+        with pytest.raises(UnknownQueueError) as exc:
+            client.enqueue("nope", 1)
+        assert "nope" in str(exc.value) and "q" in str(exc.value)
+        with pytest.raises(UnknownQueueError):
+            client.enqueue_many("nope", [[1]])
+    assert p.r.dbsize() == 0
+
+
+@pytest.mark.parametrize(("args", "kwargs"), BAD_PAYLOADS)
+def test_sync_non_json_payload_writes_nothing(
+    cfg: PipelineConfig, p: Proto, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    with SyncClient(cfg) as client, pytest.raises(PayloadError) as exc:
+        client.enqueue("q", *args, **kwargs)
+    assert "not JSON" in str(exc.value) and "'q'" in str(exc.value)
+    assert p.r.dbsize() == 0
+
+
+def test_sync_oversized_payload_writes_nothing(cfg: PipelineConfig, p: Proto) -> None:
+    with SyncClient(cfg) as client:
+        with pytest.raises(PayloadError) as exc:
+            client.enqueue("small", "x" * 100)
+        assert "max_payload_bytes" in str(exc.value)
+        with pytest.raises(PayloadError):
+            client.enqueue("small", "x" * 59)  # '["x…"]' 63 bytes + '{}' 2 = 65 > 64
+        assert p.r.dbsize() == 0
+        client.enqueue("small", "x" * 58)  # exactly 64 bytes: allowed
+
+
+def test_sync_enqueue_many_with_one_bad_item_writes_nothing(cfg: PipelineConfig, p: Proto) -> None:
+    good = [[i] for i in range(10)]
+    with SyncClient(cfg) as client:
+        with pytest.raises(PayloadError):
+            client.enqueue_many("q", [*good, [{1}], *good], batch_size=3)
+        with pytest.raises(PayloadError):
+            client.enqueue_many("small", [*good, ["x" * 100]], batch_size=1)
+        with pytest.raises(PayloadError):
+            client.enqueue_many("q", [JobSpec(args=(1,)), JobSpec(kwargs={"k": float("inf")})])
+    assert p.r.dbsize() == 0
+
+
+# --- async Client (coredis, trio) ---------------------------------------------------------------
+
+
+async def test_async_enqueue_and_job(cfg: PipelineConfig, p: Proto) -> None:
+    async with Client(cfg) as client:
+        job_id = await client.enqueue("q", 1, k="v")
+        info = await client.job(job_id)
+        assert await client.enqueue("q", 2, job_id=job_id) == job_id
+        first = await client.enqueue("q", unique_key="u")
+        assert await client.enqueue("q", unique_key="u") == first
+        deferred = await client.job(await client.enqueue("q", defer="30s"))
+    assert info.id == job_id and info.status == "queued" and info.queue == "q"
+    assert info.args == [1] and info.kwargs == {"k": "v"} and info.max_attempts == 4
+    assert deferred.status == "scheduled"
+    assert p.r.zcard(p.q().ready) == 3
+    assert _generation(p)
+
+
+async def test_async_enqueue_many_one_script_call_per_batch(cfg: PipelineConfig, p: Proto) -> None:
+    preload_sync(p.r)
+    async with Client(cfg) as client:
+        before = _script_calls(p.r)
+        ids = await client.enqueue_many("q", [[i] for i in range(1200)], batch_size=500)
+        after = _script_calls(p.r)
+    assert (after[0] - before[0], after[1] - before[1]) == (3, 0)
+    assert len(set(ids)) == 1200 and p.r.zcard(p.q().ready) == 1200
+
+
+async def test_async_enqueue_falls_back_to_eval_without_cached_script(
+    cfg: PipelineConfig, p: Proto
+) -> None:
+    p.r.script_flush()
+    async with Client(cfg) as client:
+        job_id = await client.enqueue("q", 1)
+        assert (await client.job(job_id)).status == "queued"
+
+
+async def test_async_wait_returns_result_of_completion(cfg: PipelineConfig, p: Proto) -> None:
+    async with Client(cfg) as client:
+        job_id = await client.enqueue("q", 1)
+        result: list[Any] = []
+
+        async def waiter() -> None:
+            result.append(await client.wait(job_id, timeout=5))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await trio.sleep(0.1)
+            assert not result
+            _finish_by_hand(p, job_id, "done")
+    assert result == [{"ok": job_id}]
+
+
+async def test_async_wait_raises_job_failed_for_dead(cfg: PipelineConfig, p: Proto) -> None:
+    async with Client(cfg) as client:
+        job_id = await client.enqueue("q", 1)
+        _finish_by_hand(p, job_id, "dead")
+        with pytest.raises(JobFailed) as exc:
+            await client.wait(job_id, timeout=5)
+    assert exc.value.status == "dead" and exc.value.error == {"type": "Boom", "message": "no"}
+
+
+async def test_async_wait_times_out(cfg: PipelineConfig) -> None:
+    async with Client(cfg) as client:
+        job_id = await client.enqueue("q", 1)
+        started = trio.current_time()
+        with pytest.raises(TimeoutError):
+            await client.wait(job_id, timeout=0.2)
+    assert 0.2 <= trio.current_time() - started < 2
+
+
+async def test_async_missing_job_raises_job_not_found(cfg: PipelineConfig) -> None:
+    async with Client(cfg) as client:
+        with pytest.raises(JobNotFound):
+            await client.job("nope")
+        with pytest.raises(JobNotFound):
+            await client.wait("nope", timeout=1)
+
+
+async def test_async_bad_input_writes_nothing(cfg: PipelineConfig, p: Proto) -> None:
+    async with Client(cfg) as client:
+        with pytest.raises(UnknownQueueError):
+            await client.enqueue("nope", 1)
+        with pytest.raises(UnknownQueueError):
+            await client.enqueue_many("nope", [[1]])
+        for args, kwargs in BAD_PAYLOADS:
+            with pytest.raises(PayloadError):
+                await client.enqueue("q", *args, **kwargs)
+        with pytest.raises(PayloadError):
+            await client.enqueue("small", "x" * 100)
+        with pytest.raises(PayloadError):
+            await client.enqueue_many("q", [[1], [2], [float("nan")]], batch_size=1)
+    assert p.r.dbsize() == 0
+
+
+def test_client_requires_context(cfg: PipelineConfig) -> None:
+    with pytest.raises(RuntimeError):
+        _ = Client(cfg).redis
+
+
+def test_jobinfo_scheduled_past_due_reads_as_queued() -> None:
+    record = {"id": "a", "queue": "q", "status": "scheduled", "ready_at": "1000"}
+    assert JobInfo.from_record(record, now=0.5).status == "scheduled"
+    assert JobInfo.from_record(record, now=1.0).status == "queued"
+    info = JobInfo.from_record(record, now=2.0)
+    assert info.as_dict()["status"] == "queued" and info.attempts == 0 and info.errors == []
