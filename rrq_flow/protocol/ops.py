@@ -220,6 +220,11 @@ class Protocol:
             script("cancel"), [q.ready, q.retry, q.stats], [self.prefix, job_id, result_ttl_ms]
         )
 
+    def purge(self, queue: str, *, limit: int = 1000) -> Call:
+        """Delete up to ``limit`` dead-lettered jobs of ``queue`` (records, errors, entries)."""
+        q = self.layout.queue(queue)
+        return Call(script("purge"), [q.dead, q.stats], [self.prefix, limit])
+
     def heartbeat(
         self, worker: str, ttl_ms: int, forget_ms: int, fields: dict[str, ScriptArg]
     ) -> Call:

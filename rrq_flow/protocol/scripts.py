@@ -55,6 +55,7 @@ SCRIPT_NAMES = (
     "cancel",
     "heartbeat",
     "drained",
+    "purge",
 )
 
 
