@@ -20,13 +20,14 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
 from rrq_flow.config.model import PipelineConfig
+from rrq_flow.worker.signals import stop_signals
 from rrq_flow.worker.summary import RunStats
 
 log = logging.getLogger("rrq_flow.supervisor")
@@ -77,6 +78,7 @@ class Supervisor:
         self.stopping = False
         self._signals_seen = 0
         self._deaths: deque[float] = deque()
+        self._crash_loop = False
         self._slots = [Slot(i) for i in range(processes)]
         self._codes: list[int] = []
         self._tmp = Path(tempfile.mkdtemp(prefix="rrq-flow-sup-"))
@@ -149,16 +151,24 @@ class Supervisor:
         return serve_multiprocess(port, metrics_dir)
 
     async def _supervise(self) -> int:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._signals)
-            if self.max_duration is not None:
-                nursery.start_soon(self._duration_limit, self.max_duration)
-            async with trio.open_nursery() as workers:
-                for slot in self._slots:
-                    workers.start_soon(self._keep_running, slot)
-            nursery.cancel_scope.cancel()
+        # The receiver stays installed until the end, and a signal arriving as it closes is
+        # dropped (see rrq_flow.worker.signals): a SIGTERM landing then used to kill the
+        # supervisor on its way out (exit -15, no summary).
+        with stop_signals(lambda: self._signals_seen > 0) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._signals, signals)
+                if self.max_duration is not None:
+                    nursery.start_soon(self._duration_limit, self.max_duration)
+                async with trio.open_nursery() as workers:
+                    for slot in self._slots:
+                        workers.start_soon(self._keep_running, slot)
+                nursery.cancel_scope.cancel()
         if not self.stop_reason:
             self.stop_reason = "drained" if self.burst else "stopped"
+        if self._crash_loop:
+            # Not max(): the other workers' codes while stopping (a crashing handler's own exit
+            # code, say 70) must not hide the crash loop.
+            return EXIT_CRASH_LOOP
         return max(self._codes, default=0)
 
     async def _keep_running(self, slot: Slot) -> None:
@@ -194,6 +204,7 @@ class Supervisor:
                     CRASH_WINDOW,
                 )
                 self.stop_reason = "crash loop"
+                self._crash_loop = True
                 self._codes.append(EXIT_CRASH_LOOP)
                 self._forward(signal.SIGTERM)
                 return
@@ -231,19 +242,16 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     slot.process.send_signal(signum)
 
-    async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                self._signals_seen += 1
-                name = signal.Signals(signum).name
-                if self._signals_seen == 1:
-                    self.stop_reason = f"{name} received"
-                    log.warning(
-                        "%s: workers drain in-flight jobs (send it again to stop now)", name
-                    )
-                else:
-                    log.warning("%s again: workers cancel in-flight jobs now", name)
-                self._forward(signal.SIGTERM)
+    async def _signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            self._signals_seen += 1
+            name = signal.Signals(signum).name
+            if self._signals_seen == 1:
+                self.stop_reason = f"{name} received"
+                log.warning("%s: workers drain in-flight jobs (send it again to stop now)", name)
+            else:
+                log.warning("%s again: workers cancel in-flight jobs now", name)
+            self._forward(signal.SIGTERM)
 
     async def _duration_limit(self, seconds: float) -> None:
         await trio.sleep(seconds)

@@ -162,10 +162,14 @@ class QueueRunner:
         w = self.worker
         try:
             async with trio_util.move_on_when(w.stopping.wait):
-                await w.redis.blpop([w.layout.queue(self.name).wake], timeout=timeout)
-        except TRANSIENT as exc:
-            w.caller.outage.failed(exc)
-            await trio.sleep(0.1)
+                # Caught inside: move_on_when runs this in a nursery, which would wrap the error
+                # in an ExceptionGroup that an outer `except` misses (the worker crashed when
+                # Redis went away while it was idle).
+                try:
+                    await w.redis.blpop([w.layout.queue(self.name).wake], timeout=timeout)
+                except TRANSIENT as exc:
+                    w.caller.outage.failed(exc)
+                    await trio.sleep(0.1)
         finally:
             self.idle = False
 

@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from rrq_flow.worker.handoff import Handoff
 from rrq_flow.worker.observer import WorkerObserver
 from rrq_flow.worker.queue_runner import QueueRunner
 from rrq_flow.worker.redis_calls import TRANSIENT, RedisCaller
+from rrq_flow.worker.signals import stop_signals
 from rrq_flow.worker.summary import RunStats
 
 log = logging.getLogger("rrq_flow.worker")
@@ -197,6 +198,18 @@ class Worker:
         return code
 
     async def _run(self) -> None:
+        # The receiver stays installed until the worker is done, cleanup included, and a
+        # signal arriving as it closes is dropped (see rrq_flow.worker.signals): a second
+        # SIGTERM while the worker finishes up used to kill it (exit -15).
+        with self._signal_receiver() as signals:
+            await self._serve(signals)
+
+    def _signal_receiver(self) -> contextlib.AbstractContextManager[AsyncIterator[int] | None]:
+        if not self.handle_signals:
+            return contextlib.nullcontext(None)
+        return stop_signals(lambda: self.stop_reason.endswith(" received"))
+
+    async def _serve(self, signals: AsyncIterator[int] | None) -> None:
         self._redis = open_async_redis(self.url, self.config.redis)
         async with self._redis:
             self._caller = RedisCaller(
@@ -216,8 +229,8 @@ class Worker:
             )
             try:
                 async with trio.open_nursery() as nursery:
-                    if self.handle_signals:
-                        nursery.start_soon(self._signals)
+                    if signals is not None:
+                        nursery.start_soon(self._signals, signals)
                     nursery.start_soon(self._heartbeat)
                     nursery.start_soon(self._shutdown)
                     if self.burst:
@@ -250,20 +263,19 @@ class Worker:
             ) from None
         self._clock_offset = time.time() - trio.current_time()
 
-    async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                if not self.stopping.is_set():
-                    self.request_stop(f"{name} received")
-                    log.warning(
-                        "%s: draining in-flight jobs for up to %gs (send it again to stop now)",
-                        name,
-                        self.config.workers.shutdown_grace_period,
-                    )
-                else:
-                    log.warning("%s again: cancelling in-flight jobs now", name)
-                    self.hard_stop.set()
+    async def _signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not self.stopping.is_set():
+                self.request_stop(f"{name} received")
+                log.warning(
+                    "%s: draining in-flight jobs for up to %gs (send it again to stop now)",
+                    name,
+                    self.config.workers.shutdown_grace_period,
+                )
+            else:
+                log.warning("%s again: cancelling in-flight jobs now", name)
+                self.hard_stop.set()
 
     async def _shutdown(self) -> None:
         """After a stop request: let jobs finish within the grace period, then cancel them (they

@@ -1,0 +1,1 @@
+"""Fault-injection scenarios: real worker and redis-server processes, real signals."""
