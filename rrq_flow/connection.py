@@ -7,14 +7,16 @@ waiting forever on a half-open socket would hold its jobs' leases hostage.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import coredis
-import redis
 
 from rrq_flow.config.model import RedisSettings
 from rrq_flow.errors import RRQFlowError
+
+if TYPE_CHECKING:
+    import redis
 
 # Blocking wake-up calls wait at most this long server-side; the socket timeout must exceed it.
 MAX_BLOCK_SECONDS = 1.0
@@ -84,6 +86,8 @@ def open_async_redis(url: str, settings: RedisSettings, **extra: Any) -> coredis
 
 def open_sync_redis(url: str, settings: RedisSettings, **extra: Any) -> redis.Redis:
     """A redis-py client (decoded str replies)."""
+    import redis  # here, not at module level: workers never need redis-py (6 MiB of RSS)
+
     loc = parse_redis_url(url)
     common: dict[str, Any] = dict(
         db=loc.db,

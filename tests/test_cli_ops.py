@@ -13,11 +13,8 @@ from typing import Any
 import pytest
 import redis
 import trio
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from rrq_flow.cli import main
-from rrq_flow.client import sync_client
 from rrq_flow.client.sync_client import SyncClient
 from rrq_flow.config import load
 from rrq_flow.protocol.keys import KeyLayout
@@ -407,17 +404,8 @@ async def test_dlq_purge_needs_yes_then_deletes_the_records(
 def test_redis_unreachable_exits_3_with_one_line(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
     command: list[str],
 ) -> None:
-    if command != ["status", "P"]:
-        # redis-py retries a refused connection with backoff for ~4 s; once is enough here.
-        real = sync_client.open_sync_redis  # type: ignore[attr-defined]
-
-        def no_retry(url: str, settings: Any, **extra: Any) -> redis.Redis:
-            return real(url, settings, retry=Retry(NoBackoff(), 0), **extra)
-
-        monkeypatch.setattr(sync_client, "open_sync_redis", no_retry)
     path = tmp_path / "p.yaml"
     path.write_text(
         f"""version: 1
@@ -431,6 +419,20 @@ queues:
     assert code == 3 and out == ""
     assert err.startswith(f"rrq-flow: cannot reach Redis at unix://{tmp_path}/nothing.sock")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_client_does_not_retry_a_refused_connection(tmp_path: Path) -> None:
+    """redis-py retries with backoff by default (about 4 s to say "down"); the CLI asks once.
+    Producers keep the default: a web app rides out a Redis restart."""
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        f'version: 1\npipeline: t\nredis: {{url: "unix://{tmp_path}/x.sock"}}\n'
+        "queues:\n  ok: {handler: 'tests.handlers:echo'}\n"
+    )
+    config = load(path)
+    with SyncClient(config, fail_fast=True) as cli_client, SyncClient(config) as producer:
+        assert cli_client.redis.get_retry().get_retries() == 0
+        assert producer.redis.get_retry().get_retries() > 0
 
 
 def test_console_command_end_to_end(pipeline: Path) -> None:

@@ -210,6 +210,7 @@ DURATION = (
             HEAD + "queues:\n  a:\n    handler: m:f\n    colour: red\n",
             [
                 "6:5: queues.a.colour: unknown key; expected one of: handler, next, concurrency, "
+                "prefetch, "
                 "timeout, lock_extension, lock_refresh, retry, dead_letter, result_ttl, executor, "
                 "fan_out, max_stalls, max_payload_bytes"
             ],

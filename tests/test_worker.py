@@ -412,3 +412,86 @@ async def test_graceful_stop_releases_unfinished_jobs_without_using_an_attempt(
     assert [i.status for i in infos] == ["queued"] * 3
     assert [i.attempts for i in infos] == [0, 0, 0]
     assert worker.stats.queues["q"].released == 3
+
+
+# --- prefetch (claim-ahead) -------------------------------------------------------------------
+
+
+async def test_prefetched_job_stuck_behind_a_long_one_is_given_back_to_an_idle_worker(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """One slot and one job claimed ahead, behind a job running 2.5x lock_extension. After
+    lock_extension / 2 the waiting job goes back unstarted (no attempt used) and a second
+    worker runs it while the first is still busy."""
+    q = make_queue("q", "tests.handlers:record", concurrency=1, prefetch=1, lock_extension=0.4)
+    cfg = make_pipeline(redis_url, q)
+    history = tmp_path / "h.txt"
+    with SyncClient(cfg) as client:
+        first = client.enqueue("q", str(history), 1.0)
+        time.sleep(0.005)  # a later ready time (ms): claimed after the first
+        second = client.enqueue("q", str(history), 0.0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_burst, cfg)
+            with trio.fail_after(5):
+                while client.job(second).status != "active":  # claimed ahead, not started
+                    await trio.sleep(0.01)
+            nursery.start_soon(run_burst, cfg)
+        infos = [client.job(first), client.job(second)]
+    events = {(kind, job): float(at) for kind, job, _, _, at in read_lines(history)}
+    assert len(events) == 4  # each job started and ended once
+    assert events[("start", second)] < events[("end", first)]  # run by the idle worker
+    for info in infos:
+        assert info.status == "done" and info.attempts == 1 and info.stalls == 0
+
+
+async def test_cancel_reaches_a_prefetched_job_before_it_starts(
+    redis_url: str, tmp_path: Path
+) -> None:
+    from rrq_flow.client.admin import Admin
+
+    q = make_queue("q", "tests.handlers:record", concurrency=1, prefetch=1, lock_extension=0.9)
+    cfg = make_pipeline(redis_url, q)
+    history = tmp_path / "h.txt"
+    with SyncClient(cfg) as client:
+        first = client.enqueue("q", str(history), 1.5)
+        time.sleep(0.005)
+        second = client.enqueue("q", str(history), 0.0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_burst, cfg)
+            with trio.fail_after(5):
+                while client.job(second).status != "active":
+                    await trio.sleep(0.01)
+            assert Admin(client).cancel(second).verdict == "cancelling"
+            with trio.fail_after(5):  # recorded at its next renewal, not when a slot frees
+                while client.job(second).status != "cancelled":
+                    await trio.sleep(0.01)
+            assert client.job(first).status == "active"
+        assert client.job(second).status == "cancelled"
+    assert [job for _, job, *_ in read_lines(history)] == [first, first]  # never ran
+
+
+async def test_prefetch_zero_claims_only_for_free_slots(redis_url: str, tmp_path: Path) -> None:
+    q = make_queue("q", "tests.handlers:record", concurrency=1, prefetch=0)
+    cfg = make_pipeline(redis_url, q)
+    history = tmp_path / "h.txt"
+    with SyncClient(cfg) as client:
+        client.enqueue("q", str(history), 0.5)
+        time.sleep(0.005)  # a later ready time (ms): claimed after the first
+        second = client.enqueue("q", str(history), 0.0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_burst, cfg)
+            with trio.fail_after(5):
+                while not read_lines(history):
+                    await trio.sleep(0.01)
+            await trio.sleep(0.1)
+            assert client.job(second).status == "queued"  # left for another worker
+        assert client.job(second).status == "done"
+
+
+def test_default_prefetch_is_a_tenth_of_concurrency() -> None:
+    assert make_queue("q", concurrency=1).claim_ahead == 0
+    assert make_queue("q", concurrency=9).claim_ahead == 0
+    assert make_queue("q", concurrency=10).claim_ahead == 1
+    assert make_queue("q", concurrency=55).claim_ahead == 5
+    assert make_queue("q", concurrency=50, prefetch=0).claim_ahead == 0
+    assert make_queue("q", concurrency=1, prefetch=3).claim_ahead == 3

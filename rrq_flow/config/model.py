@@ -68,6 +68,19 @@ class QueueConfig:
     fan_out: bool = False
     max_stalls: int = DEFAULT_MAX_STALLS
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    # Jobs claimed ahead of the free slots; None: one per ten slots (none below ten).
+    prefetch: int | None = None
+
+    @property
+    def claim_ahead(self) -> int:
+        """Jobs a worker claims beyond its free slots, so a freed slot need not wait for Redis.
+
+        None below ten slots: a queue that narrow usually runs long jobs, and a job claimed
+        ahead there would wait behind them while another worker could have run it.
+        """
+        if self.prefetch is not None:
+            return self.prefetch
+        return self.concurrency // 10
 
     @property
     def initial_lease(self) -> float:

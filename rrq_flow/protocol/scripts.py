@@ -18,7 +18,6 @@ from importlib import resources
 from typing import Any
 
 import coredis.exceptions
-import redis.exceptions
 
 _INCLUDE = re.compile(r"^-- #include (\w+)\s*$", re.MULTILINE)
 
@@ -73,6 +72,8 @@ async def call_async(client: Any, s: Script, keys: Sequence[str], args: Sequence
 
 def call_sync(client: Any, s: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
     """Run ``s`` on a redis-py client."""
+    import redis.exceptions  # here: a worker never uses redis-py, and it costs 6 MiB of RSS
+
     try:
         return client.evalsha(s.sha, len(keys), *keys, *args)
     except redis.exceptions.NoScriptError:

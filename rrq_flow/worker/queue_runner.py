@@ -1,11 +1,17 @@
 """Serving one queue: claim → run → acknowledge, plus lease renewal and reaping.
 
 One QueueRunner per queue, each in its own nursery, with its own ``concurrency`` slots, so a busy
-queue never starves another. Claims are sized to the free slots (one script call per batch);
-``concurrency`` long-lived runner tasks take claimed jobs from a channel (no task spawn per
-job); outcomes are buffered and sent as one script call per batch while the previous batch is in
-flight (pipelined acknowledgements, no added latency). An idle queue blocks on its wake-up list
-instead of polling.
+queue never starves another. Claims are sized to the free slots plus a small ``prefetch`` (one
+script call per batch), so a freed slot starts its next job without waiting for a claim round
+trip; ``concurrency`` long-lived runner tasks take claimed jobs from a channel (no task spawn
+per job); outcomes are buffered and sent as one script call per batch while the previous batch
+is in flight (pipelined acknowledgements, no added latency). An idle queue blocks on its wake-up
+list instead of polling.
+
+A prefetched job is leased like a running one (its lease is renewed while it waits). One that
+waits longer than half of ``lock_extension`` is given back unstarted (no attempt used): another
+worker may be idle, and its hard deadline counts from the claim, so that margin keeps the
+deadline past the local timeout.
 """
 
 from __future__ import annotations
@@ -57,6 +63,18 @@ class RunningJob:
     settled: bool = False  # the shutdown watchdog already released it
 
 
+@dataclass(eq=False)
+class BufferedJob:
+    """A job claimed ahead (prefetched) and not started yet."""
+
+    job: ClaimedJob
+    claimed: float  # trio clock
+    renewed: float  # trio clock when the lease was last granted or renewed
+    # 'lost' (a renewal said so), 'cancelled' (an operator's cancel, already recorded),
+    # 'given back' (waited too long, already released)
+    stop_reason: str | None = None
+
+
 @dataclass
 class AckBuffer:
     """Outcomes waiting to be sent; the acker sends everything buffered in one call per kind."""
@@ -83,7 +101,11 @@ class QueueRunner:
         self.fatal_types = worker.fatal_types[cfg.name]
         self.tally = worker.stats.tally(cfg.name)
         self.running: dict[str, RunningJob] = {}
+        self.buffered: dict[str, BufferedJob] = {}  # claimed, waiting in the channel
         self.claimed = 0  # claimed and not yet finished (waiting in the channel or running)
+        self.prefetch = cfg.claim_ahead
+        self._max_buffer_wait = cfg.lock_extension / 2
+        self._idle_scope: trio.CancelScope | None = None
         self.slot_freed = trio.Event()
         self.acks = AckBuffer()
         self.idle = False  # blocked waiting for work (the last claim took all that was ready)
@@ -101,7 +123,7 @@ class QueueRunner:
         async with trio.open_nursery() as support:
             support.start_soon(self._acker)
             support.start_soon(self._reaper)
-            if self.cfg.lock_refresh:
+            if self.cfg.lock_refresh or self.prefetch:
                 support.start_soon(self._lease_refresher)
             async with trio.open_nursery() as runners:
                 for _ in range(self.cfg.concurrency):
@@ -110,6 +132,7 @@ class QueueRunner:
                     await self._claim_loop()
                 finally:
                     self._send.close()
+                    self._release_buffered()
             await self.drain_acks()
             support.cancel_scope.cancel()
 
@@ -121,7 +144,7 @@ class QueueRunner:
     async def _claim_loop(self) -> None:
         w = self.worker
         while not w.stopping.is_set():
-            free = self.cfg.concurrency - self.claimed
+            free = self.cfg.concurrency + self.prefetch - self.claimed
             if w.max_jobs is not None:
                 free = min(free, w.max_jobs - w.claimed_total)
                 if free <= 0 and self.claimed == 0:
@@ -142,9 +165,11 @@ class QueueRunner:
             reply = parse_claim(await w.caller.until_done(call))
             if reply.lost:
                 raise DataLossDetected(w.data_loss_message(reply.generation))
+            now = trio.current_time()
             for job in reply.jobs:
                 self.claimed += 1
                 w.claimed_total += 1
+                self.buffered[job.id] = BufferedJob(job, now, now)
                 self._send.send_nowait(job)
             if len(reply.jobs) < free:
                 await self._wait_for_work(reply.now, reply.next_due)
@@ -160,38 +185,66 @@ class QueueRunner:
         # burst monitor from one atomic Redis snapshot; this flag only says "nothing to add here".
         self.idle = True
         w = self.worker
+        # A plain cancel scope that stop_waiting() cancels, rather than a task racing
+        # stopping.wait(): no nursery per wait (this is on the pick-up path of every idle job).
         try:
-            async with trio_util.move_on_when(w.stopping.wait):
-                # Caught inside: move_on_when runs this in a nursery, which would wrap the error
-                # in an ExceptionGroup that an outer `except` misses (the worker crashed when
-                # Redis went away while it was idle).
+            with trio.CancelScope() as scope:
+                self._idle_scope = scope
+                if w.stopping.is_set():
+                    return
                 try:
                     await w.redis.blpop([w.layout.queue(self.name).wake], timeout=timeout)
                 except TRANSIENT as exc:
                     w.caller.outage.failed(exc)
                     await trio.sleep(0.1)
         finally:
+            self._idle_scope = None
             self.idle = False
+
+    def stop_waiting(self) -> None:
+        """Wake the claim loop from its idle wait (the worker is stopping)."""
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
 
     # --- running -----------------------------------------------------------------------------
 
     async def _runner(self) -> None:
         async for job in self._recv:
-            if self.worker.stopping.is_set():
-                # Claimed but never started: give it back at once, no attempt used.
+            held = self.buffered.pop(job.id)
+            waited = trio.current_time() - held.claimed
+            if held.stop_reason in ("given back", "cancelled"):
+                pass  # already settled by the lease refresher
+            elif held.stop_reason == "lost":
+                self.tally.lost += 1
+                log.warning("job %s lost its lease while prefetched; not started", job.id)
+            elif self.worker.stopping.is_set() or waited > self._max_buffer_wait:
+                # Claimed but never started: give it back, no attempt used. After a long wait
+                # its hard deadline (counted from the claim) would cut into its timeout.
                 self._release(job)
-                self._slot_done()
+            else:
+                await self._run_one(job, held.renewed)
                 continue
-            await self._run_one(job)
+            self._slot_done()
+
+    def _release_buffered(self) -> None:
+        """Give back every prefetched job at once when the worker stops claiming."""
+        while True:
+            try:
+                job = self._recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            self.buffered.pop(job.id, None)
+            self._release(job)
+            self._slot_done()
 
     def _slot_done(self) -> None:
         self.claimed -= 1
         self.slot_freed.set()
 
-    async def _run_one(self, job: ClaimedJob) -> None:
+    async def _run_one(self, job: ClaimedJob, renewed: float) -> None:
         cfg, w = self.cfg, self.worker
         t0 = trio.current_time()
-        rj = RunningJob(job, trio.CancelScope(deadline=t0 + cfg.timeout), t0, t0)
+        rj = RunningJob(job, trio.CancelScope(deadline=t0 + cfg.timeout), t0, renewed)
         self.running[job.id] = rj
         self.started_jobs += 1
         ctx = JobContext(
@@ -366,11 +419,13 @@ class QueueRunner:
     # --- leases ------------------------------------------------------------------------------
 
     async def _lease_refresher(self) -> None:
-        """Renew running jobs' leases every third of ``lock_extension`` (one call per batch).
+        """Renew leases every third of ``lock_extension`` (one call per batch): running jobs'
+        and prefetched ones'.
 
         A renewal answered STALE or DEADLINE, or no successful renewal for a whole
         ``lock_extension`` (Redis unreachable), cancels the handler: the lease is gone and the
-        outcome would be rejected anyway. CANCEL does the same for an operator's cancel.
+        outcome would be rejected anyway. CANCEL does the same for an operator's cancel. A
+        prefetched job in either case is marked, and its runner drops or cancels it unstarted.
         """
         ext = self.cfg.lock_extension
         every = ext / 3
@@ -379,38 +434,66 @@ class QueueRunner:
         while True:
             await trio.sleep(tick)
             now = trio.current_time()
-            due: list[RunningJob] = []
-            for rj in self.running.values():
-                if rj.stop_reason is not None:
+            self._give_back_waited_too_long(now)
+            if not self.cfg.lock_refresh:
+                continue
+            due: list[RunningJob | BufferedJob] = []
+            leased: list[RunningJob | BufferedJob] = [*self.running.values()]
+            leased += self.buffered.values()
+            for held in leased:
+                if held.stop_reason is not None:
                     continue
-                if now - rj.renewed >= ext:
-                    self._stop(rj, "lost")
-                elif now - rj.renewed >= every:
-                    due.append(rj)
+                if now - held.renewed >= ext:
+                    self._stop(held, "lost")
+                    w.notify("lease_lost", self.name)
+                elif now - held.renewed >= every:
+                    due.append(held)
             if not due:
                 continue
             call = w.protocol.refresh(
-                self.name, w.worker_id, self._lease_ms, [(rj.job.id, rj.job.epoch) for rj in due]
+                self.name, w.worker_id, self._lease_ms, [(h.job.id, h.job.epoch) for h in due]
             )
             try:
                 verdicts = await w.caller.once(call)
             except TRANSIENT:
                 continue
-            for rj, verdict in zip(due, verdicts, strict=True):
+            for held, verdict in zip(due, verdicts, strict=True):
                 if verdict == "OK":
-                    rj.renewed = now
+                    held.renewed = now
                 elif verdict == "CANCEL":
-                    self._stop(rj, "cancel")
+                    self._cancel(held)
                 else:
-                    log.warning("lease renewal of job %s answered %s", rj.job.id, verdict)
-                    self._stop(rj, "lost")
+                    log.warning("lease renewal of job %s answered %s", held.job.id, verdict)
+                    self._stop(held, "lost")
                     w.notify("lease_lost", self.name)
 
+    def _give_back_waited_too_long(self, now: float) -> None:
+        """Release prefetched jobs stuck behind long-running ones, so an idle worker gets them.
+
+        They stay counted as claimed until their runner pops them: this worker must not claim
+        them straight back.
+        """
+        for held in self.buffered.values():
+            if held.stop_reason is None and now - held.claimed > self._max_buffer_wait:
+                held.stop_reason = "given back"
+                self._release(held.job)
+
+    def _cancel(self, held: RunningJob | BufferedJob) -> None:
+        """An operator's cancel: stop the handler, or record a prefetched job cancelled now."""
+        if isinstance(held, RunningJob):
+            self._stop(held, "cancel")
+            return
+        job = held.job
+        held.stop_reason = "cancelled"
+        record = error_record(None, job.attempt, "cancelled by an operator", "Cancelled")
+        self._fail(Failure(job.id, job.epoch, encode_json(record), "cancel"), 0.0)
+
     @staticmethod
-    def _stop(rj: RunningJob, reason: str) -> None:
-        if rj.stop_reason is None:
-            rj.stop_reason = reason
-        rj.scope.cancel()
+    def _stop(held: RunningJob | BufferedJob, reason: str) -> None:
+        if held.stop_reason is None:
+            held.stop_reason = reason
+        if isinstance(held, RunningJob):
+            held.scope.cancel()
 
     def cancel_all(self, reason: str) -> None:
         for rj in self.running.values():
@@ -452,4 +535,4 @@ def reap_interval(cfg: QueueConfig) -> float:
     return min(max(cfg.lock_extension / 4, 0.05), 5.0)
 
 
-__all__ = ["ChildJob", "QueueRunner", "RunningJob", "reap_interval"]
+__all__ = ["BufferedJob", "ChildJob", "QueueRunner", "RunningJob", "reap_interval"]
