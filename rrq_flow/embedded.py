@@ -32,10 +32,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from rrq_flow.config.model import PipelineConfig
 from rrq_flow.errors import EmbeddedRedisError
 from rrq_flow.redis_server import (
@@ -335,6 +331,11 @@ def _write_gitignore(state_dir: Path) -> None:
 
 def _server_pid(sock: Path) -> int | None:
     """The pid of the redis answering on ``sock`` (INFO server), None if nothing answers."""
+    # Imported here: a worker process never needs redis-py otherwise (about 6 MiB of RSS).
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     try:
         with redis.Redis(
             unix_socket_path=str(sock),
