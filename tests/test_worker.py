@@ -495,3 +495,23 @@ def test_default_prefetch_is_a_tenth_of_concurrency() -> None:
     assert make_queue("q", concurrency=55).claim_ahead == 5
     assert make_queue("q", concurrency=50, prefetch=0).claim_ahead == 0
     assert make_queue("q", concurrency=1, prefetch=3).claim_ahead == 3
+
+
+async def test_stopping_an_idle_worker_ends_its_blocking_wait_at_once(
+    redis_url: str, sync_redis: redis.Redis
+) -> None:
+    """The idle wait (BLPOP + claim in one pipeline) is never cancelled mid-call; a stop ends
+    it by pushing a token to the worker's own wake list, which expires if nobody takes it."""
+    cfg = make_pipeline(redis_url, make_queue("q"))
+    worker = Worker(cfg, url=redis_url, handle_signals=False)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker.run)
+        await trio.sleep(0.3)  # idle, blocked on its wake-up list (1 s at a time)
+        assert worker.runners[0].idle
+        stopped_at = trio.current_time()
+        worker.request_stop("test over")
+    took = trio.current_time() - stopped_at
+    assert took < 0.5, took  # not the rest of a 1 s block; typically a few ms
+    stop_key = KeyLayout("t").worker_wake(worker.worker_id, "q")
+    assert sync_redis.llen(stop_key) <= 1
+    assert sync_redis.pttl(stop_key) in (-2, *range(1, 10_001))  # gone, or expiring

@@ -45,6 +45,10 @@ class KeyLayout:
         """HASH of one worker's heartbeat record (expires after a few missed beats)."""
         return f"{self.prefix}worker:{worker_id}"
 
+    def worker_wake(self, worker_id: str, queue: str) -> str:
+        """LIST a worker pushes to itself to end its own blocking wait on ``queue`` (stop)."""
+        return f"{self.prefix}worker:{worker_id}:wake:{queue}"
+
     def job(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}"
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+import coredis.exceptions
 import trio
 import trio_util
 
@@ -31,8 +32,10 @@ from rrq_flow.connection import MAX_BLOCK_SECONDS
 from rrq_flow.errors import DataLossDetected
 from rrq_flow.logs import job_id_var, queue_var
 from rrq_flow.protocol.ops import (
+    Call,
     ChildJob,
     ClaimedJob,
+    ClaimReply,
     Completion,
     Failure,
     encode_json,
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("rrq_flow.worker")
 
 MAX_CLAIM = 500  # jobs per claim call
+STOP_TOKEN_TTL_MS = 10_000  # a stop token nobody took is gone after this
 
 
 @dataclass(eq=False)
@@ -105,7 +109,7 @@ class QueueRunner:
         self.claimed = 0  # claimed and not yet finished (waiting in the channel or running)
         self.prefetch = cfg.claim_ahead
         self._max_buffer_wait = cfg.lock_extension / 2
-        self._idle_scope: trio.CancelScope | None = None
+        self._stop_key = worker.layout.worker_wake(worker.worker_id, cfg.name)
         self.slot_freed = trio.Event()
         self.acks = AckBuffer()
         self.idle = False  # blocked waiting for work (the last claim took all that was ready)
@@ -123,6 +127,7 @@ class QueueRunner:
         async with trio.open_nursery() as support:
             support.start_soon(self._acker)
             support.start_soon(self._reaper)
+            support.start_soon(self._unblock_on_stop)
             if self.cfg.lock_refresh or self.prefetch:
                 support.start_soon(self._lease_refresher)
             async with trio.open_nursery() as runners:
@@ -143,6 +148,7 @@ class QueueRunner:
 
     async def _claim_loop(self) -> None:
         w = self.worker
+        wait: float | None = None  # block this long for work before the next claim
         while not w.stopping.is_set():
             free = self.cfg.concurrency + self.prefetch - self.claimed
             if w.max_jobs is not None:
@@ -162,7 +168,14 @@ class QueueRunner:
                 self._lease_ms,
                 self._hard_ms,
             )
-            reply = parse_claim(await w.caller.until_done(call))
+            if wait is None:
+                reply = parse_claim(await w.caller.until_done(call))
+            else:
+                maybe = await self._wait_then_claim(call, wait)
+                if maybe is None:  # an error: the next round claims directly
+                    wait = None
+                    continue
+                reply = maybe
             if reply.lost:
                 raise DataLossDetected(w.data_loss_message(reply.generation))
             now = trio.current_time()
@@ -171,40 +184,61 @@ class QueueRunner:
                 w.claimed_total += 1
                 self.buffered[job.id] = BufferedJob(job, now, now)
                 self._send.send_nowait(job)
+            wait = None
             if len(reply.jobs) < free:
-                await self._wait_for_work(reply.now, reply.next_due)
+                wait = self._wait_time(reply.now, reply.next_due)
 
-    async def _wait_for_work(self, now: int, next_due: int | None) -> None:
-        """Block until a wake-up token, the next due job, or a stop — never a polling sleep."""
+    @staticmethod
+    def _wait_time(now: int, next_due: int | None) -> float | None:
+        """How long to block for work after a claim that took everything ready (None: don't)."""
         timeout = MAX_BLOCK_SECONDS
         if next_due is not None:
             timeout = min(timeout, max(0.0, (next_due - now) / 1000))
-        if timeout <= 0.001:
-            return
+        return timeout if timeout > 0.001 else None
+
+    async def _wait_then_claim(self, call: Call, timeout: float) -> ClaimReply | None:
+        """Block for a wake-up token, then claim: one round trip, never a polling sleep.
+
+        BLPOP and the claim go in one pipeline on one connection, so Redis runs the claim the
+        moment the BLPOP returns (a token, the timeout, or this worker's own stop token) and
+        the job comes back with the wake-up: no second round trip on the pick-up path. The
+        claim runs whatever happens to the wait, so the call is never abandoned (shielded, and
+        a stop ends it by pushing to this worker's own wake list, not by cancelling it); jobs
+        it claims while the worker stops are released by the runners.
+        Returns None after an error (the caller claims directly next).
+        """
+        w = self.worker
         # The last claim took everything ready. Whether the pipeline is drained is decided by the
         # burst monitor from one atomic Redis snapshot; this flag only says "nothing to add here".
         self.idle = True
-        w = self.worker
-        # A plain cancel scope that stop_waiting() cancels, rather than a task racing
-        # stopping.wait(): no nursery per wait (this is on the pick-up path of every idle job).
         try:
-            with trio.CancelScope() as scope:
-                self._idle_scope = scope
-                if w.stopping.is_set():
-                    return
-                try:
-                    await w.redis.blpop([w.layout.queue(self.name).wake], timeout=timeout)
-                except TRANSIENT as exc:
-                    w.caller.outage.failed(exc)
-                    await trio.sleep(0.1)
+            with trio.CancelScope(shield=True), trio.fail_after(w.caller.timeout + timeout):
+                async with w.redis.pipeline(transaction=False) as pipe:
+                    pipe.blpop([w.layout.queue(self.name).wake, self._stop_key], timeout=timeout)
+                    claimed = pipe.evalsha(call.script.sha, keys=call.keys, args=call.args)
+                reply = parse_claim(cast(Sequence[Any], await claimed))
+        except TRANSIENT as exc:
+            w.caller.outage.failed(exc)
+            await trio.sleep(0.1)
+            return None
+        except coredis.exceptions.NoScriptError:
+            return None  # Redis restarted and forgot the scripts: the direct claim reloads them
         finally:
-            self._idle_scope = None
             self.idle = False
+        w.caller.outage.ok()
+        return reply
 
-    def stop_waiting(self) -> None:
-        """Wake the claim loop from its idle wait (the worker is stopping)."""
-        if self._idle_scope is not None:
-            self._idle_scope.cancel()
+    async def _unblock_on_stop(self) -> None:
+        """When the worker stops, end this queue's blocking wait at once (a stop token)."""
+        w = self.worker
+        await w.stopping.wait()
+        try:
+            with trio.fail_after(w.caller.timeout):
+                async with w.redis.pipeline(transaction=False) as pipe:
+                    pipe.rpush(self._stop_key, ["stop"])
+                    pipe.pexpire(self._stop_key, STOP_TOKEN_TTL_MS)
+        except TRANSIENT:
+            pass  # Redis is away: the wait ends with its own timeout or error
 
     # --- running -----------------------------------------------------------------------------
 

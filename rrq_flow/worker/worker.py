@@ -168,8 +168,6 @@ class Worker:
             self.stop_reason = reason
             log.info("stopping: %s", reason)
             self.stopping.set()
-            for runner in self.runners:
-                runner.stop_waiting()
 
     def notify(self, event: str, *args: Any) -> None:
         """Tell every observer (progress, metrics) about ``event`` (a WorkerObserver method)."""
