@@ -8,8 +8,8 @@ timestamps recorded around its Redis calls by wrapping them at runtime (rrq_flow
 modified), against a private redis-server; the producer is a separate process.
 
   pickup   an idle worker; jobs enqueued one at a time every 5 ms (as bench.py "latency").
-           Splits each job's enqueue->start latency into: producer t0 -> BLPOP returns in the
-           worker, BLPOP return -> claim sent, claim round trip, claim reply -> handler start.
+           Splits each job's enqueue->start latency into: producer t0 -> the idle wait's
+           pipeline (BLPOP + claim.lua) returns in the worker, then reply -> handler start.
   waves    2,000 × trio.sleep(0.05) at concurrency 50 (as bench.py "sleep"). For each wave of
            50: last job end of the previous wave -> claim sent -> claim reply -> first start of
            the wave, plus the complete calls in that gap.
@@ -59,6 +59,19 @@ def instrument() -> None:
         return r
 
     redis_calls.RedisCaller.once = once  # type: ignore[method-assign]
+
+    from rrq_flow.worker import queue_runner
+
+    orig_wait = queue_runner.QueueRunner._wait_then_claim
+
+    async def wait_then_claim(self, call, timeout):  # type: ignore[no-untyped-def]
+        t = time.time()
+        r = await orig_wait(self, call, timeout)
+        if r is not None and r.jobs:
+            EVENTS.append(("wakeclaim", t, time.time()))
+        return r
+
+    queue_runner.QueueRunner._wait_then_claim = wait_then_claim  # type: ignore[method-assign]
 
 
 async def handler(t0: float, sleep_s: float = 0.0) -> int:
@@ -175,26 +188,20 @@ def show(name: str, xs: list[float]) -> None:
 
 def pickup_report(n: int) -> None:
     jobs = sorted(STARTS)
-    blpops = sorted(e for e in EVENTS if e[0] == "blpop")
-    claims = sorted(e for e in EVENTS if e[0] == "claim")
-    parts: dict[str, list[float]] = {k: [] for k in ("total", "a", "b", "c", "d")}
+    waits = sorted(e for e in EVENTS if e[0] == "wakeclaim")
+    parts: dict[str, list[float]] = {k: [] for k in ("total", "a", "d")}
     for t0, start, _ in jobs:
-        bl = [e for e in blpops if t0 <= e[2] <= start]
-        cl = [e for e in claims if e[1] >= t0 and e[2] <= start]
-        if not bl or not cl:
+        woke = [e for e in waits if t0 <= e[2] <= start]
+        if not woke:
             continue
-        b, c = bl[-1], cl[-1]
+        w = woke[-1]
         parts["total"].append(start - t0)
-        parts["a"].append(b[2] - t0)
-        parts["b"].append(c[1] - b[2])
-        parts["c"].append(c[2] - c[1])
-        parts["d"].append(start - c[2])
-    print(f"pickup: {len(parts['total'])}/{len(jobs)} jobs woken by BLPOP then claimed")
+        parts["a"].append(w[2] - t0)
+        parts["d"].append(start - w[2])
+    print(f"pickup: {len(parts['total'])}/{len(jobs)} jobs started by an idle wait's claim")
     show("enqueue->start (total)", parts["total"])
-    show("a. producer t0 -> worker's BLPOP returns", parts["a"])
-    show("b. BLPOP returned -> claim call starts", parts["b"])
-    show("c. claim call (RedisCaller.once) round trip", parts["c"])
-    show("d. claim returned -> handler starts", parts["d"])
+    show("a. producer t0 -> BLPOP + claim pipeline returns", parts["a"])
+    show("d. claim reply -> handler starts", parts["d"])
 
 
 def waves_report(conc: int) -> None:
