@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from pathlib import Path
 import trio
 
 from rrq_flow.config.model import PipelineConfig
+from rrq_flow.worker.progress import Progress
 from rrq_flow.worker.signals import stop_signals
 from rrq_flow.worker.summary import RunStats
 
@@ -60,6 +62,7 @@ class Supervisor:
         max_duration: float | None = None,
         log_format: str = "text",
         log_level: str = "INFO",
+        progress: Progress | None = None,
     ):
         if config.source is None:
             raise ValueError("the supervisor needs a pipeline loaded from a file")
@@ -72,6 +75,7 @@ class Supervisor:
         self.max_duration = max_duration
         self.log_format = log_format
         self.log_level = log_level
+        self.progress = progress
         self.stats = RunStats()
         self.wall_time = 0.0
         self.stop_reason = ""
@@ -94,6 +98,7 @@ class Supervisor:
         finally:
             os.close(self._lifeline_r)
             os.close(self._lifeline_w)
+            shutil.rmtree(self._tmp, ignore_errors=True)
         self.wall_time = time.monotonic() - started
         return code
 
@@ -130,7 +135,15 @@ class Supervisor:
     async def _main(self) -> int:
         stop_metrics = self._start_metrics()
         try:
-            return await self._supervise()
+            if self.progress is None:
+                return await self._supervise()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.progress.run)
+                try:
+                    code = await self._supervise()
+                finally:
+                    self.progress.finish()
+            return code
         finally:
             stop_metrics()
 

@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from rrq_flow.embedded import redis_url_for
     from rrq_flow.errors import ConfigError, EmbeddedRedisError, UnknownQueueError
     from rrq_flow.logs import setup_logging
+    from rrq_flow.worker.progress import progress_for
 
     setup_logging(args.log_format, args.log_level)
     config = load_pipeline(args.pipeline, check_imports=True)
@@ -135,8 +136,9 @@ def run(args: argparse.Namespace) -> int:
         with redis_url_for(config) as url:
             if inputs:
                 _enqueue_inputs(config, url, inputs)
+            progress = progress_for(args.progress, config, url, queues, burst=args.burst)
             if processes == 1:
-                code, stats, wall, reason = _run_in_process(args, config, url, queues)
+                code, stats, wall, reason = _run_in_process(args, config, url, queues, progress)
             else:
                 from rrq_flow.supervisor import Supervisor
 
@@ -150,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
                     max_duration=args.max_duration,
                     log_format=args.log_format,
                     log_level=args.log_level,
+                    progress=progress,
                 )
                 code = sup.run()
                 stats, wall, reason = sup.stats, sup.wall_time, sup.stop_reason
@@ -187,14 +190,12 @@ def _enqueue_inputs(config: Any, url: str, inputs: list[tuple[str, list[Any]]]) 
 
 
 def _run_in_process(
-    args: argparse.Namespace, config: Any, url: str, queues: list[str]
+    args: argparse.Namespace, config: Any, url: str, queues: list[str], progress: Any
 ) -> tuple[int, Any, float, str]:
     import trio
 
-    from rrq_flow.worker.progress import progress_for
     from rrq_flow.worker.worker import Worker
 
-    progress = progress_for(args.progress, config, url, queues, burst=args.burst)
     worker = Worker(
         config,
         url=url,
@@ -202,21 +203,20 @@ def _run_in_process(
         burst=args.burst,
         max_jobs=args.max_jobs,
         max_duration=args.max_duration,
-        observers=[progress] if progress else (),
     )
 
     async def main() -> int:
         if progress is None:
             return await worker.run()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(progress.run, worker)
-            code = await worker.run()
-            nursery.cancel_scope.cancel()
+            await nursery.start(progress.run)
+            try:
+                code = await worker.run()
+            finally:
+                progress.finish()
         return code
 
     code = trio.run(main)
-    if progress is not None:
-        progress.close()
     return code, worker.stats, worker.wall_time, worker.stop_reason or "stopped"
 
 

@@ -1,7 +1,10 @@
 """Progress of a run: a live display in a terminal, a periodic log line otherwise.
 
-Counts come from the worker's own tallies (done, retried, dead) and, for "of total" and the ETA,
-from one cheap Redis snapshot of what is left (the burst drain check), taken twice a second.
+The figures come from Redis, not from one process's tallies, so they are right however many
+worker processes (on however many hosts) share the run: per queue, the change since the run
+began in the queue's shared counters (done, dead or failed, cancelled, retried), and what is
+left (ready + in backoff + active) from the same atomic snapshot the burst drain check uses.
+One pipelined round trip per tick, twice a second at most.
 """
 
 from __future__ import annotations
@@ -9,79 +12,153 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
 
+import coredis
 import trio
 
-from rrq_flow.worker.observer import WorkerObserver
+from rrq_flow.config.model import PipelineConfig
+from rrq_flow.connection import open_async_redis
+from rrq_flow.protocol.keys import KeyLayout
+from rrq_flow.protocol.ops import Protocol
+from rrq_flow.protocol.scripts import call_async
 from rrq_flow.worker.redis_calls import TRANSIENT
-
-if TYPE_CHECKING:
-    from rrq_flow.worker.worker import Worker
 
 log = logging.getLogger("rrq_flow.progress")
 
 LOG_EVERY = 5.0  # seconds between progress lines without a terminal
+COUNTERS = ("done", "dead", "failed", "cancelled", "retried")
 
 
-class Progress(WorkerObserver):
-    def __init__(self, queues: list[str], live: bool):
-        self.queues = queues
+@dataclass
+class QueueProgress:
+    done: int = 0
+    dead: int = 0  # dead-lettered or failed
+    cancelled: int = 0
+    retried: int = 0
+    left: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.dead + self.cancelled
+
+
+class Progress:
+    """Polls the pipeline's counters and shows them; ``run`` until :meth:`finish`, which makes
+    it refresh once more, so the display left above the summary shows the final figures."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        url: str,
+        queues: Sequence[str],
+        *,
+        live: bool,
+        log_every: float = LOG_EVERY,
+        out: TextIO | None = None,
+    ):
+        self.config = config
+        self.url = url
+        self.queues = list(queues)
         self.live = live
-        self.left: dict[str, int] = {q: 0 for q in queues}
+        self.log_every = log_every
+        self.out = out or sys.stderr
+        self.layout = KeyLayout(config.pipeline)
+        self.protocol = Protocol(self.layout)
+        self.now: dict[str, QueueProgress] = {q: QueueProgress() for q in self.queues}
+        self._baseline: dict[str, list[int]] | None = None
         self._lines_drawn = 0
         self._started = time.monotonic()
+        self._finished = trio.Event()
 
-    async def run(self, worker: Worker) -> None:
-        last_log = time.monotonic()
-        while True:
-            await trio.sleep(0.5 if self.live else 1.0)
-            try:
-                counts = await worker.caller.once(worker.protocol.drained(self.queues))
-            except TRANSIENT:
-                continue
-            for i, q in enumerate(self.queues):
-                self.left[q] = sum(int(c) for c in counts[i * 3 : i * 3 + 3])
-            if self.live:
-                self._draw(worker)
-            elif time.monotonic() - last_log >= LOG_EVERY:
-                last_log = time.monotonic()
-                log.info("progress: %s", " | ".join(self._rows(worker)))
+    def finish(self) -> None:
+        """End :meth:`run` after one last refresh (not a cancel: the client's own background
+        tasks live in run's scope, and a cancelled connection could not read the last figures)."""
+        self._finished.set()
 
-    def _rows(self, worker: Worker) -> list[str]:
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Take the baseline, report ``started``, then refresh until :meth:`finish`.
+
+        Start it with ``nursery.start`` before the workers, so that the baseline is read before
+        any job of this run finishes (if Redis is away then, the first later read is used).
+        """
+        redis = open_async_redis(self.url, self.config.redis)
+        async with redis:
+            await self._refresh(redis)
+            self._started = time.monotonic()
+            task_status.started()
+            last_log = time.monotonic()
+            interval = 0.5 if self.live else min(1.0, self.log_every)
+            while not self._finished.is_set():
+                with trio.move_on_after(interval):
+                    await self._finished.wait()
+                if not await self._refresh(redis):
+                    continue
+                if self.live:
+                    self._draw()
+                elif time.monotonic() - last_log >= self.log_every:
+                    last_log = time.monotonic()
+                    log.info("progress: %s", " | ".join(self.rows()))
+
+    async def _refresh(self, redis: coredis.Redis[str]) -> bool:
+        drained = self.protocol.drained(self.queues)
+        try:
+            with trio.fail_after(self.config.redis.command_timeout):
+                async with redis.pipeline(transaction=False) as pipe:
+                    stats = [
+                        pipe.hmget(self.layout.queue(q).stats, list(COUNTERS)) for q in self.queues
+                    ]
+                left = await call_async(redis, drained.script, drained.keys, drained.args)
+                counters = [[int(v or 0) for v in await s] for s in stats]
+        except TRANSIENT:
+            return False
+        if self._baseline is None:
+            self._baseline = dict(zip(self.queues, counters, strict=True))
+        for i, q in enumerate(self.queues):
+            base = self._baseline[q]
+            done, dead, failed, cancelled, retried = (
+                c - b for c, b in zip(counters[i], base, strict=True)
+            )
+            self.now[q] = QueueProgress(
+                done=done,
+                dead=dead + failed,
+                cancelled=cancelled,
+                retried=retried,
+                left=sum(int(c) for c in left[i * 3 : i * 3 + 3]),
+            )
+        return True
+
+    def rows(self) -> list[str]:
         elapsed = max(time.monotonic() - self._started, 1e-9)
         rows = []
         for q in self.queues:
-            t = worker.stats.tally(q)
-            finished = t.done + t.dead + t.cancelled
-            total = finished + self.left[q]
-            rate = finished / elapsed
-            eta = f"{self.left[q] / rate:,.0f}s" if rate > 0 and self.left[q] else "-"
+            p = self.now[q]
+            rate = p.finished / elapsed
+            eta = f"{p.left / rate:,.0f}s" if rate > 0 and p.left else "-"
             rows.append(
-                f"{q}: {finished}/{total} done, {rate:,.0f}/s, eta {eta}, "
-                f"{t.retried} retried, {t.dead} dead"
+                f"{q}: {p.finished}/{p.finished + p.left} done, {rate:,.0f}/s, eta {eta}, "
+                f"{p.retried} retried, {p.dead} dead"
             )
         return rows
 
-    def _draw(self, worker: Worker) -> None:
-        out = sys.stderr
+    def _draw(self) -> None:
+        out = self.out
         if self._lines_drawn:
             out.write(f"\x1b[{self._lines_drawn}F")  # back to the first line drawn
-        rows = self._rows(worker)
+        rows = self.rows()
         for row in rows:
             out.write("\x1b[2K" + row + "\n")
         self._lines_drawn = len(rows)
         out.flush()
 
-    def close(self) -> None:
-        """Leave the last display on screen (the summary follows it)."""
-
 
 def progress_for(
-    mode: str, config: Any, url: str, queues: list[str], *, burst: bool
+    mode: str, config: PipelineConfig, url: str, queues: Sequence[str], *, burst: bool
 ) -> Progress | None:
     """The progress reporter for ``--progress MODE`` (auto: live on a terminal, burst only)."""
     if mode == "off" or (mode == "auto" and not burst):
         return None
     live = sys.stderr.isatty() if mode == "auto" else mode == "on"
-    return Progress(queues, live=live)
+    return Progress(config, url, queues, live=live)
