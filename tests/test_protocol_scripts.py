@@ -789,6 +789,9 @@ def test_job_stalling_more_than_max_stalls_is_dead_lettered(p: Proto) -> None:
     assert p.r.zrange(p.q().dead, 0, -1) == ["a"]
     assert not p.r.exists(p.layout.unique("u"))
     assert len(p.r.lrange(p.layout.job_errors("a"), 0, -1)) == 3
+    # It finished (dead): the throughput ring that `status` reads counts it, once.
+    ring = p.r.hgetall(p.q().tput)
+    assert sum(int(v) for k, v in ring.items() if k.startswith("c")) == 1
 
 
 def test_stalled_without_dead_letter_is_failed(p: Proto) -> None:

@@ -190,7 +190,7 @@ class Protocol:
         q = self.layout.queue(queue)
         return Call(
             script("reap"),
-            [q.ready, q.active, q.wake, q.stats, q.reaper],
+            [q.ready, q.active, q.wake, q.stats, q.reaper, q.tput],
             [
                 self.prefix,
                 guard_ms,
@@ -198,6 +198,7 @@ class Protocol:
                 "1" if dead_letter else "0",
                 limit,
                 result_ttl_ms,
+                ERRORS_KEPT,
             ],
         )
 

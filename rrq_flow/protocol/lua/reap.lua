@@ -3,9 +3,10 @@
   interval per queue across all workers.
 
   KEYS[1] queue ZSET     KEYS[2] active ZSET     KEYS[3] wake LIST     KEYS[4] queue stats HASH
-  KEYS[5] reaper guard STRING
+  KEYS[5] reaper guard STRING       KEYS[6] finished-jobs ring HASH (tput)
   ARGV[1] key prefix     ARGV[2] guard ms (0: no guard)     ARGV[3] max stalls
   ARGV[4] dead letter "1" | "0"     ARGV[5] max jobs per call     ARGV[6] result ttl ms
+  ARGV[7] errors kept per job
 
   Returns: {'GUARDED'} when another worker reaped within the interval, else
   {'OK', requeued count, dead count, then the ids dead-lettered as stalled}.
@@ -20,10 +21,10 @@ if tonumber(ARGV[2]) > 0 then
   if not rcall('SET', KEYS[5], '1', 'NX', 'PX', ARGV[2]) then return { 'GUARDED' } end
 end
 local max_stalls, dead_letter = tonumber(ARGV[3]), ARGV[4]
-local ttl_ms = tonumber(ARGV[6])
+local ttl_ms, keep = tonumber(ARGV[6]), tonumber(ARGV[7])
 local now = now_ms()
 local ids = rcall('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
-local requeued, dead = 0, {}
+local requeued, dead, finished = 0, {}, 0
 for _, id in ipairs(ids) do
   rcall('ZREM', KEYS[2], id)
   local jk = job_key(id)
@@ -36,7 +37,7 @@ for _, id in ipairs(ids) do
       at = now })
     rcall('HSET', jk, 'error', err, 'settled', 'reap', 'owner', '')
     rcall('LPUSH', jk .. ':errors', err)
-    rcall('LTRIM', jk .. ':errors', 0, 9)
+    rcall('LTRIM', jk .. ':errors', 0, keep - 1)
     rcall('HINCRBY', KEYS[4], 'stalled', 1)
     if rcall('HGET', jk, 'cancel_requested') == '1' then
       -- An operator cancelled it while its worker was gone: honour that instead of re-running.
@@ -45,9 +46,11 @@ for _, id in ipairs(ids) do
       rcall('PEXPIRE', jk, ttl_ms)
       rcall('PEXPIRE', jk .. ':errors', ttl_ms)
       rcall('HINCRBY', KEYS[4], 'cancelled', 1)
+      finished = finished + 1
     elseif stalls > max_stalls then
       finish_dead(jk, id, f[4], now, dead_letter, ttl_ms, 'stalled')
       dead[#dead + 1] = id
+      finished = finished + 1
     else
       rcall('HINCRBY', jk, 'attempts', -1)
       rcall('HSET', jk, 'status', 'queued')
@@ -56,6 +59,7 @@ for _, id in ipairs(ids) do
     end
   end
 end
+count_finished(KEYS[6], now, finished)
 if requeued > 0 then
   wake(KEYS[3])
   rcall('HINCRBY', KEYS[4], 'reaped', requeued)
