@@ -290,9 +290,16 @@ class ProtocolMachine(RuleBasedStateMachine):
     def release(self, data: st.DataObject) -> None:
         j = self._pick(data, "active")
         assert j.owner is not None
-        assert self.p.release(j.owner, [(j.id, j.epoch)], queue=j.queue) == ["OK"]
+        verdict = self.p.release(j.owner, [(j.id, j.epoch)], queue=j.queue)
+        j.settled = "release"
+        if j.cancel_requested:  # an operator's cancel is honoured, not run again
+            assert verdict == ["CANCELLED"]
+            self._finish(j, "cancelled")
+            self.stats[j.queue]["cancelled"] += 1
+            return
+        assert verdict == ["OK"]
         j.attempts -= 1
-        j.state, j.settled = "queued", "release"
+        j.state = "queued"
         self.stats[j.queue]["released"] += 1
 
     @_has("active")

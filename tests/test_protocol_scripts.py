@@ -95,7 +95,7 @@ class Proto:
         return list(self.run(self.p.fail(queue, worker, ttl, dead_letter, failures)))
 
     def release(self, worker: str, items: Sequence[tuple[str, int]], *, queue="q") -> list[str]:
-        return list(self.run(self.p.release(queue, worker, items)))
+        return list(self.run(self.p.release(queue, worker, TTL, items)))
 
     def reap(
         self,
@@ -1069,12 +1069,19 @@ def test_requeue_clears_an_old_cancel_request(p: Proto) -> None:
     assert p.refresh("w1", [("a", c2.epoch)]) == ["OK"]
 
 
-def test_release_of_cancel_requested_job_requeues_it_still_flagged(p: Proto) -> None:
-    """Known limit (release has no result TTL to finish it with): the job goes back to ready
-    with the flag kept, and its next run is cancelled at its first lease renewal."""
-    p.enqueue("a")
+def test_release_of_cancel_requested_job_ends_it_cancelled(p: Proto) -> None:
+    """A worker stopping while an operator's cancel is pending does not put the job back to run
+    again: it is cancelled, terminal, once (a repeat answers ALREADY_DONE)."""
+    p.enqueue(NewJob("a", unique_key="u"))
     c = p.claim_one("a")
     p.cancel("a")
-    assert p.release("w1", [("a", c.epoch)]) == ["OK"]
-    c2 = p.claim_one("a", "w2")
-    assert p.refresh("w2", [("a", c2.epoch)]) == ["CANCEL"]
+    assert p.release("w1", [("a", c.epoch)]) == ["CANCELLED"]
+    rec = p.job("a")
+    assert rec["status"] == "cancelled" and "finished_at" in rec
+    assert 0 < p.r.pttl(p.layout.job("a")) <= TTL
+    assert p.r.zcard(p.q().active) == 0 and p.r.zcard(p.q().ready) == 0
+    assert not p.r.exists(p.layout.unique("u"))
+    assert p.r.hget(p.q().stats, "cancelled") == "1" and p.r.hget(p.q().stats, "released") is None
+    snap = p.snapshot()
+    assert p.release("w1", [("a", c.epoch)]) == ["ALREADY_DONE"]
+    assert p.snapshot() == snap

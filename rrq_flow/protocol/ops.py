@@ -170,12 +170,15 @@ class Protocol:
             args += [f.id, f.epoch, f.error_json, f.action, f.delay_ms]
         return Call(script("fail"), [q.active, q.retry, q.stats, q.tput], args)
 
-    def release(self, queue: str, worker: str, items: Iterable[tuple[str, int]]) -> Call:
+    def release(
+        self, queue: str, worker: str, result_ttl_ms: int, items: Iterable[tuple[str, int]]
+    ) -> Call:
+        """Give jobs back (shutdown); one whose cancel was requested ends cancelled instead."""
         q = self.layout.queue(queue)
-        args: list[ScriptArg] = [self.prefix, worker]
+        args: list[ScriptArg] = [self.prefix, worker, result_ttl_ms]
         for job_id, epoch in items:
             args += [job_id, epoch]
-        return Call(script("release"), [q.ready, q.active, q.wake, q.stats], args)
+        return Call(script("release"), [q.ready, q.active, q.wake, q.stats, q.tput], args)
 
     def reap(
         self,

@@ -117,7 +117,7 @@ class QueueRunner:
         self._send, self._recv = trio.open_memory_channel[ClaimedJob](math.inf)
         self._lease_ms = ms(cfg.initial_lease)
         self._hard_ms = ms(cfg.hard_lease)
-        self._result_ttl_ms = ms(cfg.result_ttl)
+        self.result_ttl_ms = ms(cfg.result_ttl)
 
     # --- the queue's task tree ---------------------------------------------------------------
 
@@ -409,7 +409,7 @@ class QueueRunner:
         try:
             if completions:
                 call = w.protocol.complete(
-                    self.name, w.worker_id, self._result_ttl_ms, [c for c, _ in completions]
+                    self.name, w.worker_id, self.result_ttl_ms, [c for c, _ in completions]
                 )
                 verdicts = await w.caller.until_done(call)
                 for (c, duration), verdict in zip(completions, verdicts, strict=True):
@@ -418,7 +418,7 @@ class QueueRunner:
                 call = w.protocol.fail(
                     self.name,
                     w.worker_id,
-                    self._result_ttl_ms,
+                    self.result_ttl_ms,
                     self.cfg.dead_letter,
                     [f for f, _ in failures],
                 )
@@ -426,11 +426,13 @@ class QueueRunner:
                 for (f, duration), verdict in zip(failures, verdicts, strict=True):
                     self._count(verdict, duration, f.id)
             if releases:
-                call = w.protocol.release(self.name, w.worker_id, releases)
+                call = w.protocol.release(self.name, w.worker_id, self.result_ttl_ms, releases)
                 verdicts = await w.caller.until_done(call)
                 for _, verdict in zip(releases, verdicts, strict=True):
                     if verdict in ("OK", "ALREADY_DONE"):
                         self.tally.released += 1
+                    elif verdict == "CANCELLED":  # an operator's cancel, honoured on the way out
+                        self.tally.cancelled += 1
                     else:
                         self.tally.stale += 1
         finally:
@@ -550,7 +552,7 @@ class QueueRunner:
             guard_ms=ms(interval),
             max_stalls=self.cfg.max_stalls,
             dead_letter=self.cfg.dead_letter,
-            result_ttl_ms=self._result_ttl_ms,
+            result_ttl_ms=self.result_ttl_ms,
         )
         while True:
             try:

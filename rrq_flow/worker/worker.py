@@ -305,7 +305,9 @@ class Worker:
         )
         for runner, rj in stuck:
             rj.settled = True
-            call = self.protocol.release(runner.name, self.worker_id, [(rj.job.id, rj.job.epoch)])
+            call = self.protocol.release(
+                runner.name, self.worker_id, runner.result_ttl_ms, [(rj.job.id, rj.job.epoch)]
+            )
             # If Redis does not answer, the lease runs out and the reaper brings the job back.
             with contextlib.suppress(*TRANSIENT):
                 await self.caller.once(call)
