@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import coredis.exceptions
 import trio
@@ -47,6 +47,7 @@ from rrq_flow.worker.context import JobContext, reset_current, set_current
 from rrq_flow.worker.executor import make_runner
 from rrq_flow.worker.policy import classify, error_record, timeout_verdict
 from rrq_flow.worker.redis_calls import TRANSIENT
+from rrq_flow.worker.wake_connection import ReplyError, wake_connection_for
 
 if TYPE_CHECKING:
     from rrq_flow.worker.worker import Worker
@@ -110,6 +111,7 @@ class QueueRunner:
         self.prefetch = cfg.claim_ahead
         self._max_buffer_wait = cfg.lock_extension / 2
         self._stop_key = worker.layout.worker_wake(worker.worker_id, cfg.name)
+        self._wake = wake_connection_for(worker.url, worker.config.redis.connect_timeout)
         self.slot_freed = trio.Event()
         self.acks = AckBuffer()
         self.idle = False  # blocked waiting for work (the last claim took all that was ready)
@@ -138,6 +140,7 @@ class QueueRunner:
                 finally:
                     self._send.close()
                     self._release_buffered()
+                    await self._wake.aclose()
             await self.drain_acks()
             support.cancel_scope.cancel()
 
@@ -205,7 +208,8 @@ class QueueRunner:
     async def _wait_then_claim(self, call: Call, timeout: float) -> ClaimReply | None:
         """Block for a wake-up token, then claim: one round trip, never a polling sleep.
 
-        BLPOP and the claim go in one pipeline on one connection, so Redis runs the claim the
+        BLPOP and the claim go in one write on this queue's own connection (WakeConnection, a
+        minimal RESP client: this path is mostly client overhead), so Redis runs the claim the
         moment the BLPOP returns (a token, the timeout, or this worker's own stop token) and
         the job comes back with the wake-up: no second round trip on the pick-up path. The
         claim runs whatever happens to the wait, so the call is never abandoned (shielded, and
@@ -219,16 +223,25 @@ class QueueRunner:
         self.idle = True
         try:
             with trio.CancelScope(shield=True), trio.fail_after(w.caller.timeout + timeout):
-                async with w.redis.pipeline(transaction=False) as pipe:
-                    pipe.blpop([w.layout.queue(self.name).wake, self._stop_key], timeout=timeout)
-                    claimed = pipe.evalsha(call.script.sha, keys=call.keys, args=call.args)
-                reply = parse_claim(cast(Sequence[Any], await claimed))
+                _, claimed = await self._wake.wait_then_claim(
+                    [w.layout.queue(self.name).wake, self._stop_key],
+                    timeout,
+                    call.script.sha,
+                    call.keys,
+                    call.args,
+                )
+            reply = parse_claim(claimed)
         except TRANSIENT as exc:
             w.caller.outage.failed(exc)
             await trio.sleep(0.1)
             return None
         except coredis.exceptions.NoScriptError:
             return None  # Redis restarted and forgot the scripts: the direct claim reloads them
+        except ReplyError as exc:
+            # LOADING, READONLY, NOAUTH...: the direct claim (coredis) classifies and retries it.
+            w.caller.outage.failed(exc)
+            await trio.sleep(0.1)
+            return None
         finally:
             self.idle = False
         w.caller.outage.ok()

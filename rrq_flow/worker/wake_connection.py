@@ -1,0 +1,194 @@
+"""The idle wait's own Redis connection: BLPOP + claim in one write, on a plain trio stream.
+
+This is the pick-up path of every job that reaches an idle worker, and the one place where
+the client's own overhead is most of the latency: coredis spends about 170 µs of CPU on a
+two-command pipeline where this minimal RESP2 client spends about 60 (bench/README.md). It
+speaks just what that path needs: AUTH, SELECT, one pipelined BLPOP + EVALSHA, and reading
+their replies. Everything else stays on coredis, which is also the fallback when this
+connection cannot be used (see :func:`wake_connection_for`).
+
+A connection that fails, times out or is cancelled mid-call is closed and reopened on the
+next use: a reply arriving late must never be read as the answer to a later call.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+from typing import Any
+
+import coredis.exceptions
+import trio
+
+from rrq_flow.connection import RedisLocation, parse_redis_url
+
+Reply = Any  # str | int | None | list[Reply]
+
+
+class ReplyError(Exception):
+    """Redis answered with an error (``-ERR ...``) to a command of this connection."""
+
+
+def _encode(*parts: str | bytes | int | float) -> bytes:
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        data = part if isinstance(part, bytes) else str(part).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Parser:
+    """Incremental RESP2 reader: replies as str (utf-8), int, None or lists of those."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.pos = 0
+
+    def feed(self, data: bytes | bytearray) -> None:
+        if self.pos:
+            del self.buf[: self.pos]
+            self.pos = 0
+        self.buf += data
+
+    def _line(self) -> bytes | None:
+        end = self.buf.find(b"\r\n", self.pos)
+        if end < 0:
+            return None
+        line = bytes(self.buf[self.pos : end])
+        self.pos = end + 2
+        return line
+
+    def reply(self) -> tuple[bool, Reply]:
+        """(True, reply) when one whole reply is buffered, else (False, None), consuming none."""
+        start = self.pos
+        try:
+            return True, self._reply()
+        except _Incomplete:
+            self.pos = start
+            return False, None
+
+    def _reply(self) -> Reply:
+        line = self._line()
+        if line is None:
+            raise _Incomplete
+        kind, rest = line[:1], line[1:]
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            if len(self.buf) < self.pos + n + 2:
+                raise _Incomplete
+            data = bytes(self.buf[self.pos : self.pos + n])
+            if self.buf[self.pos + n : self.pos + n + 2] != b"\r\n":
+                raise coredis.exceptions.ConnectionError("malformed RESP bulk string")
+            self.pos += n + 2
+            return data.decode()
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._reply() for _ in range(n)]
+        if kind == b":":
+            return int(rest)
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            return ReplyError(rest.decode())
+        raise coredis.exceptions.ConnectionError(f"unexpected RESP reply type {kind!r}")
+
+
+class _Incomplete(Exception):
+    pass
+
+
+class WakeConnection:
+    """One dedicated connection; calls are sequential (one queue runner owns it)."""
+
+    def __init__(self, location: RedisLocation, connect_timeout: float):
+        self.location = location
+        self.connect_timeout = connect_timeout
+        self._stream: trio.abc.Stream | None = None
+        self._parser = _Parser()
+
+    async def _connect(self) -> trio.abc.Stream:
+        loc = self.location
+        with trio.fail_after(self.connect_timeout):
+            stream: trio.abc.Stream
+            if loc.unix_socket is not None:
+                stream = await trio.open_unix_socket(loc.unix_socket)
+            else:
+                stream = await trio.open_tcp_stream(loc.host or "localhost", loc.port or 6379)
+                if loc.ssl:
+                    ssl_stream = trio.SSLStream(
+                        stream, ssl.create_default_context(), server_hostname=loc.host
+                    )
+                    await ssl_stream.do_handshake()
+                    stream = ssl_stream
+            self._stream, self._parser = stream, _Parser()
+            setup: list[bytes] = []
+            if loc.password is not None:
+                auth = [loc.username, loc.password] if loc.username else [loc.password]
+                setup.append(_encode("AUTH", *auth))
+            if loc.db:
+                setup.append(_encode("SELECT", loc.db))
+            if setup:
+                await stream.send_all(b"".join(setup))
+                for reply in await self._read(len(setup)):
+                    if isinstance(reply, ReplyError):
+                        raise coredis.exceptions.ConnectionError(f"Redis refused setup: {reply}")
+        return stream
+
+    async def _read(self, count: int) -> list[Reply]:
+        assert self._stream is not None
+        replies: list[Reply] = []
+        while len(replies) < count:
+            complete, reply = self._parser.reply()
+            if complete:
+                replies.append(reply)
+                continue
+            data = await self._stream.receive_some(65536)
+            if not data:
+                raise coredis.exceptions.ConnectionError("Redis closed the connection")
+            self._parser.feed(data)
+        return replies
+
+    async def wait_then_claim(
+        self,
+        wait_keys: Sequence[str],
+        timeout: float,
+        sha: str,
+        keys: Sequence[str],
+        args: Sequence[str | int | float],
+    ) -> tuple[Reply, Reply]:
+        """Send ``BLPOP wait_keys timeout`` and ``EVALSHA sha`` in one write; return both replies.
+
+        Raises coredis' ConnectionError (a TRANSIENT error of the worker) when the connection
+        breaks, NoScriptError when Redis lost the script, ReplyError for any other error reply.
+        """
+        try:
+            stream = self._stream or await self._connect()
+            await stream.send_all(
+                _encode("BLPOP", *wait_keys, f"{timeout:.3f}")
+                + _encode("EVALSHA", sha, len(keys), *keys, *args)
+            )
+            woke, claimed = await self._read(2)
+        except BaseException as exc:
+            await self.aclose()  # unknown state: a late reply must not answer the next call
+            if isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
+                raise coredis.exceptions.ConnectionError(str(exc) or type(exc).__name__) from exc
+            raise
+        for reply in (woke, claimed):
+            if isinstance(reply, ReplyError):
+                if str(reply).startswith("NOSCRIPT"):
+                    raise coredis.exceptions.NoScriptError(str(reply))
+                raise reply
+        return woke, claimed
+
+    async def aclose(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+
+def wake_connection_for(url: str, connect_timeout: float) -> WakeConnection:
+    """The idle wait's connection for ``url`` (every URL rrq-flow accepts can use one)."""
+    return WakeConnection(parse_redis_url(url), connect_timeout)
