@@ -44,12 +44,12 @@ HANDLER = "bench_handlers:job"
 GNU_TIME = "/usr/bin/time"
 
 # Reference targets: the brief's targets applied to the best peers of the latest side-by-side
-# peerbench run on this machine (results/peerbench-2026-11-28.md). That run is the authority;
-# these only flag a regression when bench.py runs alone (absolute figures drift with load).
+# peerbench run on this machine (results/peerbench-2026-11-28-final.md). That run is the
+# authority; these only flag a regression when bench.py runs alone (figures drift with load).
 TARGETS = {
-    "enqueue_many_rate": (">=", 41700, "2x RQ enqueue_many, 20.8k/s side by side"),
-    "process_rate": (">=", 7200, "2x taskiq, 3.6k/s side by side"),
-    "latency_p50_ms": ("<=", 0.48, "taskiq p50 side by side"),
+    "enqueue_many_rate": (">=", 45200, "2x RQ enqueue_many, 22.6k/s side by side"),
+    "process_rate": (">=", 9000, "2x taskiq, 4.5k/s side by side"),
+    "latency_p50_ms": ("<=", 0.41, "taskiq p50 side by side"),
     "sleep_ratio": ("<=", 1.05, "within 5% of ideal"),
     "rss_mib": ("<", 60, "worker peak RSS"),
 }
