@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import coredis.exceptions
@@ -11,7 +12,13 @@ import redis
 import trio
 
 from rrq_flow.redis_server import start_redis_server
-from rrq_flow.worker.wake_connection import ReplyError, _encode, _Parser, wake_connection_for
+from rrq_flow.worker.wake_connection import (
+    ReplyError,
+    WakeConnection,
+    _encode,
+    _Parser,
+    wake_connection_for,
+)
 
 SCRIPT = "return {ARGV[1], redis.call('LLEN', KEYS[1]), {1, 'two'}}"
 
@@ -36,71 +43,64 @@ def test_parser_reads_replies_fed_a_byte_at_a_time() -> None:
     assert isinstance(replies[3], ReplyError) and str(replies[3]).startswith("NOSCRIPT")
 
 
+@pytest.fixture
+async def conn(redis_url: str) -> AsyncIterator[WakeConnection]:
+    connection = wake_connection_for(redis_url, 2)
+    try:
+        yield connection
+    finally:
+        await connection.aclose()
+
+
 def test_encode_is_a_resp_array_of_bulk_strings() -> None:
     assert _encode("BLPOP", "k", 1.5) == b"*3\r\n$5\r\nBLPOP\r\n$1\r\nk\r\n$3\r\n1.5\r\n"
 
 
 async def test_wait_then_claim_returns_both_replies(
-    redis_url: str, sync_redis: redis.Redis
+    conn: WakeConnection, sync_redis: redis.Redis
 ) -> None:
     sha = sync_redis.script_load(SCRIPT)
-    conn = wake_connection_for(redis_url, 2)
-    try:
-        sync_redis.rpush("wake", "t")
-        woke, claimed = await conn.wait_then_claim(["wake", "stop"], 1.0, sha, ["wake"], ["a"])
-        assert woke == ["wake", "t"] and claimed == ["a", 0, [1, "two"]]
-        # Nothing to pop: BLPOP times out (nil) and the claim still runs after it.
-        woke, claimed = await conn.wait_then_claim(["wake", "stop"], 0.05, sha, ["wake"], ["b"])
-        assert woke is None and claimed[0] == "b"
-    finally:
-        await conn.aclose()
+    sync_redis.rpush("wake", "t")
+    woke, claimed = await conn.wait_then_claim(["wake", "stop"], 1.0, sha, ["wake"], ["a"])
+    assert woke == ["wake", "t"] and claimed == ["a", 0, [1, "two"]]
+    # Nothing to pop: BLPOP times out (nil) and the claim still runs after it.
+    woke, claimed = await conn.wait_then_claim(["wake", "stop"], 0.05, sha, ["wake"], ["b"])
+    assert woke is None and claimed[0] == "b"
 
 
 async def test_noscript_and_error_replies_keep_the_connection_usable(
-    redis_url: str, sync_redis: redis.Redis
+    conn: WakeConnection, sync_redis: redis.Redis
 ) -> None:
-    conn = wake_connection_for(redis_url, 2)
-    try:
-        with pytest.raises(coredis.exceptions.NoScriptError):
-            await conn.wait_then_claim(["w"], 0.01, "0" * 40, ["w"], [])
-        sha = sync_redis.script_load("return redis.call('INCR', KEYS[1])")
-        sync_redis.set("s", "text")
-        with pytest.raises(ReplyError, match="not an integer"):
-            await conn.wait_then_claim(["w"], 0.01, sha, ["s"], [])
-        sync_redis.delete("s")
-        assert (await conn.wait_then_claim(["w"], 0.01, sha, ["s"], []))[1] == 1
-    finally:
-        await conn.aclose()
+    with pytest.raises(coredis.exceptions.NoScriptError):
+        await conn.wait_then_claim(["w"], 0.01, "0" * 40, ["w"], [])
+    sha = sync_redis.script_load("return redis.call('INCR', KEYS[1])")
+    sync_redis.set("s", "text")
+    with pytest.raises(ReplyError, match="not an integer"):
+        await conn.wait_then_claim(["w"], 0.01, sha, ["s"], [])
+    sync_redis.delete("s")
+    assert (await conn.wait_then_claim(["w"], 0.01, sha, ["s"], []))[1] == 1
 
 
 async def test_a_killed_connection_is_transient_and_the_next_call_reconnects(
-    redis_url: str, sync_redis: redis.Redis
+    conn: WakeConnection, sync_redis: redis.Redis
 ) -> None:
     sha = sync_redis.script_load(SCRIPT)
-    conn = wake_connection_for(redis_url, 2)
-    try:
+    await conn.wait_then_claim(["w"], 0.01, sha, ["w"], ["x"])
+    sync_redis.client_kill_filter(_type="normal", skipme=True)
+    with pytest.raises(coredis.exceptions.ConnectionError):
         await conn.wait_then_claim(["w"], 0.01, sha, ["w"], ["x"])
-        sync_redis.client_kill_filter(_type="normal", skipme=True)
-        with pytest.raises(coredis.exceptions.ConnectionError):
-            await conn.wait_then_claim(["w"], 0.01, sha, ["w"], ["x"])
-        assert (await conn.wait_then_claim(["w"], 0.01, sha, ["w"], ["y"]))[1][0] == "y"
-    finally:
-        await conn.aclose()
+    assert (await conn.wait_then_claim(["w"], 0.01, sha, ["w"], ["y"]))[1][0] == "y"
 
 
 async def test_a_cancelled_call_never_hands_its_late_reply_to_the_next(
-    redis_url: str, sync_redis: redis.Redis
+    conn: WakeConnection, sync_redis: redis.Redis
 ) -> None:
     sha = sync_redis.script_load(SCRIPT)
-    conn = wake_connection_for(redis_url, 2)
-    try:
-        with trio.move_on_after(0.1):  # cut off while BLPOP blocks; its reply comes later
-            await conn.wait_then_claim(["w"], 0.5, sha, ["w"], ["late"])
-        sync_redis.rpush("w", "t")
-        woke, claimed = await conn.wait_then_claim(["w"], 1.0, sha, ["w"], ["fresh"])
-        assert claimed[0] == "fresh" and woke == ["w", "t"]
-    finally:
-        await conn.aclose()
+    with trio.move_on_after(0.1):  # cut off while BLPOP blocks; its reply comes later
+        await conn.wait_then_claim(["w"], 0.5, sha, ["w"], ["late"])
+    sync_redis.rpush("w", "t")
+    woke, claimed = await conn.wait_then_claim(["w"], 1.0, sha, ["w"], ["fresh"])
+    assert claimed[0] == "fresh" and woke == ["w", "t"]
 
 
 def _free_port() -> int:
