@@ -515,3 +515,29 @@ async def test_stopping_an_idle_worker_ends_its_blocking_wait_at_once(
     stop_key = KeyLayout("t").worker_wake(worker.worker_id, "q")
     assert sync_redis.llen(stop_key) <= 1
     assert sync_redis.pttl(stop_key) in (-2, *range(1, 10_001))  # gone, or expiring
+
+
+async def test_same_worker_reclaiming_a_job_whose_old_attempt_still_runs(
+    redis_url: str, sync_redis: redis.Redis, tmp_path: Path
+) -> None:
+    """The lease of a running job runs out (simulated), this worker's reaper requeues it and
+    this same worker claims it again while the old attempt is still running: both attempts are
+    tracked apart (by id and epoch), the old one is fenced, the new one's result stands."""
+    q = make_queue("q", "tests.handlers:record", concurrency=2, lock_extension=3, timeout=30)
+    cfg = make_pipeline(redis_url, q)
+    history = tmp_path / "h.txt"
+    active = KeyLayout("t").queue("q").active
+    with SyncClient(cfg) as client:
+        job_id = client.enqueue("q", str(history), 1.5)
+        worker = Worker(cfg, url=redis_url, burst=True, handle_signals=False)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.run)
+            with trio.fail_after(5):
+                while not read_lines(history):
+                    await trio.sleep(0.01)
+            sync_redis.zadd(active, {job_id: 0}, xx=True)  # its lease "ran out"
+        info = client.job(job_id)
+    starts = [(int(epoch), job) for kind, job, epoch, *_ in read_lines(history) if kind == "start"]
+    assert starts == [(1, job_id), (3, job_id)]  # reaped (epoch 2), claimed again (epoch 3)
+    assert info.status == "done" and info.epoch == 3 and info.stalls == 1
+    assert worker.stats.queues["q"].lost == 1 and worker.stats.queues["q"].done == 1

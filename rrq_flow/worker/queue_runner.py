@@ -105,8 +105,10 @@ class QueueRunner:
         self.executor, self.run_handler = make_runner(cfg, handler)
         self.fatal_types = worker.fatal_types[cfg.name]
         self.tally = worker.stats.tally(cfg.name)
-        self.running: dict[str, RunningJob] = {}
-        self.buffered: dict[str, BufferedJob] = {}  # claimed, waiting in the channel
+        # Keyed by (id, epoch), not id: after a lost lease this worker may claim a job again
+        # while its older attempt is still running or waiting here.
+        self.running: dict[tuple[str, int], RunningJob] = {}
+        self.buffered: dict[tuple[str, int], BufferedJob] = {}  # claimed, waiting in the channel
         self.claimed = 0  # claimed and not yet finished (waiting in the channel or running)
         self.prefetch = cfg.claim_ahead
         self._max_buffer_wait = cfg.lock_extension / 2
@@ -185,7 +187,7 @@ class QueueRunner:
             for job in reply.jobs:
                 self.claimed += 1
                 w.claimed_total += 1
-                self.buffered[job.id] = BufferedJob(job, now, now)
+                self.buffered[job.id, job.epoch] = BufferedJob(job, now, now)
                 self._send.send_nowait(job)
             wait = None
             if len(reply.jobs) < free:
@@ -263,7 +265,7 @@ class QueueRunner:
 
     async def _runner(self) -> None:
         async for job in self._recv:
-            held = self.buffered.pop(job.id)
+            held = self.buffered.pop((job.id, job.epoch))
             waited = trio.current_time() - held.claimed
             if held.stop_reason in ("given back", "cancelled"):
                 pass  # already settled by the lease refresher
@@ -286,7 +288,7 @@ class QueueRunner:
                 job = self._recv.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 return
-            self.buffered.pop(job.id, None)
+            self.buffered.pop((job.id, job.epoch), None)
             self._release(job)
             self._slot_done()
 
@@ -298,7 +300,7 @@ class QueueRunner:
         cfg, w = self.cfg, self.worker
         t0 = trio.current_time()
         rj = RunningJob(job, trio.CancelScope(deadline=t0 + cfg.timeout), t0, renewed)
-        self.running[job.id] = rj
+        self.running[job.id, job.epoch] = rj
         self.started_jobs += 1
         ctx = JobContext(
             id=job.id,
@@ -325,7 +327,7 @@ class QueueRunner:
             error = exc
         finally:
             reset_current(ctx_token)
-            del self.running[job.id]
+            del self.running[job.id, job.epoch]
             self._slot_done()
         try:
             self._settle(rj, ctx, result, error, trio.current_time() - t0)
