@@ -210,6 +210,7 @@ def check(
                 rep.violation(
                     f"job {i}: stored result of epoch {winner.get('epoch')} (record epoch "
                     f"{rec.epoch}), but the last execution had epoch {top}: a stale completion"
+                    f" [{_post_mortem(rec, runs)}]"
                 )
             ended = [x for x in runs if x.epoch == winner.get("epoch") and x.how == "end"]
             if not ended or ended[0].pid != winner.get("pid"):
@@ -257,3 +258,15 @@ def check(
     if n_done + n_dead != len(present):
         rep.violation(f"done {n_done} + dead {n_dead} != {len(present)} jobs that exist")
     return rep
+
+
+def _post_mortem(rec: JobInfo, runs: list[Execution]) -> str:
+    """What a violation message needs to tell a fencing bug from a Redis persistence anomaly:
+    the record's counters (epoch = claims + stalls when every change went through the scripts
+    once) and every observed execution."""
+    seen = ", ".join(f"epoch {x.epoch} pid {x.pid} {x.how or 'running'}" for x in runs)
+    errors = [e.get("type") for e in rec.errors]
+    return (
+        f"claims {rec.claims}, stalls {rec.stalls}, attempts {rec.attempts}, owner "
+        f"{rec.owner!r}, errors {errors}; executions: {seen}"
+    )
