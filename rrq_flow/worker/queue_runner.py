@@ -358,8 +358,7 @@ class QueueRunner:
             elif reason == "shutdown":
                 self._release(job)
             elif reason == "cancel":
-                record = error_record(None, job.attempt, "cancelled by an operator", "Cancelled")
-                self._fail(Failure(job.id, job.epoch, encode_json(record), "cancel"), duration)
+                self._fail_cancelled(job, duration)
             else:
                 verdict = timeout_verdict(cfg.timeout, job.attempt, cfg.retry)
                 log.warning("attempt %d timed out after %gs", job.attempt, cfg.timeout)
@@ -540,10 +539,13 @@ class QueueRunner:
         if isinstance(held, RunningJob):
             self._stop(held, "cancel")
             return
-        job = held.job
         held.stop_reason = "cancelled"
+        self._fail_cancelled(held.job, 0.0)
+
+    def _fail_cancelled(self, job: ClaimedJob, duration: float) -> None:
+        """Record an operator's cancel as this attempt's outcome."""
         record = error_record(None, job.attempt, "cancelled by an operator", "Cancelled")
-        self._fail(Failure(job.id, job.epoch, encode_json(record), "cancel"), 0.0)
+        self._fail(Failure(job.id, job.epoch, encode_json(record), "cancel"), duration)
 
     @staticmethod
     def _stop(held: RunningJob | BufferedJob, reason: str) -> None:
