@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +39,7 @@ EXIT_CRASH_LOOP = 4
 CRASH_WINDOW = 30.0  # seconds
 CRASH_LIMIT = 5  # unexpected deaths within the window that count as a crash loop
 RESTART_BACKOFF = (0.5, 10.0)  # first and largest delay before a restart
+RELAY_GRACE = 5.0  # seconds to read a worker's remaining output after it exited
 
 
 @dataclass
@@ -190,15 +192,29 @@ class Supervisor:
         while True:
             # New session: a terminal's Ctrl-C reaches only the supervisor, which passes it on
             # once; otherwise every worker would see it too and take the forward as a second.
+            # Under a live progress block the workers' output is relayed line by line through
+            # this process, which prints it above the block (they would draw over it otherwise).
+            relay = self.progress is not None and self.progress.live
+            pipe = subprocess.PIPE if relay else None
             process = await trio.lowlevel.open_process(
                 self._command(slot),
                 pass_fds=(self._lifeline_r,),
                 start_new_session=True,
                 env=self._child_env,
+                stdout=pipe,
+                stderr=pipe,
             )
             slot.process = process
             log.info("worker %d started (pid %d)", slot.index, process.pid)
-            code = await process.wait()
+            if relay:
+                async with trio.open_nursery() as relays:
+                    relays.start_soon(relay_lines, process.stdout, "stdout")
+                    relays.start_soon(relay_lines, process.stderr, "stderr")
+                    code = await process.wait()
+                    # A grandchild may still hold the pipes: what is left is read for a while.
+                    relays.cancel_scope.deadline = trio.current_time() + RELAY_GRACE
+            else:
+                code = await process.wait()
             self._collect(slot)
             if self._expected_exit(code):
                 self._codes.append(code)
@@ -270,3 +286,25 @@ class Supervisor:
         await trio.sleep(seconds)
         self.stop_reason = f"max duration {seconds:g}s reached"
         self._forward(signal.SIGTERM)
+
+
+async def relay_lines(stream: trio.abc.ReceiveStream | None, name: str) -> None:
+    """Copy a worker's output to this process's ``sys.<name>`` a whole line at a time (looked
+    up per line: while a live block is shown, that is rich's proxy printing above it)."""
+    if stream is None:
+        return
+    pending = b""
+    async with stream:
+        async for chunk in stream:
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if lines:
+                _write(name, b"".join(line + b"\n" for line in lines))
+    if pending:
+        _write(name, pending + b"\n")
+
+
+def _write(name: str, data: bytes) -> None:
+    out = getattr(sys, name)
+    out.write(data.decode(errors="replace"))
+    out.flush()

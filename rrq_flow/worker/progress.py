@@ -4,7 +4,9 @@ The figures come from Redis, not from one process's tallies, so they are right h
 worker processes (on however many hosts) share the run: per queue, the change since the run
 began in the queue's shared counters (done, dead or failed, cancelled, retried), and what is
 left (ready + in backoff + active) from the same atomic snapshot the burst drain check uses.
-One pipelined round trip per tick, twice a second at most.
+One pipelined round trip per tick, twice a second at most. In a terminal the figures are a
+block at the bottom drawn by rich's Live display (rrq_flow.worker.live_display), under the log
+lines, never over them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from rrq_flow.connection import open_async_redis
 from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import Protocol
 from rrq_flow.protocol.scripts import call_async
+from rrq_flow.worker.live_display import LiveBlock
 from rrq_flow.worker.redis_calls import TRANSIENT
 
 log = logging.getLogger("rrq_flow.progress")
@@ -69,7 +72,7 @@ class Progress:
         self.protocol = Protocol(self.layout)
         self.now: dict[str, QueueProgress] = {q: QueueProgress() for q in self.queues}
         self._baseline: dict[str, list[int]] | None = None
-        self._lines_drawn = 0
+        self._block: LiveBlock | None = None
         self._started = time.monotonic()
         self._finished = trio.Event()
 
@@ -88,19 +91,30 @@ class Progress:
         async with redis:
             await self._refresh(redis)
             self._started = time.monotonic()
-            task_status.started()
-            last_log = time.monotonic()
-            interval = 0.5 if self.live else min(1.0, self.log_every)
-            while not self._finished.is_set():
-                with trio.move_on_after(interval):
-                    await self._finished.wait()
-                if not await self._refresh(redis):
-                    continue
-                if self.live:
-                    self._draw()
-                elif time.monotonic() - last_log >= self.log_every:
-                    last_log = time.monotonic()
-                    log.info("progress: %s", " | ".join(self.rows()))
+            if self.live:
+                self._block = LiveBlock(self.out)
+                self._block.start(self.rows())
+            try:
+                task_status.started()
+                await self._loop(redis)
+            finally:
+                if self._block is not None:
+                    self._block.stop(self.rows())  # the final figures, left on screen
+                    self._block = None
+
+    async def _loop(self, redis: coredis.Redis[str]) -> None:
+        last_log = time.monotonic()
+        interval = 0.5 if self.live else min(1.0, self.log_every)
+        while not self._finished.is_set():
+            with trio.move_on_after(interval):
+                await self._finished.wait()
+            if not await self._refresh(redis):
+                continue
+            if self._block is not None:
+                self._block.update(self.rows())
+            elif time.monotonic() - last_log >= self.log_every:
+                last_log = time.monotonic()
+                log.info("progress: %s", " | ".join(self.rows()))
 
     async def _refresh(self, redis: coredis.Redis[str]) -> bool:
         drained = self.protocol.drained(self.queues)
@@ -142,16 +156,6 @@ class Progress:
                 f"{p.retried} retried, {p.dead} dead"
             )
         return rows
-
-    def _draw(self) -> None:
-        out = self.out
-        if self._lines_drawn:
-            out.write(f"\x1b[{self._lines_drawn}F")  # back to the first line drawn
-        rows = self.rows()
-        for row in rows:
-            out.write("\x1b[2K" + row + "\n")
-        self._lines_drawn = len(rows)
-        out.flush()
 
 
 def progress_for(
