@@ -336,14 +336,17 @@ def _server_pid(sock: Path) -> int | None:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    from rrq_flow.config.model import RedisSettings
+    from rrq_flow.connection import open_sync_redis
+
     try:
-        with redis.Redis(
-            unix_socket_path=str(sock),
-            socket_timeout=1.0,
-            socket_connect_timeout=1.0,
+        with open_sync_redis(
+            f"unix://{sock}",
+            RedisSettings(connect_timeout=1.0, command_timeout=1.0),
             # No retries: "nothing answers" is an expected answer here (redis-py would back off
             # for seconds), and the caller has its own grace period for a slow server.
             retry=Retry(NoBackoff(), 0),
+            socket_timeout=1.0,
         ) as client:
             return int(client.info("server")["process_id"])
     except (redis.RedisError, OSError, KeyError, ValueError):

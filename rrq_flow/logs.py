@@ -68,3 +68,7 @@ def setup_logging(fmt: LogFormat = "text", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # coredis logs each connection retry (INFO) and each failed handshake (ERROR, with the
+    # server's address but no cause); rrq-flow reports connection problems itself, once, with
+    # the cause (authentication, permission, certificate) and the URL's password hidden.
+    logging.getLogger("coredis").setLevel(max(logging.CRITICAL, root.level))

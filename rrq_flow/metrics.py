@@ -39,8 +39,8 @@ log = logging.getLogger("rrq_flow.metrics")
 multiprocess: Any = _multiprocess  # untyped functions
 
 SAMPLE_EVERY = 2.0  # seconds between samples of the gauges (one Redis call per sample)
-ADDR_ENV = "RRQ_FLOW_METRICS_ADDR"  # address the endpoint binds (default 0.0.0.0)
-DEFAULT_ADDR = "0.0.0.0"
+ADDR_ENV = "RRQ_FLOW_METRICS_ADDR"  # overrides workers.metrics_host (default 127.0.0.1)
+DEFAULT_ADDR = "127.0.0.1"  # the endpoint has no authentication: loopback unless told
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 OUTCOMES = {
@@ -120,8 +120,9 @@ def _get_metrics() -> _Metrics:
         return _metrics
 
 
-def metrics_addr() -> str:
-    return os.environ.get(ADDR_ENV) or DEFAULT_ADDR
+def metrics_addr(host: str | None = None) -> str:
+    """Where the endpoint listens: $RRQ_FLOW_METRICS_ADDR, else ``workers.metrics_host``."""
+    return os.environ.get(ADDR_ENV) or host or DEFAULT_ADDR
 
 
 class WorkerMetrics(WorkerObserver):
@@ -167,7 +168,8 @@ class WorkerMetrics(WorkerObserver):
         """Serve the endpoint (if this worker should), then sample the gauges until cancelled."""
         stop: Callable[[], None] | None = None
         if self.worker.serve_metrics:
-            stop = _serve(self.worker.config.workers.metrics_port)
+            workers = self.worker.config.workers
+            stop = _serve(workers.metrics_port, workers.metrics_host)
         try:
             while True:
                 await self.sample()
@@ -191,7 +193,7 @@ class WorkerMetrics(WorkerObserver):
                 m.depth.labels(p, q, state).set(int(counts[i * 3 + j]))
 
 
-def _serve(port: int | None) -> Callable[[], None] | None:
+def _serve(port: int | None, host: str | None = None) -> Callable[[], None] | None:
     """Start ``/metrics`` for this process alone (or, if PROMETHEUS_MULTIPROC_DIR is set by
     someone else, for every process writing there)."""
     if port is None:
@@ -200,11 +202,11 @@ def _serve(port: int | None) -> Callable[[], None] | None:
     directory = os.environ.get(MULTIPROC_ENV)
     if directory:
         registry = _multiprocess_registry(Path(directory))
-    return _start_http(port, registry)
+    return _start_http(port, registry, host)
 
 
-def _start_http(port: int, registry: Any) -> Callable[[], None] | None:
-    addr = metrics_addr()
+def _start_http(port: int, registry: Any, host: str | None = None) -> Callable[[], None] | None:
+    addr = metrics_addr(host)
     try:
         server, thread = prometheus_client.start_http_server(port, addr=addr, registry=registry)
     except OSError as exc:
@@ -257,8 +259,8 @@ def _multiprocess_registry(directory: Path) -> CollectorRegistry:
     return registry
 
 
-def serve_multiprocess(port: int, directory: Path) -> Callable[[], None]:
+def serve_multiprocess(port: int, directory: Path, host: str | None = None) -> Callable[[], None]:
     """Serve ``/metrics`` in the supervisor, summing what the worker processes write to
     ``directory`` (their PROMETHEUS_MULTIPROC_DIR). Returns the function that stops it."""
-    stop = _start_http(port, _multiprocess_registry(directory))
+    stop = _start_http(port, _multiprocess_registry(directory), host)
     return stop or (lambda: None)

@@ -163,7 +163,7 @@ class Supervisor:
         metrics_dir = self._tmp / "metrics"
         metrics_dir.mkdir()
         self._child_env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-        return serve_multiprocess(port, metrics_dir)
+        return serve_multiprocess(port, metrics_dir, self.config.workers.metrics_host)
 
     async def _supervise(self) -> int:
         # The receiver stays installed until the end, and a signal arriving as it closes is

@@ -11,6 +11,7 @@ import pytest
 import redis
 import trio
 
+from rrq_flow.config.model import RedisSettings
 from rrq_flow.redis_server import start_redis_server
 from rrq_flow.worker.wake_connection import (
     ReplyError,
@@ -19,6 +20,8 @@ from rrq_flow.worker.wake_connection import (
     _Parser,
     wake_connection_for,
 )
+
+FAST = RedisSettings(connect_timeout=2)
 
 SCRIPT = "return {ARGV[1], redis.call('LLEN', KEYS[1]), {1, 'two'}}"
 
@@ -45,7 +48,7 @@ def test_parser_reads_replies_fed_a_byte_at_a_time() -> None:
 
 @pytest.fixture
 async def conn(redis_url: str) -> AsyncIterator[WakeConnection]:
-    connection = wake_connection_for(redis_url, 2)
+    connection = wake_connection_for(redis_url, FAST)
     try:
         yield connection
     finally:
@@ -118,13 +121,13 @@ async def test_tcp_with_acl_user_and_database(tmp_path: Path) -> None:
         sha = admin.script_load(SCRIPT)
         db3 = redis.Redis(port=port, db=3, decode_responses=True)
         db3.rpush("w", "in-db-3")
-        conn = wake_connection_for(f"redis://rf:s3cret@127.0.0.1:{port}/3", 2)
+        conn = wake_connection_for(f"redis://rf:s3cret@127.0.0.1:{port}/3", FAST)
         try:
             woke, claimed = await conn.wait_then_claim(["w"], 1.0, sha, ["w"], ["ok"])
             assert woke == ["w", "in-db-3"] and claimed[0] == "ok"
         finally:
             await conn.aclose()
-        bad = wake_connection_for(f"redis://rf:wrong@127.0.0.1:{port}/3", 2)
+        bad = wake_connection_for(f"redis://rf:wrong@127.0.0.1:{port}/3", FAST)
         with pytest.raises(coredis.exceptions.ConnectionError, match="refused setup"):
             await bad.wait_then_claim(["w"], 0.01, sha, ["w"], [])
     finally:

@@ -60,10 +60,22 @@ def load_pipeline(path: Path, *, check_imports: bool = False) -> PipelineConfig:
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean "Redis is not reachable" for the sync client."""
+    """Exceptions that mean "Redis is not reachable, or refuses us" for the sync client."""
     import redis
 
-    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+    return (
+        redis.exceptions.ConnectionError,  # AuthenticationError too
+        redis.exceptions.TimeoutError,
+        redis.exceptions.NoPermissionError,
+        OSError,
+    )
+
+
+def redis_failure(exc: BaseException, url: str) -> str:
+    """One line for a Redis failure (auth, permission, TLS, unreachable), password hidden."""
+    from rrq_flow.connection_errors import explain
+
+    return explain(exc, url)
 
 
 def open_sync_client(config: PipelineConfig) -> Any:
@@ -80,7 +92,7 @@ def open_sync_client(config: PipelineConfig) -> Any:
         client.redis.ping()
     except redis_errors() as exc:
         client.close()
-        error(f"cannot reach Redis at {client.url}: {exc}")
+        error(redis_failure(exc, client.url))
         raise ExitWith(EXIT_REDIS) from None
     return client
 

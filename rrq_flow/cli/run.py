@@ -17,6 +17,7 @@ from rrq_flow.cli._common import (
     parse_duration_arg,
     print_json,
     redis_errors,
+    redis_failure,
 )
 
 HELP = """\
@@ -183,7 +184,7 @@ def _enqueue_inputs(config: Any, url: str, inputs: list[tuple[str, list[Any]]]) 
                 file=sys.stderr,
             )
     except redis_errors() as exc:
-        error(f"cannot reach Redis at {url}: {exc}")
+        error(redis_failure(exc, url))
         raise ExitWith(EXIT_REDIS) from None
     finally:
         client.close()

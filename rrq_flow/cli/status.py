@@ -27,6 +27,7 @@ from rrq_flow.cli._common import (
     parse_duration_arg,
     print_json,
     redis_errors,
+    redis_failure,
 )
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ def admin_session(pipeline: Any) -> Iterator[Admin]:
         error(str(exc))
         raise ExitWith(EXIT_USAGE) from None
     except redis_errors() as exc:
-        error(f"cannot reach Redis at {client.url}: {exc}")
+        error(redis_failure(exc, client.url))
         raise ExitWith(EXIT_REDIS) from None
     finally:
         client.close()
@@ -216,7 +217,7 @@ def _watch(admin: Admin, every: float, as_json: bool) -> int:
             try:
                 _show(admin, as_json, compact=True)
             except redis_errors() as exc:
-                error(f"cannot reach Redis at {admin.client.url}: {exc}; retrying")
+                error(f"{redis_failure(exc, admin.client.url)}; retrying")
             if tty:
                 print(f"\nevery {every:g}s, Ctrl-C to stop — {time.strftime('%H:%M:%S')}")
             time.sleep(every)

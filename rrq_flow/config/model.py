@@ -29,12 +29,28 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
+class TLSSettings:
+    """How ``rediss://`` connections check the server and present a client certificate.
+
+    ``ca_file`` None: the system's trusted CAs (and OpenSSL's ``SSL_CERT_FILE``). The server's
+    certificate is verified and its host name checked unless the file says otherwise.
+    """
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    check_hostname: bool = True
+    verify: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class RedisSettings:
     """Where Redis is. ``url`` None means: start (or reuse) the embedded redis-server."""
 
     url: str | None = None
     connect_timeout: float = 5.0
     command_timeout: float = 10.0
+    tls: TLSSettings = field(default_factory=TLSSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +117,8 @@ class WorkersConfig:
     shutdown_grace_period: float = 30.0
     heartbeat_interval: float = 5.0
     metrics_port: int | None = None
+    # Loopback by default: the endpoint has no authentication.
+    metrics_host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from rrq_flow.config.model import (
     QueueConfig,
     RedisSettings,
     RetryPolicy,
+    TLSSettings,
     WorkersConfig,
 )
 from rrq_flow.config.schema import schema_problems
@@ -145,6 +146,48 @@ def _next_problems(doc: Document) -> Iterator[Problem]:
             yield from visit(name)
 
 
+_TLS_FILES = ("ca_file", "cert_file", "key_file")
+
+
+def _tls_problems(doc: Document, base: Path | None) -> Iterator[Problem]:
+    """TLS files exist and are readable, come in pairs, and only with a ``rediss://`` URL."""
+    redis = _mapping(_mapping(doc.data).get("redis"))
+    tls = _mapping(redis.get("tls"))
+    if not tls or doc.is_blocked(("redis", "tls")):
+        return
+    url = redis.get("url")
+    if (
+        isinstance(url, str)
+        and not url.startswith("rediss://")
+        and not doc.is_blocked(("redis", "url"))
+    ):
+        shown = "embedded Redis (no url)" if not url else f"a {url.partition(':')[0]}:// url"
+        yield doc.problem(
+            ("redis", "tls"), f"TLS settings need a rediss:// url, but this is {shown}"
+        )
+    for key in _TLS_FILES:
+        value = tls.get(key)
+        if not isinstance(value, str) or not value or doc.is_blocked(("redis", "tls", key)):
+            continue
+        path = tls_path(value, base)
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            yield doc.problem(("redis", "tls", key), f"cannot read {str(path)!r}: {exc.strerror}")
+    if bool(tls.get("cert_file")) != bool(tls.get("key_file")):
+        given, missing = ("cert_file", "key_file")
+        if not tls.get("cert_file"):
+            given, missing = missing, given
+        yield doc.problem(("redis", "tls", given), f"{given} needs {missing} as well")
+
+
+def tls_path(value: str, base: Path | None) -> Path:
+    """A TLS file setting as a path: relative ones are taken from the pipeline's directory."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() or base is None else base / path
+
+
 def _import_problems(doc: Document, search_paths: Sequence[Path]) -> Iterator[Problem]:
     """Handlers import and suit their executor; ``fatal_errors`` are exception classes."""
     data = _mapping(doc.data)
@@ -215,6 +258,14 @@ def build_config(data: Mapping[str, Any], *, source: Path | None = None) -> Pipe
     """The model for data that passed every check; ``defaults`` merged into each queue."""
     redis = _settings(_mapping(data.get("redis")))
     redis["url"] = redis.get("url") or None  # empty means embedded, like leaving it out
+    base = source.parent if source is not None else None
+    tls = _mapping(redis.get("tls"))
+    tls_settings: dict[str, Any] = {
+        key: str(tls_path(value, base)) if key in _TLS_FILES else value
+        for key, value in tls.items()
+        if value is not None
+    }
+    redis["tls"] = TLSSettings(**tls_settings)
     defaults = _mapping(data.get("defaults"))
     queues: dict[str, QueueConfig] = {}
     for name, spec in _queues(data).items():
@@ -247,6 +298,7 @@ def check(
     problems = [*doc.problems, *schema_problems(doc)]
     problems += _duration_problems(doc)
     problems += _next_problems(doc)
+    problems += _tls_problems(doc, source.parent if source is not None else None)
     if check_imports:
         problems += _import_problems(doc, search_paths)
     problems.sort(key=lambda p: (p.line, p.col))

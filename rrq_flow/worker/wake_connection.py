@@ -13,14 +13,14 @@ next use: a reply arriving late must never be read as the answer to a later call
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Sequence
 from typing import Any
 
 import coredis.exceptions
 import trio
 
-from rrq_flow.connection import RedisLocation, parse_redis_url
+from rrq_flow.config.model import RedisSettings
+from rrq_flow.connection import RedisLocation, open_stream, parse_redis_url
 
 Reply = Any  # str | int | None | list[Reply]
 
@@ -102,26 +102,16 @@ class _Incomplete(Exception):
 class WakeConnection:
     """One dedicated connection; calls are sequential (one queue runner owns it)."""
 
-    def __init__(self, location: RedisLocation, connect_timeout: float):
+    def __init__(self, location: RedisLocation, settings: RedisSettings):
         self.location = location
-        self.connect_timeout = connect_timeout
+        self.settings = settings
         self._stream: trio.abc.Stream | None = None
         self._parser = _Parser()
 
     async def _connect(self) -> trio.abc.Stream:
         loc = self.location
-        with trio.fail_after(self.connect_timeout):
-            stream: trio.abc.Stream
-            if loc.unix_socket is not None:
-                stream = await trio.open_unix_socket(loc.unix_socket)
-            else:
-                stream = await trio.open_tcp_stream(loc.host or "localhost", loc.port or 6379)
-                if loc.ssl:
-                    ssl_stream = trio.SSLStream(
-                        stream, ssl.create_default_context(), server_hostname=loc.host
-                    )
-                    await ssl_stream.do_handshake()
-                    stream = ssl_stream
+        stream = await open_stream(loc, self.settings)
+        with trio.fail_after(self.settings.connect_timeout):
             self._stream, self._parser = stream, _Parser()
             setup: list[bytes] = []
             if loc.password is not None:
@@ -189,6 +179,6 @@ class WakeConnection:
                 await stream.aclose()
 
 
-def wake_connection_for(url: str, connect_timeout: float) -> WakeConnection:
+def wake_connection_for(url: str, settings: RedisSettings) -> WakeConnection:
     """The idle wait's connection for ``url`` (every URL rrq-flow accepts can use one)."""
-    return WakeConnection(parse_redis_url(url), connect_timeout)
+    return WakeConnection(parse_redis_url(url), settings)

@@ -19,6 +19,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -32,6 +33,7 @@ import trio_util
 from rrq_flow._version import __version__
 from rrq_flow.config.model import PipelineConfig
 from rrq_flow.connection import open_async_redis
+from rrq_flow.connection_errors import explain
 from rrq_flow.errors import ConfigError, DataLossDetected, Problem, RedisUnavailable
 from rrq_flow.logs import worker_id_var
 from rrq_flow.protocol.keys import KeyLayout
@@ -257,10 +259,14 @@ class Worker:
                 await self.redis.hsetnx(self.layout.meta, "created_at", str(int(time.time())))
                 self.generation = str(await self.redis.hget(self.layout.meta, "generation"))
                 await preload_async(self.redis)
-        except (*TRANSIENT, coredis.exceptions.RedisError) as exc:  # type: ignore[misc]
-            raise RedisUnavailable(
-                f"cannot reach Redis at {self.url}: {type(exc).__name__}: {exc}"
-            ) from None
+        except (*TRANSIENT, coredis.exceptions.RedisError, ssl.SSLError) as exc:  # type: ignore[misc]
+            raise RedisUnavailable(explain(exc, self.url)) from None
+        except BaseExceptionGroup as group:
+            # coredis runs its connection pool in a task group: a refused connection or a
+            # failed handshake (TLS, AUTH) arrives wrapped.
+            if group.subgroup((*TRANSIENT, coredis.exceptions.RedisError, ssl.SSLError)) is None:
+                raise
+            raise RedisUnavailable(explain(group, self.url)) from None
         self._clock_offset = time.time() - trio.current_time()
 
     async def _signals(self, signals: AsyncIterator[int]) -> None:
