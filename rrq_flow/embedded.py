@@ -99,8 +99,7 @@ class EmbeddedRedis:
         """The server's ``unix://`` URL: reuse the live one or start one; register as a user."""
         if self._users_fd is not None and self._url is not None:
             return self._url
-        # Private: the AOF holds every job's arguments.
-        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _prepare_state_dir(self.state_dir)
         _write_gitignore(self.state_dir)
         with self._locked():
             _reap_started()
@@ -296,6 +295,26 @@ def redis_url_for(config: PipelineConfig) -> Iterator[str]:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _prepare_state_dir(state_dir: Path) -> None:
+    """Create the state directory, private (the AOF holds every job's arguments), or say in one
+    line why it cannot be used."""
+    why = None
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        why = "it exists and is not a directory"
+    except OSError as exc:
+        why = f"cannot create it: {exc.strerror or exc}"
+    else:
+        if not os.access(state_dir, os.W_OK | os.X_OK):
+            why = "it is not writable"
+    if why is not None:
+        raise EmbeddedRedisError(
+            f"{state_dir}: {why}; the embedded Redis keeps its data there (fix its permissions, "
+            "or set redis.url to use another Redis)"
+        )
 
 
 def _read_record(state_dir: Path) -> EmbeddedRecord | None:

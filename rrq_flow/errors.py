@@ -42,12 +42,11 @@ class Problem:
     file: str
     line: int  # 1-based
     col: int  # 1-based
-    path: str  # dotted path of the offending node, e.g. "queues.fetch.timeout"
+    path: str  # dotted path of the offending node, e.g. "queues.fetch.timeout"; "(root)"
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.path}: " if self.path else ""
-        return f"{self.file}:{self.line}:{self.col}: {where}{self.message}"
+        return f"{self.file}:{self.line}:{self.col}: {self.path or '(root)'}: {self.message}"
 
     def as_dict(self) -> dict[str, object]:
         return {

@@ -88,16 +88,20 @@ def test_syntax_error(capsys: pytest.CaptureFixture[str]) -> None:
     out, err = capsys.readouterr()
     assert out == ""
     assert err.count("\n") == 1
-    assert err.startswith(f"rrq-flow: {path}:5:1: not valid YAML: ")
+    assert err.startswith(f"rrq-flow: {path}:5:1: (root): not valid YAML: ")
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", "the file is empty; a pipeline needs at least 'version', 'pipeline' and 'queues'"),
+        (
+            "",
+            "1:1: (root): the file is empty; a pipeline needs at least 'version', 'pipeline' "
+            "and 'queues'",
+        ),
         (
             "- 1\n",
-            "1:1: the top level must be a mapping of settings "
+            "1:1: (root): the top level must be a mapping of settings "
             "(version, pipeline, queues, ...), got a list",
         ),
     ],
@@ -108,8 +112,7 @@ def test_unusable_files(
     path = tmp_path / "p.yaml"
     path.write_text(text)
     assert main(["validate", str(path)]) == 2
-    sep = ":" if message[0].isdigit() else ": "
-    assert capsys.readouterr().err == f"rrq-flow: {path}{sep}{message}\n"
+    assert capsys.readouterr().err == f"rrq-flow: {path}:{message}\n"
 
 
 def test_json_valid(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -155,6 +158,7 @@ def test_json_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         "file": str(path),
         "valid": False,
         "error": f"{path}: no such file",
+        "exit_code": 2,
         "problems": [],
         "summary": None,
     }

@@ -24,7 +24,7 @@ def _lines(path: Path) -> list[str]:
 
 
 def test_dotted_paths() -> None:
-    assert dotted(()) == ""
+    assert dotted(()) == "(root)"
     assert dotted(("queues", "fetch", "next", 0)) == "queues.fetch.next[0]"
     assert dotted(("defaults", "retry", "fatal_errors", 2)) == "defaults.retry.fatal_errors[2]"
 
@@ -166,14 +166,15 @@ def test_empty_file(tmp_path: Path, text: str) -> None:
     path = tmp_path / "p.yaml"
     path.write_text(text)
     assert _usage_error(path) == (
-        f"{path}: the file is empty; a pipeline needs at least 'version', 'pipeline' and 'queues'"
+        f"{path}:1:1: (root): the file is empty; a pipeline needs at least 'version', "
+        "'pipeline' and 'queues'"
     )
 
 
 def test_syntax_error_has_a_position() -> None:
     path = Path(__file__).parent / "fixtures" / "config" / "syntax_error.yaml"
     assert _usage_error(path) == (
-        f"{path}:5:1: not valid YAML: expected ',' or '}}', but got '<stream end>' "
+        f"{path}:5:1: (root): not valid YAML: expected ',' or '}}', but got '<stream end>' "
         "(while parsing a flow mapping at line 4)"
     )
 
@@ -182,7 +183,7 @@ def test_bad_indentation(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text("version: 1\n  pipeline: p\n")
     assert _usage_error(path) == (
-        f"{path}:2:11: not valid YAML: mapping values are not allowed here"
+        f"{path}:2:11: (root): not valid YAML: mapping values are not allowed here"
     )
 
 
@@ -190,7 +191,7 @@ def test_several_documents(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text("version: 1\n---\nversion: 1\n")
     assert _usage_error(path) == (
-        f"{path}:2:1: not valid YAML: but found another document "
+        f"{path}:2:1: (root): not valid YAML: but found another document "
         "(expected a single document in the stream at line 1)"
     )
 
@@ -202,7 +203,7 @@ def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, got: str) -> Non
     path = tmp_path / "p.yaml"
     path.write_text(text)
     assert _usage_error(path) == (
-        f"{path}:1:1: the top level must be a mapping of settings "
+        f"{path}:1:1: (root): the top level must be a mapping of settings "
         f"(version, pipeline, queues, ...), got {got}"
     )
 
@@ -210,14 +211,16 @@ def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, got: str) -> Non
 def test_binary_file(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_bytes(b"version: 1\n\xff\xfe\x00")
-    assert _usage_error(path) == f"{path}: not a UTF-8 text file (undecodable byte at offset 11)"
+    assert _usage_error(path) == (
+        f"{path}:2:1: (root): not a UTF-8 text file (undecodable byte at offset 11)"
+    )
 
 
 def test_control_characters(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text("version: 1\x00\n")
     message = _usage_error(path)
-    assert message.startswith(f"{path}: not valid YAML: unacceptable character #x0000")
+    assert message.startswith(f"{path}:1:11: (root): not valid YAML: unacceptable character #x0000")
     assert "\n" not in message
 
 

@@ -184,9 +184,9 @@ DURATION = (
         ),
         (
             "version: 1\nqueues: {a: {handler: 'm:f'}}\n",
-            ["1:1: missing required key 'pipeline'"],
+            ["1:1: (root): missing required key 'pipeline'"],
         ),
-        (HEAD, ["1:1: missing required key 'queues'"]),
+        (HEAD, ["1:1: (root): missing required key 'queues'"]),
         (HEAD + "queues: {}\n", ["3:9: queues: must not be empty"]),
         (HEAD + "queues:\n", ["3:8: queues: must be a mapping, got null"]),
         (HEAD + "queues:\n  a:\n", ["4:5: queues.a: must be a mapping, got null"]),

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from rrq_flow._version import __version__
 
@@ -39,8 +41,18 @@ Start with:  rrq-flow validate pipeline.yaml   then   rrq-flow run pipeline.yaml
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that remembers its usage error, for the ``--json`` error object."""
+
+    last_error: str | None = None
+
+    def error(self, message: str) -> NoReturn:
+        _Parser.last_error = f"{self.prog}: {message}"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rrq-flow",
         description="Declarative batch pipelines on trio and Redis that do not lose work.",
         epilog=EPILOG,
@@ -60,22 +72,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from rrq_flow.cli import _common
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _common.begin()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        if exc.code != 0 and "--json" in argv:  # a usage error: stderr has the usage already
+            _common.note_error(_Parser.last_error or "usage error")
+            return _common.finish(_common.EXIT_USAGE, as_json=True)
+        raise
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
         return 2
-    from rrq_flow.cli._common import ExitWith
-
     try:
         code: int = handler(args)
-    except ExitWith as exc:
-        return exc.code
+    except _common.ExitWith as exc:
+        code = exc.code
     except KeyboardInterrupt:
-        return 130
-    return code
+        code = 130
+    return _common.finish(code, as_json=bool(getattr(args, "json", False)))
 
 
 def run() -> None:
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `rrq-flow dlq list ... | head`: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)

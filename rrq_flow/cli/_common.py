@@ -1,4 +1,9 @@
-"""Helpers shared by the CLI commands: load a pipeline or explain why not, print JSON."""
+"""Helpers shared by the CLI commands: load a pipeline or explain why not, print JSON.
+
+Every failure is told once: :func:`error` prints one line on stderr and remembers it, and when a
+command given ``--json`` fails without having printed its own JSON, :func:`finish` prints
+``{"error": "...", "exit_code": N}`` on stdout so that scripts always get an object to read.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from rrq_flow.config.model import PipelineConfig
 
@@ -24,14 +29,56 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
+class _Told:
+    """What the running command has said so far (reset by :func:`begin` for every command)."""
+
+    errors: list[str] = []
+    details: list[str] = []
+    printed_json = False
+
+
+def begin() -> None:
+    """Forget what an earlier command said (``main`` can run several in one process)."""
+    _Told.errors, _Told.details, _Told.printed_json = [], [], False
+
+
+def note_error(message: str) -> None:
+    """Remember an error that was already printed (argparse prints its own)."""
+    _Told.errors.append(message)
+
+
 def error(message: str) -> None:
     """One line on stderr, prefixed so it is clear who speaks."""
+    note_error(message)
     print(f"rrq-flow: {message}", file=sys.stderr)
 
 
+def detail(line: object) -> None:
+    """A line that explains a failure (a problem, a bad input line), printed as it is."""
+    _Told.details.append(str(line))
+    print(line, file=sys.stderr)
+
+
 def print_json(data: Any) -> None:
+    _Told.printed_json = True
     json.dump(data, sys.stdout, indent=2, sort_keys=False, default=str)
     sys.stdout.write("\n")
+
+
+def error_object(code: int) -> dict[str, Any]:
+    """``{"error": ..., "exit_code": N}`` for what the command told on stderr (plus details)."""
+    message = "; ".join(_Told.errors) or (_Told.details[-1] if _Told.details else "failed")
+    data: dict[str, Any] = {"error": message, "exit_code": code}
+    if _Told.details:
+        data["details"] = list(_Told.details)
+    return data
+
+
+def finish(code: int, *, as_json: bool) -> int:
+    """Print the JSON error object when a ``--json`` command failed without printing JSON."""
+    if as_json and code != EXIT_OK and not _Told.printed_json:
+        print_json(error_object(code))
+    return code
 
 
 class ExitWith(Exception):
@@ -54,7 +101,7 @@ def load_pipeline(path: Path, *, check_imports: bool = False) -> PipelineConfig:
         raise ExitWith(EXIT_USAGE) from None
     except ConfigError as exc:
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            detail(problem)
         error(f"{path}: {len(exc.problems)} problem(s); run `rrq-flow validate {path}`")
         raise ExitWith(EXIT_USAGE) from None
 
@@ -95,6 +142,14 @@ def open_sync_client(config: PipelineConfig) -> Any:
         error(redis_failure(exc, client.url))
         raise ExitWith(EXIT_REDIS) from None
     return client
+
+
+def open_jobs_file(path: str) -> BinaryIO:
+    """A JSON Lines file (``-``: stdin) in binary mode, so that each line's UTF-8 is checked
+    with its line number instead of failing half-way through reading (OSError if unreadable)."""
+    if path == "-":
+        return sys.stdin.buffer
+    return open(path, "rb")
 
 
 def parse_duration_arg(value: str) -> float:

@@ -15,8 +15,10 @@ from rrq_flow.cli._common import (
     ExitWith,
     add_json_flag,
     add_pipeline_argument,
+    detail,
     error,
     load_pipeline,
+    open_jobs_file,
     open_sync_client,
     parse_duration_arg,
     print_json,
@@ -62,12 +64,17 @@ def register(subparsers: Any) -> None:
 
 
 def _json_arg(text: str | None, kind: type, flag: str) -> Any:
+    from rrq_flow.client.payload import JsonLimitError, loads
+
     if text is None:
         return kind()
     try:
-        value = json.loads(text)
+        value = loads(text)
     except json.JSONDecodeError as exc:
         error(f"{flag}: not JSON: {exc.msg} (column {exc.colno})")
+        raise ExitWith(EXIT_USAGE) from None
+    except JsonLimitError as exc:
+        error(f"{flag}: {exc}")
         raise ExitWith(EXIT_USAGE) from None
     if not isinstance(value, kind):
         error(f"{flag}: must be a JSON {'array' if kind is list else 'object'}")
@@ -76,7 +83,7 @@ def _json_arg(text: str | None, kind: type, flag: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rrq_flow.client._core import JobSpec
+    from rrq_flow.client._core import ClientCore, JobSpec
     from rrq_flow.client.jsonl import JsonlError, read_jobs
     from rrq_flow.errors import PayloadError, UnknownQueueError
 
@@ -93,16 +100,26 @@ def run(args: argparse.Namespace) -> int:
             )
             return EXIT_USAGE
         try:
-            specs = read_jobs(
-                _open_lines(args.jsonl), args.jsonl, args.queue, queue_cfg.max_payload_bytes
-            )
+            stream = open_jobs_file(args.jsonl)
+        except OSError as exc:
+            error(f"cannot read {args.jsonl}: {exc.strerror}")
+            return EXIT_USAGE
+        try:
+            with stream:
+                specs = read_jobs(stream, args.jsonl, args.queue, queue_cfg.max_payload_bytes)
         except JsonlError as exc:
-            print(exc, file=sys.stderr)
+            for line in str(exc).splitlines():
+                detail(line)
             return EXIT_USAGE
     else:
         job_args = _json_arg(args.args, list, "--args")
         job_kwargs = _json_arg(args.kwargs, dict, "--kwargs")
         specs = [JobSpec(tuple(job_args), job_kwargs, args.job_id, args.unique_key, args.defer)]
+        try:  # checked before connecting: bad input is exit 2 whether or not Redis is up
+            ClientCore(config).build_job(args.queue, specs[0])
+        except (PayloadError, ValueError) as exc:
+            error(str(exc))
+            return EXIT_USAGE
     client = open_sync_client(config)
     try:
         started = time.perf_counter()
@@ -132,13 +149,3 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return EXIT_OK
-
-
-def _open_lines(path: str) -> Any:
-    if path == "-":
-        return sys.stdin
-    try:
-        return open(path, encoding="utf-8")
-    except OSError as exc:
-        error(f"cannot read {path}: {exc.strerror}")
-        raise ExitWith(EXIT_USAGE) from None

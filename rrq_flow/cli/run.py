@@ -12,8 +12,10 @@ from rrq_flow.cli._common import (
     EXIT_USAGE,
     ExitWith,
     add_pipeline_argument,
+    detail,
     error,
     load_pipeline,
+    open_jobs_file,
     parse_duration_arg,
     print_json,
     redis_errors,
@@ -96,7 +98,7 @@ def _parse_inputs(items: list[str], config: Any) -> list[tuple[str, list[Any]]]:
             error(f"--input {item!r}: {exc}")
             raise ExitWith(EXIT_USAGE) from None
         try:
-            stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+            stream = open_jobs_file(path)
         except OSError as exc:
             error(f"--input {item!r}: cannot read {path}: {exc.strerror}")
             raise ExitWith(EXIT_USAGE) from None
@@ -104,7 +106,8 @@ def _parse_inputs(items: list[str], config: Any) -> list[tuple[str, list[Any]]]:
             with stream:
                 specs = read_jobs(stream, path, queue, cfg.max_payload_bytes)
         except JsonlError as exc:
-            print(exc, file=sys.stderr)
+            for line in str(exc).splitlines():
+                detail(line)
             raise ExitWith(EXIT_USAGE) from None
         parsed.append((queue, specs))
     return parsed
@@ -128,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_jobs is not None and args.max_jobs < 1:
         error("--max-jobs must be at least 1")
         return EXIT_USAGE
-    processes = args.processes or config.workers.processes
+    processes = config.workers.processes if args.processes is None else args.processes
     if processes < 1:
         error("--processes must be at least 1")
         return EXIT_USAGE
@@ -162,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_REDIS
     except ConfigError as exc:
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            detail(problem)
         return EXIT_USAGE
     if stats is not None and (args.burst or stats.finished):
         _print_summary(args, stats, wall, reason, code)

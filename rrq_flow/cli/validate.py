@@ -96,7 +96,14 @@ def run(args: argparse.Namespace) -> int:
     except ConfigUsageError as exc:
         if args.json:
             print_json(
-                {"file": label, "valid": False, "error": str(exc), "problems": [], "summary": None}
+                {
+                    "file": label,
+                    "valid": False,
+                    "error": str(exc),
+                    "exit_code": EXIT_USAGE,
+                    "problems": [],
+                    "summary": None,
+                }
             )
         else:
             error(str(exc))

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rrq_flow.client.payload import JsonLimitError, check_encoded, too_deep_message
 from rrq_flow.config.model import PipelineConfig
 from rrq_flow.errors import PayloadError
 from rrq_flow.protocol.keys import KeyLayout
@@ -59,13 +60,24 @@ def when_field(defer: float | str | dt.timedelta | None, at: float | dt.datetime
 def encode_payload(
     queue: str, args: Sequence[Any], kwargs: Mapping[str, Any] | None, max_bytes: int
 ) -> tuple[str, str]:
-    """JSON-encode a job's arguments, or raise PayloadError saying what is wrong."""
+    """JSON-encode a job's arguments, or raise PayloadError saying what is wrong.
+
+    Besides values JSON cannot hold, arguments nested deeper than MAX_JSON_DEPTH and text that
+    is not valid UTF-8 (lone surrogates) are refused: nothing invalid is ever sent to Redis.
+    """
+    args_list, kwargs_dict = list(args), dict(kwargs or {})
     try:
-        args_json = encode_json(list(args))
-        kwargs_json = encode_json(dict(kwargs or {}))
+        args_json = encode_json(args_list)
+        kwargs_json = encode_json(kwargs_dict)
+    except RecursionError:
+        raise PayloadError(f"job for queue {queue!r}: arguments: {too_deep_message()}") from None
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"job for queue {queue!r}: arguments are not JSON: {exc}") from None
-    size = len(args_json.encode()) + len(kwargs_json.encode())
+    try:
+        size = len(check_encoded(args_json, args_list))
+        size += len(check_encoded(kwargs_json, kwargs_dict))
+    except JsonLimitError as exc:
+        raise PayloadError(f"job for queue {queue!r}: arguments: {exc}") from None
     if size > max_bytes:
         raise PayloadError(
             f"job for queue {queue!r}: payload is {size} bytes, over max_payload_bytes "
@@ -90,6 +102,13 @@ class ClientCore:
         )
         if spec.job_id is not None and not spec.job_id:
             raise ValueError("job_id must not be empty")
+        if spec.unique_key:
+            try:
+                spec.unique_key.encode("utf-8")
+            except UnicodeEncodeError:
+                raise PayloadError(
+                    f"job for queue {queue!r}: unique_key {spec.unique_key!r} is not valid UTF-8"
+                ) from None
         return NewJob(
             id=spec.job_id or new_job_id(),
             args_json=args_json,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rrq_flow.client._core import JobSpec, encode_payload, when_field
+from rrq_flow.client.payload import JsonLimitError, loads
 from rrq_flow.errors import PayloadError, RRQFlowError
 
 ALLOWED_KEYS = {"args", "kwargs", "job_id", "unique_key", "defer"}
@@ -65,10 +66,26 @@ def parse_job_line(data: Any) -> JobSpec:
     )
 
 
+def _text(raw: str | bytes) -> str:
+    """A line as text: bytes must be UTF-8 (a file opened in binary mode gives bytes)."""
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"not UTF-8 text (undecodable byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+        ) from None
+
+
 def read_jobs(
-    lines: Iterable[str], source: str, queue: str, max_payload_bytes: int
+    lines: Iterable[str | bytes], source: str, queue: str, max_payload_bytes: int
 ) -> list[JobSpec]:
-    """Parse and check every line (blank lines skipped); raise JsonlError listing bad lines."""
+    """Parse and check every line (blank lines skipped); raise JsonlError listing bad lines.
+
+    Lines may be bytes (read the file in binary mode): a line that is not UTF-8 is then one
+    bad line with its number, not an exception half-way through the file.
+    """
     specs: list[JobSpec] = []
     errors: list[LineError] = []
     bad = 0
@@ -76,11 +93,13 @@ def read_jobs(
         if not raw.strip():
             continue
         try:
-            spec = parse_job_line(json.loads(raw))
+            spec = parse_job_line(loads(_text(raw)))
             encode_payload(queue, spec.args, spec.kwargs, max_payload_bytes)
             when_field(spec.defer, None)
         except json.JSONDecodeError as exc:
             message = f"not JSON: {exc.msg} (column {exc.colno})"
+        except JsonLimitError as exc:
+            message = str(exc)
         except (ValueError, PayloadError, TypeError) as exc:
             message = str(exc)
         else:

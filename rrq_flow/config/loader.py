@@ -5,6 +5,10 @@ the nodes are turned into dicts, lists and scalars here, so that every later che
 ``FILE:LINE:COL`` of the offending node. Duplicate keys are reported (PyYAML keeps the last one
 silently), ``<<`` merge keys work as in PyYAML, and ``${VAR}`` references in string values are
 substituted from the environment (see :mod:`rrq_flow.config.envsubst`).
+
+Aliases are expanded here, so a few hundred bytes of nested aliases ("billion laughs") could
+stand for billions of nodes: building stops, with the position of the alias that crossed it,
+once :data:`MAX_EXPANDED_NODES` nodes (values and merged keys) have been built.
 """
 
 from __future__ import annotations
@@ -27,10 +31,18 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 _NULL_TAG = "tag:yaml.org,2002:null"
 _YAML_TAGS = "tag:yaml.org,2002:"
 _COLLECTION_TAGS = {"tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"}
+# Values plus merged-in keys a pipeline file may expand to. A large real pipeline is a few
+# thousand; this refuses an alias bomb after a fraction of a second and a few MB.
+MAX_EXPANDED_NODES = 100_000
+# Collections inside collections, counted through aliases too; settings need fewer than ten.
+MAX_NESTING = 64
+ROOT = "(root)"  # the path shown for a problem with the whole document
 
 
 def dotted(path: PathKey) -> str:
-    """``("queues", "fetch", "next", 0)`` -> ``"queues.fetch.next[0]"``."""
+    """``("queues", "fetch", "next", 0)`` -> ``"queues.fetch.next[0]"``; ``()`` -> ``(root)``."""
+    if not path:
+        return ROOT
     out = ""
     for part in path:
         if isinstance(part, int):
@@ -76,7 +88,38 @@ class Document:
 
 
 class MarkLoader(yaml.SafeLoader):
-    """SafeLoader used only to compose nodes (with marks) and to construct scalars."""
+    """SafeLoader used only to compose nodes (with marks) and to construct scalars.
+
+    Nesting is limited while composing, before Python's recursion limit could be hit.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise _TooDeep(
+                    problem=f"nested deeper than {MAX_NESTING} levels", problem_mark=mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _TooBig(Exception):
+    """Building stopped at ``node`` (reached through ``path``): too many nodes, or too deep."""
+
+    def __init__(self, node: yaml.Node, path: PathKey, message: str):
+        super().__init__(message)
+        self.node = node
+        self.path = path
+        self.message = message
+
+
+class _TooDeep(yaml.MarkedYAMLError):
+    """The file nests collections deeper than MAX_NESTING (PyYAML's composer is recursive)."""
 
 
 def _position(node: yaml.Node) -> Position:
@@ -101,6 +144,20 @@ class _Builder:
         self.doc = doc
         self.environ = environ
         self._active: set[int] = set()  # nodes being built: guards against recursive aliases
+        self._budget = MAX_EXPANDED_NODES
+        self._built: set[int] = set()  # collection nodes built once: building again = an alias
+        self._alias_path: PathKey | None = None  # the outermost alias being expanded
+
+    def _spend(self, node: yaml.Node, path: PathKey) -> None:
+        self._budget -= 1
+        if self._budget < 0:
+            message = (
+                f"YAML aliases expand to more than {MAX_EXPANDED_NODES:,} nodes "
+                "(an alias bomb?); write the settings out instead"
+            )
+            raise _TooBig(node, self._alias_path or path, message)
+        if len(path) > MAX_NESTING:
+            raise _TooBig(node, path, f"nested deeper than {MAX_NESTING} levels (through aliases)")
 
     def report(self, path: PathKey, message: str, *, at_key: bool = False) -> None:
         self.doc.problems.append(self.doc.problem(path, message, at_key=at_key))
@@ -111,6 +168,7 @@ class _Builder:
         self.report(path, f"unsupported YAML tag {tag!r} (only plain YAML is allowed)")
 
     def build(self, node: yaml.Node, path: PathKey) -> Any:
+        self._spend(node, path)
         self.doc.locations.values[path] = _position(node)
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node, path)
@@ -120,6 +178,10 @@ class _Builder:
         if id(node) in self._active:
             self.report(path, "recursive YAML alias (an anchor used inside itself)")
             return None
+        outermost = self._alias_path is None and id(node) in self._built
+        if outermost:
+            self._alias_path = path
+        self._built.add(id(node))
         self._active.add(id(node))
         try:
             if isinstance(node, yaml.SequenceNode):
@@ -128,6 +190,8 @@ class _Builder:
             return self._mapping(node, path)
         finally:
             self._active.discard(id(node))
+            if outermost:
+                self._alias_path = None
 
     def _scalar(self, node: yaml.ScalarNode, path: PathKey) -> Any:
         try:
@@ -164,6 +228,7 @@ class _Builder:
         seen: dict[str, yaml.Node] = {}
         merges: list[yaml.Node] = []
         for key_node, value_node in node.value:
+            self._spend(key_node, path)  # merges repeat keys without building them
             if key_node.tag == _MERGE_TAG:
                 merges.append(value_node)
                 continue
@@ -204,17 +269,26 @@ class _Builder:
         return result
 
 
-def _syntax_error(label: str, exc: yaml.YAMLError) -> ConfigUsageError:
+def _syntax_error(label: str, exc: yaml.YAMLError, text: str = "") -> ConfigUsageError:
     if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
         mark = exc.problem_mark
+        if isinstance(exc, _TooDeep):
+            return ConfigUsageError(
+                f"{label}:{mark.line + 1}:{mark.column + 1}: {ROOT}: {exc.problem}"
+            )
         message = exc.problem or "syntax error"
         if exc.context:
             where = f" at line {exc.context_mark.line + 1}" if exc.context_mark else ""
             message += f" ({exc.context}{where})"
         return ConfigUsageError(
-            f"{label}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {message}"
+            f"{label}:{mark.line + 1}:{mark.column + 1}: {ROOT}: not valid YAML: {message}"
         )
-    return ConfigUsageError(f"{label}: not valid YAML: {' '.join(str(exc).split())}")
+    line, col = 1, 1
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+    message = " ".join(str(exc).split())
+    return ConfigUsageError(f"{label}:{line}:{col}: {ROOT}: not valid YAML: {message}")
 
 
 def parse_text(text: str, label: str, *, environ: Mapping[str, str] | None = None) -> Document:
@@ -222,26 +296,33 @@ def parse_text(text: str, label: str, *, environ: Mapping[str, str] | None = Non
     try:
         loader = MarkLoader(text)  # the reader rejects control characters right away
     except yaml.YAMLError as exc:
-        raise _syntax_error(label, exc) from None
+        raise _syntax_error(label, exc, text) from None
     try:
         try:
             root = loader.get_single_node()
         except yaml.YAMLError as exc:
-            raise _syntax_error(label, exc) from None
+            raise _syntax_error(label, exc, text) from None
         if root is None or (isinstance(root, yaml.ScalarNode) and root.tag == _NULL_TAG):
             raise ConfigUsageError(
-                f"{label}: the file is empty; a pipeline needs at least "
+                f"{label}:1:1: {ROOT}: the file is empty; a pipeline needs at least "
                 "'version', 'pipeline' and 'queues'"
             )
         if not isinstance(root, yaml.MappingNode):
             line, col = _position(root)
             got = "a list" if isinstance(root, yaml.SequenceNode) else "a single value"
             raise ConfigUsageError(
-                f"{label}:{line}:{col}: the top level must be a mapping of settings "
+                f"{label}:{line}:{col}: {ROOT}: the top level must be a mapping of settings "
                 f"(version, pipeline, queues, ...), got {got}"
             )
         doc = Document(label, None)
-        doc.data = _Builder(loader, doc, environ).build(root, ())
+        try:
+            doc.data = _Builder(loader, doc, environ).build(root, ())
+        except _TooBig as exc:
+            # An alias has no node of its own: point at the collection it is written in.
+            line, col = doc.locations.position(exc.path[:-1]) if exc.path else _position(exc.node)
+            raise ConfigUsageError(
+                f"{label}:{line}:{col}: {dotted(exc.path)}: {exc.message}"
+            ) from None
         return doc
     finally:
         loader.dispose()
@@ -263,8 +344,11 @@ def read_document(
     try:
         text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         raise ConfigUsageError(
-            f"{label}: not a UTF-8 text file (undecodable byte at offset {exc.start})"
+            f"{label}:{line}:{col}: {ROOT}: not a UTF-8 text file "
+            f"(undecodable byte at offset {exc.start})"
         ) from None
     return parse_text(text, label, environ=environ)
 

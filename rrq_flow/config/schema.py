@@ -20,6 +20,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from rrq_flow.config.loader import Document, PathKey
+from rrq_flow.config.redis_url import masked
 from rrq_flow.errors import Problem
 
 SCHEMA_PACKAGE = "rrq_flow.schemas"
@@ -174,8 +175,10 @@ def _accepts_type(schema: Any, instance: Any) -> bool:
 
 def _value_message(error: ValidationError) -> str:
     """The message for a value that breaks ``error.schema``."""
-    got = show(error.instance)
     name = _def_name(error.schema)
+    # A URL may carry a password: never echo it.
+    instance = error.instance
+    got = show(masked(instance) if name == "redisUrl" and isinstance(instance, str) else instance)
     if name in _PHRASES:
         return f"must be {_PHRASES[name]}, got {got}"
     keyword = error.validator

@@ -32,6 +32,7 @@ from rrq_flow.config.model import (
     TLSSettings,
     WorkersConfig,
 )
+from rrq_flow.config.redis_url import url_problem
 from rrq_flow.config.schema import schema_problems
 from rrq_flow.errors import Problem
 
@@ -97,6 +98,16 @@ def _duration_problems(doc: Document) -> Iterator[Problem]:
                 continue
             if seconds == 0 and not _DURATIONS[key]:
                 yield doc.problem(path, f"must be greater than 0, got {value!r}")
+
+
+def _redis_url_problems(doc: Document) -> Iterator[Problem]:
+    """``redis.url`` can be used to connect (the schema checks only its scheme)."""
+    path: PathKey = ("redis", "url")
+    url = _mapping(_mapping(doc.data).get("redis")).get("url")
+    if isinstance(url, str) and url and not doc.is_blocked(path):
+        problem = url_problem(url)
+        if problem is not None:
+            yield doc.problem(path, problem)
 
 
 def _next_problems(doc: Document) -> Iterator[Problem]:
@@ -297,6 +308,7 @@ def check(
     """Run every check on ``doc``; build the config when nothing is wrong."""
     problems = [*doc.problems, *schema_problems(doc)]
     problems += _duration_problems(doc)
+    problems += _redis_url_problems(doc)
     problems += _next_problems(doc)
     problems += _tls_problems(doc, source.parent if source is not None else None)
     if check_imports:
