@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Literal
 
+from rrq_flow.textsafe import printable
+
 worker_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("rrq_worker_id", default="")
 queue_var: contextvars.ContextVar[str] = contextvars.ContextVar("rrq_queue", default="")
 job_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("rrq_job_id", default="")
@@ -35,12 +37,14 @@ class TextFormatter(logging.Formatter):
         for attr, tag in (("worker_id", "worker"), ("queue", "queue"), ("job_id", "job")):
             value = getattr(record, attr, "")
             if value:
-                tags.append(f"{tag}={value}")
+                tags.append(f"{tag}={printable(value)}")
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         line = f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} [{' '.join(tags)}] "
-        line += record.getMessage()
+        # One record, one line: a message from handler data cannot forge lines or drive the
+        # terminal. A traceback keeps its lines, with everything else escaped.
+        line += printable(record.getMessage())
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + printable(self.formatException(record.exc_info), newlines=True)
         return line
 
 

@@ -7,6 +7,7 @@ stdout/stderr); the many small variations run in-process through ``main`` to kee
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import socket
@@ -22,6 +23,7 @@ from rrq_flow.client.sync_client import SyncClient
 from rrq_flow.config import load
 from rrq_flow.config.loader import MAX_EXPANDED_NODES, MAX_NESTING, parse_text
 from rrq_flow.errors import ConfigUsageError, PayloadError
+from tests.conftest import run_burst
 from tests.test_cli_run import cli
 
 QUEUES = "queues:\n  q: {handler: 'tests.handlers:echo'}\n"
@@ -353,3 +355,82 @@ def test_a_problem_at_the_root_says_root(
     assert capsys.readouterr().out.splitlines()[0] == (
         f"{path}:1:1: (root): missing required key 'pipeline'"
     )
+
+
+# --- terminal output: handler data is shown escaped -------------------------------------------
+
+NASTY = "\x1b[2J\rgotcha\x9b1m\u202eevil\nforged line"
+NASTY_SHOWN = "\\x1b[2J\\rgotcha\\x9b1m\\u202eevil\\nforged line"
+
+
+async def raise_message(message: str) -> None:
+    """A handler (used by name) whose error message is whatever it was given."""
+    raise ValueError(message)
+
+
+def _no_terminal_controls(text: str) -> None:
+    for char in ("\x1b", "\r", "\x9b", "\u202e"):
+        assert char not in text
+
+
+async def test_job_dlq_and_status_show_handler_data_escaped(
+    tmp_path: Path, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pipeline(tmp_path, redis_url, "defaults: {retry: {max_attempts: 1}}\n")
+    path.write_text(path.read_text() + "  bad: {handler: 'tests.test_cli_edges:raise_message'}\n")
+    config = load(path)
+    with SyncClient(config) as client:
+        bad = client.enqueue("bad", NASTY)
+        good = client.enqueue("q", NASTY)
+    await run_burst(config)
+    capsys.readouterr()
+
+    for command in (["job", str(path), bad], ["dlq", "show", str(path), bad]):
+        assert main(command) == 0
+        out = capsys.readouterr().out
+        _no_terminal_controls(out)
+        assert f"last error (attempt 1): ValueError: {NASTY_SHOWN}" in out
+        assert 'args         ["\\u001b[2J\\rgotcha\\x9b1m\\u202eevil\\nforged line"]' in out
+        assert "  ValueError: \\x1b[2J\\rgotcha\\x9b1m\\u202eevil\n  forged line\n" in out
+    assert main(["job", str(path), good]) == 0
+    out = capsys.readouterr().out
+    _no_terminal_controls(out)
+    assert "gotcha\\x9b1m\\u202eevil" in out  # JSON escapes C0 itself; C1 and bidi are ours
+    assert main(["dlq", "list", str(path)]) == 0
+    out = capsys.readouterr().out
+    _no_terminal_controls(out)
+    assert "ValueError: \\x1b[2J gotcha\\x9b1m\\u202eevil forged line" in out
+
+
+def test_status_and_text_logs_escape_what_they_show() -> None:
+    from rrq_flow.cli.status import render_status
+    from rrq_flow.client.admin import WorkerInfo
+    from rrq_flow.logs import TextFormatter
+
+    worker = WorkerInfo(
+        id="w\x1b]0;owned\x07", host="h\roverwritten", pid=1, queues=["q"], in_flight=0,
+        started_at=None, uptime=None, last_beat=0.0, last_beat_age=0.0, interval=1.0,
+        version=None, burst=False, stopping=False, alive=True,
+    )  # fmt: skip
+    shown = render_status([], [worker])
+    _no_terminal_controls(shown)
+    assert "w\\x1b]0;owned\\x07  h\\roverwritten:1" in shown
+
+    record = logging.LogRecord(
+        "rrq_flow", logging.ERROR, __file__, 1, "job failed: %s", (NASTY,), None
+    )
+    line = TextFormatter().format(record)
+    assert "\n" not in line  # one record, one line: no forged log lines
+    assert line.endswith(f"job failed: {NASTY_SHOWN}")
+
+
+def test_job_in_a_subprocess_writes_no_escape_bytes(
+    tmp_path: Path, redis_url: str, sync_redis: redis.Redis
+) -> None:
+    path = pipeline(tmp_path, redis_url)
+    with SyncClient(load(path)) as client:
+        job_id = client.enqueue("q", "\x1b[2J", "\r", "\u202e")
+    out = cli("job", str(path), job_id)
+    assert out.returncode == 0, out.stderr
+    _no_terminal_controls(out.stdout)
+    assert '["\\u001b[2J", "\\r", "\\u202e"]' in out.stdout

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from rrq_flow.config.model import PipelineConfig
+from rrq_flow.textsafe import printable
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -50,13 +51,13 @@ def note_error(message: str) -> None:
 def error(message: str) -> None:
     """One line on stderr, prefixed so it is clear who speaks."""
     note_error(message)
-    print(f"rrq-flow: {message}", file=sys.stderr)
+    print(f"rrq-flow: {printable(message)}", file=sys.stderr)
 
 
 def detail(line: object) -> None:
     """A line that explains a failure (a problem, a bad input line), printed as it is."""
     _Told.details.append(str(line))
-    print(line, file=sys.stderr)
+    print(printable(line), file=sys.stderr)
 
 
 def print_json(data: Any) -> None:

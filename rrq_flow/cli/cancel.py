@@ -13,6 +13,7 @@ from rrq_flow.cli._common import (
     error,
     print_json,
 )
+from rrq_flow.textsafe import printable
 
 HELP = """\
 Cancel a job. A waiting job (queued, scheduled, retrying) is cancelled at once. A running job is
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         text = MESSAGES[outcome.verdict].format(id=outcome.id, before=outcome.status_before)
         if ok:
-            print(text)
+            print(printable(text))
         else:
             error(text)
     return EXIT_OK if ok else EXIT_FAILURE

@@ -12,6 +12,7 @@ from rrq_flow.cli._common import (
     add_pipeline_argument,
     print_json,
 )
+from rrq_flow.textsafe import printable
 
 HELP = """\
 Check that every queue (or each --queue) is served by at least one live worker that is not
@@ -59,5 +60,5 @@ def run(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{q} {n}" for q, n in health.live_workers.items())
         print(f"ok: live workers per queue: {counts}")
     for reason in health.reasons:
-        print(f"unhealthy: {reason}", file=sys.stderr)
+        print(f"unhealthy: {printable(reason)}", file=sys.stderr)
     return EXIT_OK if health.ok else EXIT_FAILURE

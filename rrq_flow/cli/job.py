@@ -15,6 +15,7 @@ from rrq_flow.cli._common import (
     error,
     print_json,
 )
+from rrq_flow.textsafe import printable
 
 if TYPE_CHECKING:
     from rrq_flow.client.admin import JobDetail
@@ -120,14 +121,15 @@ def render_job(detail: JobDetail) -> str:
         lines.append(f"last error (attempt {err.get('attempt', '?')}): {_error_line(err)}")
         tb = str(err.get("traceback") or "").rstrip()
         if tb:
-            lines += ["  " + line for line in tb.splitlines()]
+            lines += ["  " + line for line in tb.split("\n")]  # a \r stays, escaped
     earlier = detail.earlier_errors
     if earlier:
         lines.append("")
         lines.append("earlier attempts (newest first):")
         for e in earlier:
             lines.append(f"  attempt {e.get('attempt', '?')}: {_error_line(e)}")
-    return "\n".join(lines)
+    # Each entry is one line: handler data cannot add lines, move the cursor or clear the screen.
+    return "\n".join(printable(line) for line in lines)
 
 
 def _error_line(err: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ from rrq_flow.cli._common import (
     redis_errors,
     redis_failure,
 )
+from rrq_flow.textsafe import printable
 
 if TYPE_CHECKING:
     from rrq_flow.client.admin import Admin, QueueStatus, WorkerInfo
@@ -115,7 +116,7 @@ def fmt_time(ts: float | None) -> str:
 
 def render_table(header: Sequence[str], rows: Sequence[Sequence[Any]], right: int = 1) -> str:
     """A plain text table; columns from index ``right`` on are right-aligned (numbers)."""
-    cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
+    cells = [[printable(c) for c in header], *[[printable(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = []
     for n, row in enumerate(cells):
@@ -174,8 +175,10 @@ def render_status(queues: list[QueueStatus], workers: list[WorkerInfo]) -> str:
     for w in alive[:WORKERS_SHOWN]:
         flags = " (stopping)" if w.stopping else ""
         out.append(
-            f"  {w.id}  {w.host or '?'}:{w.pid or '?'}  {','.join(w.queues)}  "
-            f"{w.in_flight} in flight{flags}"
+            printable(
+                f"  {w.id}  {w.host or '?'}:{w.pid or '?'}  {','.join(w.queues)}  "
+                f"{w.in_flight} in flight{flags}"
+            )
         )
     if len(alive) > WORKERS_SHOWN:
         out.append(f"  ... and {len(alive) - WORKERS_SHOWN} more")
