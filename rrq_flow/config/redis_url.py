@@ -3,27 +3,16 @@
 The schema only checks the scheme; this module checks what the connection code needs (a
 numeric port in range, a numeric db, a socket path), so that ``rrq-flow validate`` refuses a
 URL that would fail later, at connect time. Messages never contain the password: URLs are shown
-as ``redis://user:***@host:port/db``.
+through :func:`rrq_flow.redact.redact_url` (``redis://user:***@host:port/db``).
 """
 
 from __future__ import annotations
 
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
+from rrq_flow.redact import redact_url
+
 SCHEMES = ("redis", "rediss", "unix")
-
-
-def masked(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None and "@" not in parts.netloc:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
 
 
 def _db_problem(parts: SplitResult, path_db: str) -> str | None:
@@ -41,8 +30,8 @@ def url_problem(url: str) -> str | None:
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        return f"{masked(url)} is not a URL: {exc}"
-    shown = masked(url)
+        return f"{redact_url(url)} is not a URL: {exc}"
+    shown = redact_url(url)
     if parts.scheme not in SCHEMES:
         return f"{shown}: use a redis://, rediss:// or unix:// URL"
     if any(ch.isspace() or ord(ch) < 32 for ch in url):

@@ -20,8 +20,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from rrq_flow.config.loader import Document, PathKey
-from rrq_flow.config.redis_url import masked
 from rrq_flow.errors import Problem
+from rrq_flow.redact import redact_url
 
 SCHEMA_PACKAGE = "rrq_flow.schemas"
 SCHEMA_FILE = "pipeline.schema.json"
@@ -178,7 +178,9 @@ def _value_message(error: ValidationError) -> str:
     name = _def_name(error.schema)
     # A URL may carry a password: never echo it.
     instance = error.instance
-    got = show(masked(instance) if name == "redisUrl" and isinstance(instance, str) else instance)
+    got = show(
+        redact_url(instance) if name == "redisUrl" and isinstance(instance, str) else instance
+    )
     if name in _PHRASES:
         return f"must be {_PHRASES[name]}, got {got}"
     keyword = error.validator
