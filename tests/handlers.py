@@ -81,3 +81,11 @@ async def record(path: str, seconds: float = 0.0) -> int:
     with open(path, "a") as f:
         f.write(f"end {line} {time.time():.6f}\n")
     return 1
+
+
+async def fail_unless_exists(path: str, message: str = "not there yet") -> str:
+    """Fails (ValueError: ``message``) until ``path`` exists: a job an operator fixes the cause
+    of, then requeues."""
+    if not os.path.exists(path):
+        raise ValueError(message)
+    return "ran"

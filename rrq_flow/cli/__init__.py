@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "dlq",
     "cancel",
     "health",
+    "dashboard",
 )
 
 EPILOG = """\

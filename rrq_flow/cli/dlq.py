@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rrq_flow.cli._common import (
     EXIT_FAILURE,
@@ -14,6 +14,9 @@ from rrq_flow.cli._common import (
     error,
     print_json,
 )
+
+if TYPE_CHECKING:
+    from rrq_flow.client.admin import DeadLetters, RequeueResult
 
 HELP = """\
 Jobs that ran out of attempts, raised Fatal, or stalled too often are kept in the dead-letter
@@ -106,6 +109,26 @@ def register(subparsers: Any) -> None:
     purge.set_defaults(handler=run_purge)
 
 
+def dlq_list_json(page: DeadLetters) -> dict[str, Any]:
+    """The documented ``dlq list --json`` shape (the dashboard's /api/dlq too)."""
+    return {
+        "total": page.total,
+        "counts": page.counts,
+        "entries": [e.as_dict() for e in page.entries],
+    }
+
+
+def requeue_json(result: RequeueResult) -> dict[str, Any]:
+    """The documented ``dlq requeue --json`` shape (the dashboard's /api/dlq/requeue too)."""
+    return {
+        "dry_run": result.dry_run,
+        "count": result.count,
+        "moved": result.moved,
+        "not_found": result.not_found,
+        "not_in_dlq": result.not_in_dlq,
+    }
+
+
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return EXIT_USAGE
@@ -121,13 +144,7 @@ def run_list(args: argparse.Namespace) -> int:
         page = admin.dlq_list(args.queue, args.limit)
         now = admin.server_time()
     if args.json:
-        print_json(
-            {
-                "total": page.total,
-                "counts": page.counts,
-                "entries": [e.as_dict() for e in page.entries],
-            }
-        )
+        print_json(dlq_list_json(page))
         return EXIT_OK
     if page.total == 0:
         print("the dead-letter queue is empty")
@@ -190,15 +207,7 @@ def run_requeue(args: argparse.Namespace) -> int:
             None if args.all else args.job_ids, queue=args.queue, dry_run=args.dry_run
         )
     if args.json:
-        print_json(
-            {
-                "dry_run": result.dry_run,
-                "count": result.count,
-                "moved": result.moved,
-                "not_found": result.not_found,
-                "not_in_dlq": result.not_in_dlq,
-            }
-        )
+        print_json(requeue_json(result))
     else:
         verb = "would requeue" if result.dry_run else "requeued"
         per_queue = ", ".join(f"{q} {len(ids)}" for q, ids in result.moved.items())

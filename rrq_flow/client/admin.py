@@ -247,11 +247,11 @@ class Admin:
             age = None
             if oldest and float(oldest[0][1]) <= now:
                 age = max(0.0, (now - float(oldest[0][1])) / 1000)
-            tput_sum = 0
-            for slot in range(TPUT_SLOTS):
-                bucket = _int(tput.get(f"b{slot}"), -1)
-                if now_bucket - TPUT_WINDOW < bucket <= now_bucket:
-                    tput_sum += _int(tput.get(f"c{slot}"))
+            tput_sum = sum(
+                count
+                for bucket, count in ring_buckets(tput).items()
+                if now_bucket - TPUT_WINDOW < bucket <= now_bucket
+            )
             out.append(
                 QueueStatus(
                     queue=name,
@@ -531,6 +531,17 @@ class Admin:
                     )
                 reasons.append(f"no live worker serves queue {name!r}{extra}")
         return Health(not reasons, reasons, live)
+
+
+def ring_buckets(tput: dict[str, str]) -> dict[int, int]:
+    """A queue's finished-jobs ring (its ``tput`` HASH) as {bucket number: jobs finished}; a
+    bucket number times TPUT_BUCKET_MS is the bucket's start in server ms."""
+    out: dict[int, int] = {}
+    for slot in range(TPUT_SLOTS):
+        bucket = _int(tput.get(f"b{slot}"), -1)
+        if bucket >= 0:
+            out[bucket] = _int(tput.get(f"c{slot}"))
+    return out
 
 
 def _worker_info(worker_id: str, beat_ms: int, record: dict[str, str], now_ms: int) -> WorkerInfo:

@@ -1,0 +1,155 @@
+"""Browse a pipeline a page at a time, for the dashboard: the jobs of one queue in one state, the
+throughput ring, and purging chosen dead jobs.
+
+Like :mod:`rrq_flow.client.admin` (which this builds on), everything is read from the indexes the
+protocol keeps — the queue's ready, retry, active and dead ZSETs — never with SCAN: a page costs
+one ZRANGE and one HMGET per job on it, whatever the number of jobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis
+
+from rrq_flow.client.admin import Admin, _error_dict, _int, _server_ms, ring_buckets
+
+# The states a queue page lists, each with the index that holds it. ``done``, ``failed`` and
+# ``cancelled`` jobs are in no index (their records only wait to expire), so they are not listed.
+STATES = ("ready", "scheduled", "retrying", "active", "dead")
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """One job of a queue page. ``at``: its score in the index, as server seconds — ready or
+    scheduled time, retry due time, lease deadline, or time of death."""
+
+    id: str
+    status: str | None  # None: the record expired (a stray index entry)
+    at: float
+    attempts: int | None
+    max_attempts: int | None
+    enqueued_at: float | None
+    error_type: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    queue: str
+    state: str
+    total: int
+    offset: int
+    limit: int
+    jobs: list[JobRow]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "state": self.state,
+            "total": self.total,
+            "offset": self.offset,
+            "limit": self.limit,
+            "jobs": [j.as_dict() for j in self.jobs],
+        }
+
+
+def queue_jobs(admin: Admin, queue: str, state: str, offset: int = 0, limit: int = 50) -> JobPage:
+    """The jobs of ``queue`` in ``state``, newest first (highest score first)."""
+    if state not in STATES:
+        raise ValueError(f"state must be one of {', '.join(STATES)}")
+    admin._queues([queue])  # UnknownQueueError for a bad name
+    offset, limit = max(offset, 0), max(min(limit, 500), 1)
+    keys = admin.layout.queue(queue)
+    now = _server_ms(admin.redis.time())
+    # ready and scheduled share one ZSET scored by the time a job may run.
+    index, low, high = {
+        "ready": (keys.ready, "-inf", str(now)),
+        "scheduled": (keys.ready, f"({now}", "+inf"),
+        "retrying": (keys.retry, "-inf", "+inf"),
+        "active": (keys.active, "-inf", "+inf"),
+        "dead": (keys.dead, "-inf", "+inf"),
+    }[state]
+    pipe = admin.redis.pipeline(transaction=False)
+    pipe.zcount(index, low, high)
+    pipe.zrevrangebyscore(index, high, low, start=offset, num=limit, withscores=True)
+    total, found = pipe.execute()
+    pipe = admin.redis.pipeline(transaction=False)
+    for job_id, _ in found:
+        pipe.hmget(admin.layout.job(job_id), ["status", "attempts", "max_attempts", "enqueued_at"])
+        pipe.hget(admin.layout.job(job_id), "error")
+    replies = pipe.execute() if found else []
+    rows = []
+    for i, (job_id, score) in enumerate(found):
+        (status, attempts, max_attempts, enqueued), error = replies[2 * i], replies[2 * i + 1]
+        err = _error_dict(error)
+        rows.append(
+            JobRow(
+                id=job_id,
+                status=status,
+                at=float(score) / 1000,
+                attempts=_int(attempts) if attempts is not None else None,
+                max_attempts=_int(max_attempts) if max_attempts is not None else None,
+                enqueued_at=_int(enqueued) / 1000 if enqueued else None,
+                error_type=err.get("type") if err else None,
+            )
+        )
+    return JobPage(queue, state, int(total), offset, limit, rows)
+
+
+def throughput(admin: Admin) -> tuple[float, dict[str, dict[int, int]]]:
+    """Server time (s) and every queue's finished-jobs ring: {queue: {bucket: count}} (the ring
+    covers the last 80 s; the dashboard keeps what it has seen for an hour)."""
+    names = list(admin.config.queues)
+    pipe = admin.redis.pipeline(transaction=False)
+    pipe.time()
+    for name in names:
+        pipe.hgetall(admin.layout.queue(name).tput)
+    now, *rings = pipe.execute()
+    return _server_ms(now) / 1000, {
+        name: ring_buckets(ring) for name, ring in zip(names, rings, strict=True)
+    }
+
+
+def dead_counts(admin: Admin, ids: list[str]) -> dict[str, int]:
+    """How many of ``ids`` are dead now, per queue (what :func:`purge_dead` would delete)."""
+    pipe = admin.redis.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hmget(admin.layout.job(job_id), ["queue", "status"])
+    counts: dict[str, int] = {}
+    for queue, status in pipe.execute() if ids else []:
+        if status == "dead" and queue:
+            counts[queue] = counts.get(queue, 0) + 1
+    return counts
+
+
+def purge_dead(admin: Admin, ids: list[str]) -> dict[str, int]:
+    """Delete the given dead jobs for good (record, error list, DLQ entry); returns how many
+    were deleted per queue. A job that is no longer dead (requeued meanwhile) is left alone:
+    each one is checked and deleted in one WATCHed transaction, retried if its record changed."""
+    purged: dict[str, int] = {}
+    for job_id in dict.fromkeys(ids):
+        key = admin.layout.job(job_id)
+        with admin.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    found, status = pipe.hmget(key, ["queue", "status"])
+                    if status != "dead" or not found:
+                        pipe.unwatch()
+                        break
+                    queue = str(found)
+                    keys = admin.layout.queue(queue)
+                    pipe.multi()
+                    pipe.zrem(keys.dead, job_id)
+                    pipe.delete(key, admin.layout.job_errors(job_id))
+                    pipe.hincrby(keys.stats, "purged", 1)
+                    pipe.execute()
+                    purged[queue] = purged.get(queue, 0) + 1
+                    break
+                except redis.exceptions.WatchError:
+                    continue
+    return purged
