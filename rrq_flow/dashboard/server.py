@@ -42,7 +42,8 @@ async def serve(
     config = Config()
     config.bind = [bind_address(host, port)]
     config.accesslog = None
-    config.errorlog = None  # bind errors still raise; the rest the pages report
+    config.errorlog = "-"  # a request that fails unexpectedly is logged on stderr...
+    config.loglevel = "WARNING"  # ...but not the "Running on" line: the CLI says where
     config.graceful_timeout = 2.0
     dash = Dashboard(admin, guard)
     app: Any = create_app(dash, allowed_hosts(host))

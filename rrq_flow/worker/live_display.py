@@ -15,6 +15,7 @@ and redis that every run imports anyway, and 1.8 MB of resident memory; nothing 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -39,7 +40,9 @@ class LiveBlock:
             console=console,
             auto_refresh=False,  # redrawn by update(): one round trip of figures, one redraw
             transient=False,  # the final figures stay on screen
-            redirect_stdout=True,
+            # stdout only when it is this terminal too: `run ... > file` keeps handlers'
+            # prints in the file.
+            redirect_stdout=_same_terminal(sys.stdout, self.out),
             redirect_stderr=True,
         )
         self._live.start(refresh=True)
@@ -76,3 +79,10 @@ class LiveBlock:
 
         # No wrapping: one row is one terminal line, so the block's height is what rich counts.
         return Group(*(Text(row, no_wrap=True, overflow="ellipsis") for row in rows))
+
+
+def _same_terminal(a: TextIO, b: TextIO) -> bool:
+    try:
+        return a.isatty() and b.isatty() and os.ttyname(a.fileno()) == os.ttyname(b.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
