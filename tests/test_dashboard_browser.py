@@ -159,6 +159,18 @@ def test_dashboard_in_a_browser(browser: Any, env: Env, shots: Path) -> None:
         assert time.monotonic() < deadline, env.status_of(pwned)
         time.sleep(0.2)
     page.wait_for_function("document.querySelectorAll('#dead tbody tr').length === 2")
+    # Purge all of the queue: the confirmation names the count; Cancel first moves nothing.
+    page.click('button[data-action="purge"][data-scope="all"]')
+    page.wait_for_selector("#confirm:not([hidden])")
+    assert "Delete for good 2 dead job(s) (flaky 2)?" in page.inner_text("#confirm-text")
+    page.click("#confirm-no")
+    assert env.status_of(env.dead_ids[1]) == "dead"
+    page.click('button[data-action="purge"][data-scope="all"]')
+    page.wait_for_selector("#confirm:not([hidden])")
+    page.click("#confirm-yes")
+    page.wait_for_function("document.getElementById('flash').textContent.includes('deleted 2')")
+    page.wait_for_function("document.querySelectorAll('#dead tbody tr').length === 0")
+    assert [env.status_of(j) for j in env.dead_ids if j != pwned] == [None, None]
     page.goto(f"{dash.url}/jobs/{pwned}")
     assert page.inner_text("#job-status") == "done"
     assert '"ran"' in page.inner_text("#result")
