@@ -26,7 +26,7 @@ LAYOUT = KeyLayout("t")
 
 STATUS_QUEUE_KEYS = {
     "ready", "scheduled", "retrying", "active", "done", "dead", "failed", "cancelled",
-    "enqueued", "oldest_ready_age", "throughput_per_min",
+    "enqueued", "oldest_ready_age", "throughput_per_min", "flow",
 }  # fmt: skip
 WORKER_KEYS = {
     "id", "host", "pid", "queues", "in_flight", "started_at", "uptime", "last_beat",

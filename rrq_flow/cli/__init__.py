@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "cancel",
     "health",
     "dashboard",
+    "pause",
 )
 
 EPILOG = """\

@@ -161,11 +161,34 @@ def _status_row(q: QueueStatus) -> list[Any]:
     return [q.queue, *counts, fmt_age(q.oldest_ready_age), q.throughput_per_min]
 
 
+def _flow_line(q: QueueStatus) -> str:
+    """``  fetch: paused until ..., rate 50/s (burst 1), max_running 4 (3 running)``."""
+    f = q.flow
+    if f is None or not (f.paused or f.rate_limit or f.max_running):
+        return ""
+    parts = []
+    if f.paused:
+        parts.append(
+            "PAUSED until resumed"
+            if f.paused_until is None
+            else f"PAUSED until {fmt_time(f.paused_until)}"
+        )
+    if f.rate_limit:
+        parts.append(f"rate {f.rate_limit} (burst {f.rate_burst})")
+    if f.max_running:
+        parts.append(f"max_running {f.max_running} ({f.running} running)")
+    return f"  {q.queue}: " + ", ".join(parts)
+
+
 def render_status(queues: list[QueueStatus], workers: list[WorkerInfo]) -> str:
     header = ["queue", "ready", "scheduled", "retrying", "active", "done", "dead"]
     header += ["oldest ready", "finished/min"]
     rows = [_status_row(q) for q in queues]
     out = [render_table(header, rows)]
+    flow_lines = [line for q in queues if (line := _flow_line(q))]
+    if flow_lines:
+        out.append("\nflow control:")
+        out += flow_lines
     alive = [w for w in workers if w.alive]
     stale = len(workers) - len(alive)
     line = f"\n{len(alive)} live worker(s)"

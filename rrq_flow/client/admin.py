@@ -19,6 +19,7 @@ from rrq_flow.client.jobinfo import JobInfo
 from rrq_flow.client.sync_client import SyncClient
 from rrq_flow.config.model import DEFAULT_RESULT_TTL
 from rrq_flow.errors import JobNotFound
+from rrq_flow.flow import FOREVER, FlowState, flow_state
 from rrq_flow.protocol.ops import Call, ms
 from rrq_flow.protocol.scripts import call_sync, preload_sync
 
@@ -63,6 +64,7 @@ class QueueStatus:
     enqueued: int
     oldest_ready_age: float | None  # seconds the oldest ready job has waited; None if none
     throughput_per_min: int  # jobs finished in the last minute (10 s resolution)
+    flow: FlowState | None = None  # rate limit, running cap, pause (rrq_flow.flow)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -241,7 +243,7 @@ class Admin:
         out = []
         now_bucket = now // TPUT_BUCKET_MS
         for i, name in enumerate(names):
-            card, oldest, dead, stats, tput = per[i * 5 : i * 5 + 5]
+            card, oldest, dead, stats, tput, flow = per[i * 6 : i * 6 + 6]
             ready, retrying, active = (int(x) for x in drained[i * 3 : i * 3 + 3])
             counters = dict(zip(STATS_FIELDS, stats, strict=True))
             age = None
@@ -266,6 +268,7 @@ class Admin:
                     enqueued=_int(counters["enqueued"]),
                     oldest_ready_age=age,
                     throughput_per_min=tput_sum,
+                    flow=flow_state(self.config.queue(name), flow, active, now),
                 )
             )
         return out
@@ -282,7 +285,25 @@ class Admin:
             pipe.zcard(q.dead)
             pipe.hmget(q.stats, list(STATS_FIELDS))
             pipe.hgetall(q.tput)
+            pipe.hgetall(q.flow)
         return list(pipe.execute())
+
+    # --- flow control ------------------------------------------------------------------------
+
+    def pause(self, queue: str, duration: float | None = None) -> float | None:
+        """Pause ``queue`` for ``duration`` seconds (None: until resumed). Running jobs finish;
+        nothing new starts. Returns when the pause ends (server Unix seconds; None: no end)."""
+        self.config.queue(queue)
+        call = self.protocol.pause(queue, "pause", FOREVER if duration is None else ms(duration))
+        _, until = self._run(call)
+        return None if int(until) == FOREVER else int(until) / 1000
+
+    def resume(self, queue: str) -> bool:
+        """End a pause of ``queue`` now; False if it was not paused."""
+        self.config.queue(queue)
+        before = self.redis.hget(self.layout.queue(queue).flow, "paused_until")
+        now, _ = self._run(self.protocol.pause(queue, "resume"))
+        return before is not None and (int(before) == FOREVER or int(before) > int(now))
 
     # --- workers -----------------------------------------------------------------------------
 

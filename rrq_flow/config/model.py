@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from rrq_flow.client.async_client import Client
@@ -86,6 +86,12 @@ class QueueConfig:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     # Jobs claimed ahead of the free slots; None: one per ten slots (none below ten).
     prefetch: int | None = None
+    # Flow control across all workers (rrq_flow.flow): "<n>/s|min|h", starts at once, running cap.
+    rate_limit: str | None = None
+    rate_burst: int = 1
+    max_running: int | None = None
+    # Priority of the children handed to this queue; None: a child inherits its parent's.
+    priority: int | None = None
 
     @property
     def claim_ahead(self) -> int:
@@ -94,9 +100,21 @@ class QueueConfig:
         None below ten slots: a queue that narrow usually runs long jobs, and a job claimed
         ahead there would wait behind them while another worker could have run it.
         """
+        if self.rate_limit is not None or self.max_running is not None:
+            return 0  # a job held ahead would use a start or a slot another worker could run
         if self.prefetch is not None:
             return self.prefetch
         return self.concurrency // 10
+
+    @property
+    def rate_interval_ms(self) -> float:
+        """Milliseconds between two starts under ``rate_limit`` (0: no limit)."""
+        if self.rate_limit is None:
+            return 0.0
+        from rrq_flow.flow import parse_rate
+
+        count, period = parse_rate(self.rate_limit)
+        return period * 1000 / count
 
     @property
     def initial_lease(self) -> float:
@@ -109,6 +127,22 @@ class QueueConfig:
     def hard_lease(self) -> float:
         """Seconds after the start beyond which no renewal extends the lease."""
         return self.timeout + self.lock_extension
+
+
+CatchUp = Literal["latest", "all", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleConfig:
+    """A cron schedule: a job into ``queue`` at every tick (see rrq_flow.schedules)."""
+
+    name: str
+    queue: str
+    cron: str
+    timezone: str = "UTC"
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    catch_up: CatchUp = "latest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +164,15 @@ class PipelineConfig:
     redis: RedisSettings = field(default_factory=RedisSettings)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     version: int = 1
+    schedules: Mapping[str, ScheduleConfig] = field(default_factory=dict)
     # The file it came from (None when built in code); the embedded Redis lives beside it.
     source: Path | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.queues, MappingProxyType):
             object.__setattr__(self, "queues", MappingProxyType(dict(self.queues)))
+        if not isinstance(self.schedules, MappingProxyType):
+            object.__setattr__(self, "schedules", MappingProxyType(dict(self.schedules)))
 
     def queue(self, name: str) -> QueueConfig:
         """The queue called ``name``; raises :class:`rrq_flow.errors.UnknownQueueError`."""

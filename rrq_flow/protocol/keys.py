@@ -21,6 +21,7 @@ class QueueKeys:
     stats: str  # HASH of counters: enqueued done dead failed retried released reaped ...
     tput: str  # HASH ring of finished-job counts per 10 s bucket
     reaper: str  # STRING guard: at most one reap per interval across workers
+    flow: str  # HASH flow control state: paused_until, tat (rate limit), cap_wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,4 +71,5 @@ class KeyLayout:
             stats=base + ":stats",
             tput=base + ":tput",
             reaper=base + ":reaper",
+            flow=base + ":flow",
         )

@@ -76,6 +76,17 @@ class ClaimedJob:
     kwargs_json: str
     enqueued_at: int
     parent: str
+    start_at: int = 0  # server ms; later than the claim's now for a start granted ahead
+
+
+@dataclass(frozen=True, slots=True)
+class FlowLimits:
+    """A queue's limits across all workers, applied by the claim script (0: none)."""
+
+    interval_ms: float = 0.0  # between two starts (rate_limit)
+    burst: int = 1
+    max_running: int = 0
+    lookahead_ms: int = 0  # starts due this soon are granted now, with their start time
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +96,8 @@ class ClaimReply:
     now: int = 0
     next_due: int | None = None
     jobs: list[ClaimedJob] = field(default_factory=list)
+    # Why ready jobs were left: '' (none were, or this worker is full), 'paused', 'rate', 'cap'.
+    held: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,14 +127,38 @@ class Protocol:
         return Call(script("enqueue"), [self.layout.meta, q.ready, q.wake, q.stats], args)
 
     def claim(
-        self, queue: str, generation: str, worker: str, n: int, lease_ms: int, hard_ms: int
+        self,
+        queue: str,
+        generation: str,
+        worker: str,
+        n: int,
+        lease_ms: int,
+        hard_ms: int,
+        flow: FlowLimits | None = None,
     ) -> Call:
         q = self.layout.queue(queue)
+        f = flow or FlowLimits()
         return Call(
             script("claim"),
-            [self.layout.meta, q.ready, q.retry, q.active, q.wake],
-            [self.prefix, generation, worker, n, lease_ms, hard_ms],
+            [self.layout.meta, q.ready, q.retry, q.active, q.wake, q.flow],
+            [
+                self.prefix,
+                generation,
+                worker,
+                n,
+                lease_ms,
+                hard_ms,
+                repr(f.interval_ms),
+                f.burst,
+                f.max_running,
+                f.lookahead_ms,
+            ],
         )
+
+    def pause(self, queue: str, mode: str, duration_ms: int = -1) -> Call:
+        """``mode`` 'pause' | 'extend' | 'resume'; ``duration_ms`` -1: until resumed."""
+        q = self.layout.queue(queue)
+        return Call(script("pause"), [q.flow, q.wake], [self.prefix, mode, duration_ms])
 
     def refresh(
         self, queue: str, worker: str, lease_ms: int, items: Iterable[tuple[str, int]]
@@ -148,7 +185,7 @@ class Protocol:
                     ch.when,
                     ch.unique_key,
                 ]
-        return Call(script("complete"), [q.active, q.stats, q.tput], args)
+        return Call(script("complete"), [q.active, q.stats, q.tput, q.flow, q.wake], args)
 
     def fail(
         self,
@@ -168,7 +205,7 @@ class Protocol:
         ]
         for f in failures:
             args += [f.id, f.epoch, f.error_json, f.action, f.delay_ms]
-        return Call(script("fail"), [q.active, q.retry, q.stats, q.tput], args)
+        return Call(script("fail"), [q.active, q.retry, q.stats, q.tput, q.flow, q.wake], args)
 
     def release(
         self, queue: str, worker: str, result_ttl_ms: int, items: Iterable[tuple[str, int]]
@@ -263,7 +300,7 @@ def parse_claim(reply: Sequence[Any]) -> ClaimReply:
     now, next_due, count = int(reply[1]), int(reply[2]), int(reply[3])
     jobs = []
     for i in range(count):
-        b = 4 + i * 8
+        b = 4 + i * 9
         jobs.append(
             ClaimedJob(
                 id=reply[b],
@@ -274,9 +311,11 @@ def parse_claim(reply: Sequence[Any]) -> ClaimReply:
                 kwargs_json=reply[b + 5],
                 enqueued_at=int(reply[b + 6]),
                 parent=reply[b + 7],
+                start_at=int(reply[b + 8]),
             )
         )
-    return ClaimReply(False, "", now, None if next_due < 0 else next_due, jobs)
+    held = str(reply[4 + count * 9]) if len(reply) > 4 + count * 9 else ""
+    return ClaimReply(False, "", now, None if next_due < 0 else next_due, jobs, held)
 
 
 def parse_reap(reply: Sequence[Any]) -> ReapReply:

@@ -48,6 +48,7 @@ SCRIPT_NAMES = (
     "refresh",
     "complete",
     "fail",
+    "pause",
     "release",
     "reap",
     "requeue",

@@ -40,11 +40,21 @@ class JobContext:
     parent: str | None
     logger: logging.Logger
     _outbox: list[OutboxJob] = field(default_factory=list)
+    pause_requests: list[float] = field(default_factory=list)
 
     def enqueue(self, queue: str, *args: Any, job_id: str | None = None, **kwargs: Any) -> None:
         """Buffer a job that is committed atomically with this job's successful completion and
         dropped if this attempt fails or loses its lease (a transactional outbox)."""
         self._outbox.append(OutboxJob(queue, args, kwargs, job_id))
+
+    def pause_queue(self, delay: float) -> None:
+        """Pause this job's queue for ``delay`` seconds across all workers (say, after a 429
+        with Retry-After). Running jobs finish; nothing new starts until the pause ends. It
+        takes effect when this handler returns or raises, before its slot is given back; a
+        longer pause already in place is kept."""
+        if not delay >= 0:
+            raise ValueError(f"pause_queue needs a delay >= 0 seconds, got {delay!r}")
+        self.pause_requests.append(float(delay))
 
     @property
     def outbox(self) -> list[OutboxJob]:

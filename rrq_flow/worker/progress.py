@@ -23,6 +23,7 @@ import trio
 
 from rrq_flow.config.model import PipelineConfig
 from rrq_flow.connection import open_async_redis
+from rrq_flow.flow import FOREVER
 from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import Protocol
 from rrq_flow.protocol.scripts import call_async
@@ -42,6 +43,7 @@ class QueueProgress:
     cancelled: int = 0
     retried: int = 0
     left: int = 0
+    paused: str = ""  # '' | 'until resumed' | 'until HH:MM:SS' (a paused queue is not drained)
 
     @property
     def finished(self) -> int:
@@ -124,8 +126,14 @@ class Progress:
                     stats = [
                         pipe.hmget(self.layout.queue(q).stats, list(COUNTERS)) for q in self.queues
                     ]
+                    pauses = [
+                        pipe.hget(self.layout.queue(q).flow, "paused_until") for q in self.queues
+                    ]
+                    clock = pipe.time()
                 left = await call_async(redis, drained.script, drained.keys, drained.args)
                 counters = [[int(v or 0) for v in await s] for s in stats]
+                until = [int(await u or 0) for u in pauses]
+                now_ms = round((await clock).timestamp() * 1000)
         except TRANSIENT:
             return False
         if self._baseline is None:
@@ -141,6 +149,7 @@ class Progress:
                 cancelled=cancelled,
                 retried=retried,
                 left=sum(int(c) for c in left[i * 3 : i * 3 + 3]),
+                paused=_paused(until[i], now_ms),
             )
         return True
 
@@ -153,9 +162,17 @@ class Progress:
             eta = f"{p.left / rate:,.0f}s" if rate > 0 and p.left else "-"
             rows.append(
                 f"{q}: {p.finished}/{p.finished + p.left} done, {rate:,.0f}/s, eta {eta}, "
-                f"{p.retried} retried, {p.dead} dead"
+                f"{p.retried} retried, {p.dead} dead" + (f", PAUSED {p.paused}" if p.paused else "")
             )
         return rows
+
+
+def _paused(until_ms: int, now_ms: int) -> str:
+    if until_ms == FOREVER:
+        return "until resumed"
+    if until_ms > now_ms:
+        return "until " + time.strftime("%H:%M:%S", time.localtime(until_ms / 1000))
+    return ""
 
 
 def progress_for(

@@ -30,6 +30,7 @@ import trio_util
 from rrq_flow.config.model import QueueConfig
 from rrq_flow.connection import MAX_BLOCK_SECONDS
 from rrq_flow.errors import DataLossDetected
+from rrq_flow.flow import flow_limits
 from rrq_flow.logs import job_id_var, queue_var
 from rrq_flow.protocol.ops import (
     Call,
@@ -75,6 +76,7 @@ class BufferedJob:
     job: ClaimedJob
     claimed: float  # trio clock
     renewed: float  # trio clock when the lease was last granted or renewed
+    not_before: float = 0.0  # trio clock: a start the rate limit granted ahead waits for this
     # 'lost' (a renewal said so), 'cancelled' (an operator's cancel, already recorded),
     # 'given back' (waited too long, already released)
     stop_reason: str | None = None
@@ -119,6 +121,7 @@ class QueueRunner:
         self.idle = False  # blocked waiting for work (the last claim took all that was ready)
         self.started_jobs = 0
         self._send, self._recv = trio.open_memory_channel[ClaimedJob](math.inf)
+        self._flow = flow_limits(cfg)
         self._lease_ms = ms(cfg.initial_lease)
         self._hard_ms = ms(cfg.hard_lease)
         self.result_ttl_ms = ms(cfg.result_ttl)
@@ -172,7 +175,9 @@ class QueueRunner:
                 min(free, MAX_CLAIM),
                 self._lease_ms,
                 self._hard_ms,
+                self._flow,
             )
+            sent = trio.current_time() if wait is None else None
             if wait is None:
                 reply = parse_claim(await w.caller.until_done(call))
             else:
@@ -187,10 +192,15 @@ class QueueRunner:
             for job in reply.jobs:
                 self.claimed += 1
                 w.claimed_total += 1
-                self.buffered[job.id, job.epoch] = BufferedJob(job, now, now)
+                not_before = now + (job.start_at - reply.now) / 1000
+                self.buffered[job.id, job.epoch] = BufferedJob(job, now, now, not_before)
                 self._send.send_nowait(job)
             wait = None
-            if len(reply.jobs) < free:
+            if len(reply.jobs) < free and reply.held == "rate" and reply.next_due is not None:
+                # Ready jobs wait for the rate limit, whose next start is known exactly: sleep
+                # until then and claim (no wake-up token; the other workers sleep the same).
+                await self._sleep_until_allowed(reply, sent)
+            elif len(reply.jobs) < free:
                 wait = self._wait_time(reply.now, reply.next_due)
                 if reply.jobs and wait is not None:
                     # Let the runners start these jobs before this task spends ~0.1 ms of CPU
@@ -198,6 +208,19 @@ class QueueRunner:
                     # two checkpoints put this task behind them either way). Pick-up p50 -0.1 ms.
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _sleep_until_allowed(self, reply: ClaimReply, sent: float | None) -> None:
+        """Wait for the rate limit's next start (server ms in the reply), or a stop."""
+        assert reply.next_due is not None
+        delay = (reply.next_due - reply.now) / 1000
+        if sent is not None:  # the server answered about half a round trip ago
+            delay -= (trio.current_time() - sent) / 2
+        self.idle = True
+        try:
+            with trio.move_on_after(max(delay, 0.0)):
+                await self.worker.stopping.wait()
+        finally:
+            self.idle = False
 
     @staticmethod
     def _wait_time(now: int, next_due: int | None) -> float | None:
@@ -265,8 +288,13 @@ class QueueRunner:
 
     async def _runner(self) -> None:
         async for job in self._recv:
-            held = self.buffered.pop((job.id, job.epoch))
-            waited = trio.current_time() - held.claimed
+            held = self.buffered[job.id, job.epoch]
+            if held.not_before > trio.current_time():
+                # A start the rate limit granted ahead: it is due then, not now.
+                async with trio_util.move_on_when(self.worker.stopping.wait):
+                    await trio.sleep_until(held.not_before)
+            del self.buffered[job.id, job.epoch]
+            waited = trio.current_time() - max(held.claimed, held.not_before)
             if held.stop_reason in ("given back", "cancelled"):
                 pass  # already settled by the lease refresher
             elif held.stop_reason == "lost":
@@ -327,6 +355,10 @@ class QueueRunner:
             error = exc
         finally:
             reset_current(ctx_token)
+            if ctx.pause_requests:
+                # Before the slot frees and the outcome is sent: this worker's next claim
+                # already sees the pause.
+                await self._pause_queue(max(ctx.pause_requests))
             del self.running[job.id, job.epoch]
             self._slot_done()
         try:
@@ -391,6 +423,18 @@ class QueueRunner:
             (Completion(job.id, job.epoch, result_json, children), duration)
         )
         self.acks.poke()
+
+    async def _pause_queue(self, seconds: float) -> None:
+        """A handler asked to pause its queue (e.g. after a 429): extend the pause to now + it."""
+        w = self.worker
+        call = w.protocol.pause(self.name, "extend", ms(seconds))
+        try:
+            with trio.CancelScope(shield=True), trio.fail_after(w.caller.timeout):
+                await w.caller.once(call)
+        except (*TRANSIENT, trio.TooSlowError):  # type: ignore[misc]
+            log.warning("could not pause queue %s: Redis did not answer", self.name)
+            return
+        log.warning("queue %s paused for %gs by its handler", self.name, seconds)
 
     def _fail(self, failure: Failure, duration: float) -> None:
         self.acks.failures.append((failure, duration))

@@ -3,16 +3,25 @@
 
   KEYS[1] meta HASH       KEYS[2] queue ZSET (score = ready time, ms)
   KEYS[3] retry ZSET (score = due time)    KEYS[4] active ZSET (score = lease deadline, ms)
-  KEYS[5] wake LIST
+  KEYS[5] wake LIST       KEYS[6] flow HASH (paused_until, tat, cap_wait)
   ARGV[1] key prefix      ARGV[2] generation the worker knows     ARGV[3] worker id
   ARGV[4] max jobs N      ARGV[5] lease ms      ARGV[6] hard lease ms (timeout + lock_extension)
+  ARGV[7] ms between starts under rate_limit (0: none)   ARGV[8] rate_burst
+  ARGV[9] max_running (0: none)   ARGV[10] rate lookahead ms (starts due that soon are granted)
 
   Returns: {'LOST', generation-or-''} when the pipeline's data is gone or replaced, else
   {'OK', now, next_due (ms, -1 if nothing waits), count, then per job:
-   id, epoch, attempt, max_attempts, args, kwargs, enqueued_at, parent}
+   id, epoch, attempt, max_attempts, args, kwargs, enqueued_at, parent, start_at (server ms;
+   later than now for a start the rate limit granted ahead: the worker waits until then),
+   then held: '' | 'paused' | 'rate' | 'cap'} -- why ready jobs were left (next_due is then
+  when the pause ends, -1 if it has no end; when to claim again for the rate's next start; -1 for cap:
+  the slot-freeing script wakes a waiter).
   Invariant: a job leaves the queue only together with entering `active`, with a new epoch and
   its owner and lease recorded. Nothing is held only by a key with a TTL: the active entry is
-  what brings the job back if the worker dies or this reply is lost.
+  what brings the job back if the worker dies or this reply is lost. Flow control: nothing
+  starts while paused; at most max_running jobs are in `active` (counted from the index itself,
+  so a reaped or settled job gives its slot back with no counter to drift); starts follow GCRA
+  on this server's clock (see docs/configuration.md for the bound).
   Retry-safe: a repeat after a lost reply claims other jobs (or none); the jobs of the lost reply
   sit in `active` and return through the reaper when their lease runs out.
 ]]
@@ -23,7 +32,37 @@ if gen ~= ARGV[2] then return { 'LOST', gen or '' } end
 
 local worker, want = ARGV[3], tonumber(ARGV[4])
 local lease_ms, hard_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
+local interval, burst, cap = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local lookahead = tonumber(ARGV[10])
 local now = now_ms()
+
+-- Paused: nothing moves (a pause with no end has paused_until -1).
+local paused_until = tonumber(rcall('HGET', KEYS[6], 'paused_until') or '0')
+if paused_until < 0 or paused_until > now then
+  return { 'OK', now, paused_until, 0, 'paused' }
+end
+
+-- How many starts flow control allows now, and why not more.
+local allowed, held = want, ''
+local tat, tau
+if cap > 0 then
+  local free = cap - rcall('ZCARD', KEYS[4])
+  if free < allowed then allowed, held = math.max(free, 0), 'cap' end
+end
+if interval > 0 then
+  -- GCRA on this server's clock: tat is when the next start is due at the steady rate; tau lets
+  -- burst - 1 extra starts through after a quiet spell. Starts due within `lookahead` ms are
+  -- granted now with their exact start time (the worker waits for it before running the job),
+  -- so a worker that wakes up a little late does not slow the rate down, and the spacing of
+  -- the recorded starts is exact: any window [t, t + period) holds at most n + burst - 1.
+  tat = tonumber(rcall('HGET', KEYS[6], 'tat') or '0')
+  if tat < now then tat = now end
+  tau = (burst - 1) * interval
+  local k = math.floor((now + lookahead - (tat - tau)) / interval) + 1
+  if k < 0 then k = 0 end
+  if k < allowed then allowed, held = k, 'rate' end
+end
+want = allowed
 
 -- Retries whose backoff is over become ready again (bounded work per call).
 local due = rcall('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
@@ -58,9 +97,11 @@ while count < want and rounds < 10 do
       local epoch = rcall('HINCRBY', jk, 'epoch', 1)
       local attempt = rcall('HINCRBY', jk, 'attempts', 1)
       rcall('HINCRBY', jk, 'claims', 1)
-      local lease = now + lease_ms
-      rcall('HSET', jk, 'status', 'active', 'owner', worker, 'started_at', now, 'lease', lease,
-        'hard_deadline', now + hard_ms, 'settled', '')
+      local start_at = now
+      if interval > 0 then start_at = math.max(now, math.ceil(tat + count * interval - tau)) end
+      local lease = start_at + lease_ms
+      rcall('HSET', jk, 'status', 'active', 'owner', worker, 'started_at', start_at, 'lease', lease,
+        'hard_deadline', start_at + hard_ms, 'settled', '')
       rcall('ZADD', KEYS[4], lease, id)
       local f = rcall('HMGET', jk, 'max_attempts', 'args', 'kwargs', 'enqueued_at', 'parent')
       out[#out + 1] = id
@@ -71,23 +112,43 @@ while count < want and rounds < 10 do
       out[#out + 1] = f[3]
       out[#out + 1] = f[4]
       out[#out + 1] = f[5] or ''
+      out[#out + 1] = start_at
       count = count + 1
     end
   end
 end
 out[4] = count
+if interval > 0 and count > 0 then
+  rcall('HSET', KEYS[6], 'tat', string.format('%.3f', tat + count * interval))
+end
 
 -- Earliest future work, so an idle worker knows how long it may block.
 local head = rcall('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 local next_due = -1
+local ready_left = false
 if #head > 0 then
   next_due = tonumber(head[2])
-  -- More ready jobs than this worker took: wake another worker.
-  if next_due <= now then wake(KEYS[5]) end
+  ready_left = next_due <= now
 end
 local rhead = rcall('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 if #rhead > 0 and (next_due == -1 or tonumber(rhead[2]) < next_due) then
   next_due = tonumber(rhead[2])
 end
+if not ready_left then
+  held = ''
+elseif held == '' or count < want then
+  -- More ready jobs than this worker took: wake another worker.
+  held = ''
+  wake(KEYS[5])
+elseif held == 'rate' then
+  -- The next start is due at tat - tau: claim again lookahead before it. The worker sleeps
+  -- exactly so long (no token: a token would only wake the others to be told the same).
+  next_due = math.floor(tat + count * interval - tau - lookahead)
+else
+  -- At the cap: whoever frees a slot (complete, fail) wakes one waiter.
+  rcall('HSET', KEYS[6], 'cap_wait', '1')
+  next_due = -1
+end
 out[3] = next_due
+out[#out + 1] = held
 return out

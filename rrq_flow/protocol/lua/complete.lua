@@ -2,6 +2,7 @@
   Record successful attempts (a batch from one worker and one queue) and hand off their results.
 
   KEYS[1] active ZSET    KEYS[2] queue stats HASH    KEYS[3] finished-jobs ring HASH (tput)
+  KEYS[4] flow HASH      KEYS[5] wake LIST (a worker waiting at max_running is woken)
   ARGV[1] key prefix     ARGV[2] worker id     ARGV[3] result ttl ms
   ARGV[4] number of jobs N, then per job:
           id, epoch, result JSON, number of children C, then C groups of 7:
@@ -57,5 +58,6 @@ end
 if done > 0 then
   rcall('HINCRBY', KEYS[2], 'done', done)
   count_finished(KEYS[3], now, done)
+  slot_freed(KEYS[4], KEYS[5])
 end
 return out

@@ -3,7 +3,8 @@
   or finish the job dead-lettered / failed / cancelled.
 
   KEYS[1] active ZSET    KEYS[2] retry ZSET (score = due time)    KEYS[3] queue stats HASH
-  KEYS[4] finished-jobs ring HASH (tput)
+  KEYS[4] finished-jobs ring HASH (tput)    KEYS[5] flow HASH
+  KEYS[6] wake LIST (a worker waiting at max_running is woken)
   ARGV[1] key prefix     ARGV[2] worker id     ARGV[3] result ttl ms
   ARGV[4] dead letter "1" | "0"      ARGV[5] errors kept per job
   ARGV[6..] groups of 5: id, epoch, error JSON, action, retry delay ms
@@ -25,6 +26,7 @@ local keep = tonumber(ARGV[5])
 local now = now_ms()
 local out = {}
 local finished = 0
+local freed = false
 for i = 6, #ARGV, 5 do
   local id, epoch, err, action, delay = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
     tonumber(ARGV[i + 4])
@@ -33,6 +35,7 @@ for i = 6, #ARGV, 5 do
   if verdict then
     out[#out + 1] = verdict
   else
+    freed = true
     rcall('ZREM', KEYS[1], id)
     rcall('HSET', jk, 'error', err, 'settled', 'fail')
     rcall('LPUSH', jk .. ':errors', err)
@@ -63,4 +66,5 @@ for i = 6, #ARGV, 5 do
   end
 end
 count_finished(KEYS[4], now, finished)
+if freed then slot_freed(KEYS[5], KEYS[6]) end
 return out

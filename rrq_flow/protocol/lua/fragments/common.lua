@@ -26,6 +26,12 @@ local function wake(key)
   if rcall('LLEN', key) == 0 then rcall('RPUSH', key, '1') end
 end
 
+-- A slot of a queue capped by max_running came free: wake one worker waiting for it (claim
+-- sets cap_wait when it left ready jobs behind at the cap). Costs one HDEL when no cap is set.
+local function slot_freed(flow_key, queue_wake_key)
+  if rcall('HDEL', flow_key, 'cap_wait') == 1 then wake(queue_wake_key) end
+end
+
 -- Release a unique key, but only if it still points at this job (its owner).
 local function release_unique(jk, id)
   local ukey = rcall('HGET', jk, 'unique_key')

@@ -1,0 +1,171 @@
+"""Flow control with real Redis and real worker processes: rate limits, max_running, pause.
+
+Times that are checked come from the Redis server's clock (a job's ``started_at`` is written by
+the claim script), so the checks are about the limiter, not about how fast a loaded machine
+runs the workers. Sizes follow issue 14; ``RRQ_FLOW_RATE_JOBS`` makes the rate test smaller.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import redis
+
+from rrq_flow.client.admin import Admin
+from rrq_flow.config import load
+from rrq_flow.protocol.keys import KeyLayout
+from tests.test_cli_run import CLI, ROOT, _history, cli, write_pipeline
+
+pytestmark = pytest.mark.flow
+
+LAYOUT = KeyLayout("t")
+
+
+def _enqueue(p: Path, queue: str, lines: list[str], tmp_path: Path) -> None:
+    jobs = tmp_path / f"{queue}.jsonl"
+    jobs.write_text("".join(line + "\n" for line in lines))
+    out = cli("enqueue", str(p), queue, "--jsonl", str(jobs))
+    assert out.returncode == 0, out.stderr
+
+
+def _workers(p: Path, n: int, *extra: str) -> list[subprocess.Popen[str]]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return [
+        subprocess.Popen(
+            [*CLI, "run", str(p), "--burst", *extra],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
+
+
+def _wait(procs: list[subprocess.Popen[str]], timeout: float = 90) -> None:
+    errors = [proc.communicate(timeout=timeout)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * len(procs), errors
+
+
+def _started_at(r: redis.Redis, ids: list[str]) -> list[int]:
+    pipe = r.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hget(LAYOUT.job(job_id), "started_at")
+    return sorted(int(v) for v in pipe.execute())
+
+
+def test_rate_limit_holds_across_two_processes(
+    tmp_path: Path, redis_url: str, sync_redis: redis.Redis
+) -> None:
+    n = int(os.environ.get("RRQ_FLOW_RATE_JOBS", "300"))
+    p = write_pipeline(
+        tmp_path,
+        redis_url,
+        "  q: {handler: 'tests.flow_handlers:noop', concurrency: 20, rate_limit: 50/s}",
+    )
+    ids = [f"j{i}" for i in range(n)]
+    _enqueue(p, "q", [f'{{"job_id": "{i}"}}' for i in ids], tmp_path)
+    _wait(_workers(p, 2))
+    starts = _started_at(sync_redis, ids)
+    span = (starts[-1] - starts[0]) / 1000
+    ideal = (n - 1) / 50
+    # 300 jobs: 5.98 s at exactly 50/s; the issue's bounds are 5.8 s .. 6.6 s.
+    assert ideal - 0.18 <= span <= ideal + 0.62, span
+    # No window of one second (server clock, closed) holds more than 51 starts.
+    j = 0
+    for i, t in enumerate(starts):
+        while starts[j] < t - 1000:
+            j += 1
+        assert i - j + 1 <= 51, (t, i - j + 1)
+
+
+def test_max_running_caps_jobs_across_three_processes(tmp_path: Path, redis_url: str) -> None:
+    p = write_pipeline(
+        tmp_path,
+        redis_url,
+        "  q: {handler: 'tests.handlers:record', concurrency: 10, max_running: 4}",
+    )
+    history = tmp_path / "history.txt"
+    _enqueue(p, "q", [f'["{history}", 0.3]' for _ in range(60)], tmp_path)
+    _wait(_workers(p, 3))
+    events = _history(history)
+    assert len(events) == 60
+    timeline = sorted(
+        (at, 0 if kind == "end" else 1) for e in events.values() for kind, at in e
+    )  # an end before a start at the same instant
+    running = peak = 0
+    for _, delta in timeline:
+        running += 1 if delta else -1
+        peak = max(peak, running)
+    assert peak == 4
+
+
+def test_pause_for_two_seconds_stops_starts_then_resumes(
+    tmp_path: Path, redis_url: str, sync_redis: redis.Redis
+) -> None:
+    p = write_pipeline(
+        tmp_path,
+        redis_url,
+        "  q: {handler: 'tests.handlers:sleep_for', concurrency: 2}",
+    )
+    ids = [f"j{i}" for i in range(60)]
+    _enqueue(p, "q", [f'{{"job_id": "{i}", "args": [0.05]}}' for i in ids], tmp_path)
+    procs = _workers(p, 1)
+    # Pause once the run is under way (in this process: a CLI start may take seconds here).
+    while int(sync_redis.hget(LAYOUT.queue("q").stats, "done") or 0) < 4:
+        assert procs[0].poll() is None
+    with load(p).sync_client() as client:
+        until_s = Admin(client).pause("q", 2.0)
+    assert until_s is not None
+    until = round(until_s * 1000)
+    paused_at = until - 2000
+    _wait(procs)
+    starts = _started_at(sync_redis, ids)
+    assert len(starts) == 60
+    inside = [t for t in starts if paused_at <= t < until]
+    assert inside == []
+    assert any(t < paused_at for t in starts) and any(t >= until for t in starts)
+
+
+def test_pause_without_end_holds_a_burst_until_resume(
+    tmp_path: Path, redis_url: str, sync_redis: redis.Redis
+) -> None:
+    p = write_pipeline(tmp_path, redis_url, "  q: {handler: 'tests.flow_handlers:noop'}")
+    assert cli("pause", str(p), "q").returncode == 0
+    _enqueue(p, "q", ["[]"] * 5, tmp_path)
+    procs = _workers(p, 1, "--progress", "on")
+    status = cli("status", str(p), "--json")
+    flow = json.loads(status.stdout)["queues"]["q"]["flow"]
+    assert flow["paused"] is True and flow["paused_until"] is None
+    assert "PAUSED until resumed" in cli("status", str(p)).stdout
+    # The paused queue holds jobs: the burst does not call it drained.
+    with pytest.raises(subprocess.TimeoutExpired):
+        procs[0].communicate(timeout=2.5)
+    assert sync_redis.hget(LAYOUT.queue("q").stats, "done") is None
+    resumed = cli("resume", str(p), "q")
+    assert resumed.returncode == 0 and "resumed" in resumed.stdout
+    err = procs[0].communicate(timeout=60)[1]
+    assert procs[0].returncode == 0, err
+    assert "PAUSED until resumed" in err
+    assert sync_redis.hget(LAYOUT.queue("q").stats, "done") == "5"
+
+
+def test_pause_queue_from_a_handler_stops_the_queue(
+    tmp_path: Path, redis_url: str, sync_redis: redis.Redis
+) -> None:
+    p = write_pipeline(
+        tmp_path, redis_url, "  q: {handler: 'tests.flow_handlers:pause_once', concurrency: 1}"
+    )
+    ids = ["first", "second", "third"]
+    _enqueue(p, "q", [f'{{"job_id": "{i}", "args": [1.5]}}' for i in ids], tmp_path)
+    _wait(_workers(p, 1))
+    until = int(sync_redis.hget(LAYOUT.queue("q").flow, "paused_until") or 0)
+    first_end = int(sync_redis.hget(LAYOUT.job("first"), "finished_at") or 0)
+    assert until - 1500 <= first_end <= until
+    later = _started_at(sync_redis, ["second", "third"])
+    assert all(t >= until for t in later), (later, until)
