@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from rrq_flow.client.admin import Admin
+from rrq_flow.client.jsonl import parse_job_line
 from rrq_flow.config import load
 from rrq_flow.protocol.keys import KeyLayout
 from tests.test_cli_run import CLI, ROOT, _history, cli, write_pipeline
@@ -169,3 +170,28 @@ def test_pause_queue_from_a_handler_stops_the_queue(
     assert until - 1500 <= first_end <= until
     later = _started_at(sync_redis, ["second", "third"])
     assert all(t >= until for t in later), (later, until)
+
+
+def test_higher_priority_jobs_run_next(
+    tmp_path: Path, redis_url: str, sync_redis: redis.Redis
+) -> None:
+    p = write_pipeline(
+        tmp_path, redis_url, "  q: {handler: 'tests.handlers:sleep_for', concurrency: 1}"
+    )
+    _enqueue(p, "q", ['{"job_id": "busy", "args": [1.0]}'], tmp_path)
+    procs = _workers(p, 1)
+    while sync_redis.hget(LAYOUT.job("busy"), "status") != "active":
+        assert procs[0].poll() is None
+    low = [f'{{"job_id": "low{i}", "args": [0]}}' for i in range(50)]
+    high = [f'{{"job_id": "high{i}", "args": [0], "priority": 10}}' for i in range(5)]
+    with load(p).sync_client() as client:
+        client.enqueue_many("q", [parse_job_line(json.loads(line)) for line in low + high])
+    _wait(procs)
+    order = sorted(
+        (int(sync_redis.hget(LAYOUT.job(i), "started_at") or 0), i)
+        for i in ["busy"] + [f"low{k}" for k in range(50)] + [f"high{k}" for k in range(5)]
+    )
+    # FIFO within a priority is by enqueue time in ms; one batch shares it (then by id).
+    assert order[0][1] == "busy"
+    assert {i for _, i in order[1:6]} == {f"high{k}" for k in range(5)}
+    assert {i for _, i in order[6:]} == {f"low{k}" for k in range(50)}

@@ -57,6 +57,13 @@ def register(subparsers: Any) -> None:
         "--defer", metavar="DURATION", type=parse_duration_arg, help="start no sooner than this"
     )
     p.add_argument(
+        "--priority",
+        metavar="P",
+        type=int,
+        default=0,
+        help="integer, higher is claimed first (default 0); with --jsonl: for lines without one",
+    )
+    p.add_argument(
         "--jsonl", metavar="FILE", help="read jobs from a JSON Lines file ('-' for stdin)"
     )
     add_json_flag(p)
@@ -106,7 +113,13 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         try:
             with stream:
-                specs = read_jobs(stream, args.jsonl, args.queue, queue_cfg.max_payload_bytes)
+                specs = read_jobs(
+                    stream,
+                    args.jsonl,
+                    args.queue,
+                    queue_cfg.max_payload_bytes,
+                    args.priority,
+                )
         except JsonlError as exc:
             for line in str(exc).splitlines():
                 detail(line)
@@ -114,7 +127,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         job_args = _json_arg(args.args, list, "--args")
         job_kwargs = _json_arg(args.kwargs, dict, "--kwargs")
-        specs = [JobSpec(tuple(job_args), job_kwargs, args.job_id, args.unique_key, args.defer)]
+        specs = [
+            JobSpec(
+                tuple(job_args),
+                job_kwargs,
+                args.job_id,
+                args.unique_key,
+                args.defer,
+                priority=args.priority,
+            )
+        ]
         try:  # checked before connecting: bad input is exit 2 whether or not Redis is up
             ClientCore(config).build_job(args.queue, specs[0])
         except (PayloadError, ValueError) as exc:
@@ -125,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         ids = client.enqueue_many(args.queue, specs)
         elapsed = time.perf_counter() - started
-    except PayloadError as exc:
+    except (PayloadError, ValueError) as exc:
         error(str(exc))
         return EXIT_USAGE
     except redis_errors() as exc:

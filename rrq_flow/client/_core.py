@@ -35,6 +35,7 @@ class JobSpec:
     unique_key: str | None = None
     defer: float | str | dt.timedelta | None = None
     at: float | dt.datetime | None = None
+    priority: int = 0  # higher is claimed first; FIFO within a priority
 
 
 def when_field(defer: float | str | dt.timedelta | None, at: float | dt.datetime | None) -> str:
@@ -55,6 +56,17 @@ def when_field(defer: float | str | dt.timedelta | None, at: float | dt.datetime
         epoch = at.timestamp() if isinstance(at, dt.datetime) else float(at)
         return f"={ms(epoch)}"
     return ""
+
+
+MAX_PRIORITY = 1_000_000
+
+
+def check_priority(priority: object) -> None:
+    """A priority is an integer from -1,000,000 to 1,000,000 (ValueError otherwise)."""
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ValueError(f"priority must be an integer, got {priority!r}")
+    if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ValueError(f"priority must be from -{MAX_PRIORITY:,} to {MAX_PRIORITY:,}")
 
 
 def encode_payload(
@@ -109,12 +121,14 @@ class ClientCore:
                 raise PayloadError(
                     f"job for queue {queue!r}: unique_key {spec.unique_key!r} is not valid UTF-8"
                 ) from None
+        check_priority(spec.priority)
         return NewJob(
             id=spec.job_id or new_job_id(),
             args_json=args_json,
             kwargs_json=kwargs_json,
             when=when_field(spec.defer, spec.at),
             unique_key=spec.unique_key or "",
+            priority=spec.priority,
         )
 
     def build_batches(

@@ -243,8 +243,8 @@ class Admin:
         out = []
         now_bucket = now // TPUT_BUCKET_MS
         for i, name in enumerate(names):
-            card, oldest, dead, stats, tput, flow = per[i * 6 : i * 6 + 6]
-            ready, retrying, active = (int(x) for x in drained[i * 3 : i * 3 + 3])
+            oldest, dead, stats, tput, flow = per[i * 5 : i * 5 + 5]
+            ready, retrying, active, card = (int(x) for x in drained[i * 4 : i * 4 + 4])
             counters = dict(zip(STATS_FIELDS, stats, strict=True))
             age = None
             if oldest and float(oldest[0][1]) <= now:
@@ -274,13 +274,12 @@ class Admin:
         return out
 
     def _status_pipeline(self, names: list[str]) -> list[Any]:
-        drained = self.protocol.drained(names)
+        drained = self.protocol.drained(names, with_total=True)
         pipe = self.redis.pipeline(transaction=True)
         pipe.time()
         pipe.evalsha(drained.script.sha, len(drained.keys), *drained.keys, *drained.args)
         for name in names:
             q = self.layout.queue(name)
-            pipe.zcard(q.ready)
             pipe.zrange(q.ready, 0, 0, withscores=True)  # lowest score: the oldest ready job
             pipe.zcard(q.dead)
             pipe.hmget(q.stats, list(STATS_FIELDS))

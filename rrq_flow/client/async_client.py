@@ -69,10 +69,13 @@ class Client:
         unique_key: str | None = None,
         defer: float | str | dt.timedelta | None = None,
         at: float | dt.datetime | None = None,
+        priority: int = 0,
         **kwargs: Any,
     ) -> str:
         """Enqueue one job and return its id (see SyncClient.enqueue for the rules)."""
-        job = self._core.build_job(queue, JobSpec(args, kwargs, job_id, unique_key, defer, at))
+        job = self._core.build_job(
+            queue, JobSpec(args, kwargs, job_id, unique_key, defer, at, priority)
+        )
         cfg = self.config.queue(queue)
         call = self._core.protocol.enqueue(
             queue, cfg.retry.max_attempts, self._core.generation, [job]

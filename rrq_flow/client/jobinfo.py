@@ -49,6 +49,7 @@ class JobInfo:
     parent: str | None = None
     children: list[str] = field(default_factory=list)
     cancel_requested: bool = False
+    priority: int = 0  # higher is claimed first
 
     @property
     def finished(self) -> bool:
@@ -88,6 +89,7 @@ class JobInfo:
             parent=record.get("parent") or None,
             children=_json(record.get("children")) or [],
             cancel_requested=record.get("cancel_requested") == "1",
+            priority=int(record.get("priority") or 0),
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -8,11 +8,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from rrq_flow.client._core import JobSpec, encode_payload, when_field
+from rrq_flow.client._core import JobSpec, check_priority, encode_payload, when_field
 from rrq_flow.client.payload import JsonLimitError, loads
 from rrq_flow.errors import PayloadError, RRQFlowError
 
-ALLOWED_KEYS = {"args", "kwargs", "job_id", "unique_key", "defer"}
+ALLOWED_KEYS = {"args", "kwargs", "job_id", "unique_key", "defer", "priority"}
 MAX_REPORTED = 20
 
 
@@ -34,11 +34,11 @@ class JsonlError(RRQFlowError):
         super().__init__("\n".join(lines))
 
 
-def parse_job_line(data: Any) -> JobSpec:
+def parse_job_line(data: Any, priority: int = 0) -> JobSpec:
     """One line's JSON: an array of args, or an object with args / kwargs / job_id /
-    unique_key / defer."""
+    unique_key / defer / priority (``priority``: for lines that do not set one)."""
     if isinstance(data, list):
-        return JobSpec(args=tuple(data))
+        return JobSpec(args=tuple(data), priority=priority)
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON array of args or an object, got {type(data).__name__}")
     unknown = set(data) - ALLOWED_KEYS
@@ -57,12 +57,15 @@ def parse_job_line(data: Any) -> JobSpec:
     defer = data.get("defer")
     if defer is not None and not isinstance(defer, int | float | str):
         raise ValueError("'defer' must be a duration (seconds or a string like '10s')")
+    line_priority = data.get("priority", priority)
+    check_priority(line_priority)
     return JobSpec(
         args=tuple(args),
         kwargs=kwargs,
         job_id=data.get("job_id"),
         unique_key=data.get("unique_key"),
         defer=defer,
+        priority=line_priority,
     )
 
 
@@ -79,7 +82,11 @@ def _text(raw: str | bytes) -> str:
 
 
 def read_jobs(
-    lines: Iterable[str | bytes], source: str, queue: str, max_payload_bytes: int
+    lines: Iterable[str | bytes],
+    source: str,
+    queue: str,
+    max_payload_bytes: int,
+    priority: int = 0,
 ) -> list[JobSpec]:
     """Parse and check every line (blank lines skipped); raise JsonlError listing bad lines.
 
@@ -93,7 +100,7 @@ def read_jobs(
         if not raw.strip():
             continue
         try:
-            spec = parse_job_line(loads(_text(raw)))
+            spec = parse_job_line(loads(_text(raw)), priority)
             encode_payload(queue, spec.args, spec.kwargs, max_payload_bytes)
             when_field(spec.defer, None)
         except json.JSONDecodeError as exc:

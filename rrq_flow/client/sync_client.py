@@ -72,6 +72,7 @@ class SyncClient:
         unique_key: str | None = None,
         defer: float | str | dt.timedelta | None = None,
         at: float | dt.datetime | None = None,
+        priority: int = 0,
         **kwargs: Any,
     ) -> str:
         """Enqueue one job and return its id.
@@ -79,8 +80,9 @@ class SyncClient:
         With ``job_id`` the same id twice never creates a second job; with ``unique_key`` an
         unfinished job holding that key is returned instead of a new one. Raises
         UnknownQueueError or PayloadError (non-JSON, too large) before writing anything.
+        Among a queue's ready jobs the highest ``priority`` is claimed first, FIFO within one.
         """
-        spec = JobSpec(args, kwargs, job_id, unique_key, defer, at)
+        spec = JobSpec(args, kwargs, job_id, unique_key, defer, at, priority)
         job = self._core.build_job(queue, spec)
         cfg = self.config.queue(queue)
         call = self._core.protocol.enqueue(

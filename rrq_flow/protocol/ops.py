@@ -32,6 +32,7 @@ class NewJob:
     when: str = ""
     unique_key: str = ""
     parent: str = ""
+    priority: int = 0  # higher is claimed first (docs/protocol.md, priority levels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,7 @@ class ChildJob:
     max_attempts: int
     when: str = ""
     unique_key: str = ""
+    priority: int | None = None  # None: the parent's
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +125,7 @@ class Protocol:
         q = self.layout.queue(queue)
         args: list[ScriptArg] = [self.prefix, queue, max_attempts, generation, len(jobs)]
         for j in jobs:
-            args += [j.id, j.args_json, j.kwargs_json, j.when, j.unique_key, j.parent]
+            args += [j.id, j.args_json, j.kwargs_json, j.when, j.unique_key, j.parent, j.priority]
         return Call(script("enqueue"), [self.layout.meta, q.ready, q.wake, q.stats], args)
 
     def claim(
@@ -184,6 +186,7 @@ class Protocol:
                     ch.max_attempts,
                     ch.when,
                     ch.unique_key,
+                    "" if ch.priority is None else ch.priority,
                 ]
         return Call(script("complete"), [q.active, q.stats, q.tput, q.flow, q.wake], args)
 
@@ -278,12 +281,12 @@ class Protocol:
             args,
         )
 
-    def drained(self, queues: Sequence[str]) -> Call:
+    def drained(self, queues: Sequence[str], *, with_total: bool = False) -> Call:
         keys: list[str] = []
         for name in queues:
             q = self.layout.queue(name)
             keys += [q.ready, q.retry, q.active]
-        return Call(script("drained"), keys, [self.prefix])
+        return Call(script("drained"), keys, [self.prefix, "1" if with_total else "0"])
 
 
 # --- replies --------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ class Handoff:
                             args_json,
                             kwargs_json,
                             target.retry.max_attempts,
+                            priority=target.priority,
                         )
                     )
         for i, job in enumerate(outbox):
@@ -62,6 +63,7 @@ class Handoff:
                     args_json,
                     kwargs_json,
                     target.retry.max_attempts,
+                    priority=target.priority,
                 )
             )
         return out

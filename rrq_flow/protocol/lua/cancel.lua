@@ -23,7 +23,7 @@ if status == 'active' then
 end
 if status == 'queued' or status == 'scheduled' or status == 'retrying' then
   local now = now_ms()
-  rcall('ZREM', KEYS[1], id)
+  rcall('ZREM', ready_key_for(KEYS[1], rcall('HGET', jk, 'priority')), id)
   rcall('ZREM', KEYS[2], id)
   release_unique(jk, id)
   rcall('HSET', jk, 'status', 'cancelled', 'finished_at', now, 'settled', 'cancel')

@@ -1,7 +1,8 @@
 --[[
   Claim up to N ready jobs of one queue for one worker.
 
-  KEYS[1] meta HASH       KEYS[2] queue ZSET (score = ready time, ms)
+  KEYS[1] meta HASH       KEYS[2] queue ZSET (score = ready time, ms; priority 0, and the base
+          of the priority levels KEYS[2]:p:<P>, listed in KEYS[2]:prio)
   KEYS[3] retry ZSET (score = due time)    KEYS[4] active ZSET (score = lease deadline, ms)
   KEYS[5] wake LIST       KEYS[6] flow HASH (paused_until, tat, cap_wait)
   ARGV[1] key prefix      ARGV[2] generation the worker knows     ARGV[3] worker id
@@ -71,7 +72,7 @@ for i = 1, #due, 2 do
   -- settled elsewhere) is just dropped: an HSET here would create a phantom job record.
   local jk = job_key(due[i])
   if rcall('HGET', jk, 'status') == 'retrying' then
-    rcall('ZADD', KEYS[2], due[i + 1], due[i])
+    add_ready(KEYS[2], rcall('HGET', jk, 'priority'), due[i + 1], due[i])
     rcall('HSET', jk, 'status', 'queued')
   end
 end
@@ -84,36 +85,40 @@ end
 local out = { 'OK', now, -1, 0 }
 local count = 0
 local rounds = 0
-while count < want and rounds < 10 do
-  rounds = rounds + 1
-  local ids = rcall('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, want - count)
-  if #ids == 0 then break end
-  rcall('ZREM', KEYS[2], unpack(ids))
-  for _, id in ipairs(ids) do
-    local jk = job_key(id)
-    local status = rcall('HGET', jk, 'status')
-    -- A missing record (expired, purged) or a finished job is dropped, never blocks the rest.
-    if status == 'queued' or status == 'scheduled' or status == 'retrying' then
-      local epoch = rcall('HINCRBY', jk, 'epoch', 1)
-      local attempt = rcall('HINCRBY', jk, 'attempts', 1)
-      rcall('HINCRBY', jk, 'claims', 1)
-      local start_at = now
-      if interval > 0 then start_at = math.max(now, math.ceil(tat + count * interval - tau)) end
-      local lease = start_at + lease_ms
-      rcall('HSET', jk, 'status', 'active', 'owner', worker, 'started_at', start_at, 'lease', lease,
-        'hard_deadline', start_at + hard_ms, 'settled', '')
-      rcall('ZADD', KEYS[4], lease, id)
-      local f = rcall('HMGET', jk, 'max_attempts', 'args', 'kwargs', 'enqueued_at', 'parent')
-      out[#out + 1] = id
-      out[#out + 1] = epoch
-      out[#out + 1] = attempt
-      out[#out + 1] = f[1]
-      out[#out + 1] = f[2]
-      out[#out + 1] = f[3]
-      out[#out + 1] = f[4]
-      out[#out + 1] = f[5] or ''
-      out[#out + 1] = start_at
-      count = count + 1
+-- Highest priority first; within a level, by ready time (FIFO).
+local levels = ready_levels(KEYS[2])
+for _, level in ipairs(levels) do
+  while count < want and rounds < 10 do
+    rounds = rounds + 1
+    local ids = rcall('ZRANGEBYSCORE', level, '-inf', now, 'LIMIT', 0, want - count)
+    if #ids == 0 then break end
+    rcall('ZREM', level, unpack(ids))
+    for _, id in ipairs(ids) do
+      local jk = job_key(id)
+      local status = rcall('HGET', jk, 'status')
+      -- A missing record (expired, purged) or a finished job is dropped, never blocks the rest.
+      if status == 'queued' or status == 'scheduled' or status == 'retrying' then
+        local epoch = rcall('HINCRBY', jk, 'epoch', 1)
+        local attempt = rcall('HINCRBY', jk, 'attempts', 1)
+        rcall('HINCRBY', jk, 'claims', 1)
+        local start_at = now
+        if interval > 0 then start_at = math.max(now, math.ceil(tat + count * interval - tau)) end
+        local lease = start_at + lease_ms
+        rcall('HSET', jk, 'status', 'active', 'owner', worker, 'started_at', start_at, 'lease',
+          lease, 'hard_deadline', start_at + hard_ms, 'settled', '')
+        rcall('ZADD', KEYS[4], lease, id)
+        local f = rcall('HMGET', jk, 'max_attempts', 'args', 'kwargs', 'enqueued_at', 'parent')
+        out[#out + 1] = id
+        out[#out + 1] = epoch
+        out[#out + 1] = attempt
+        out[#out + 1] = f[1]
+        out[#out + 1] = f[2]
+        out[#out + 1] = f[3]
+        out[#out + 1] = f[4]
+        out[#out + 1] = f[5] or ''
+        out[#out + 1] = start_at
+        count = count + 1
+      end
     end
   end
 end
@@ -122,13 +127,19 @@ if interval > 0 and count > 0 then
   rcall('HSET', KEYS[6], 'tat', string.format('%.3f', tat + count * interval))
 end
 
--- Earliest future work, so an idle worker knows how long it may block.
-local head = rcall('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+-- Earliest future work, so an idle worker knows how long it may block. An emptied priority
+-- level leaves the list of levels.
 local next_due = -1
 local ready_left = false
-if #head > 0 then
-  next_due = tonumber(head[2])
-  ready_left = next_due <= now
+for _, level in ipairs(levels) do
+  local head = rcall('ZRANGE', level, 0, 0, 'WITHSCORES')
+  if #head > 0 then
+    local at = tonumber(head[2])
+    if next_due == -1 or at < next_due then next_due = at end
+    if at <= now then ready_left = true end
+  elseif level ~= KEYS[2] then
+    rcall('ZREM', KEYS[2] .. ':prio', string.sub(level, #KEYS[2] + 4))
+  end
 end
 local rhead = rcall('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 if #rhead > 0 and (next_due == -1 or tonumber(rhead[2]) < next_due) then

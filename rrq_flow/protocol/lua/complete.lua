@@ -5,8 +5,9 @@
   KEYS[4] flow HASH      KEYS[5] wake LIST (a worker waiting at max_running is woken)
   ARGV[1] key prefix     ARGV[2] worker id     ARGV[3] result ttl ms
   ARGV[4] number of jobs N, then per job:
-          id, epoch, result JSON, number of children C, then C groups of 7:
-          child queue, child id, args JSON, kwargs JSON, max attempts, when, unique key
+          id, epoch, result JSON, number of children C, then C groups of 8:
+          child queue, child id, args JSON, kwargs JSON, max attempts, when, unique key,
+          priority ('' : the parent's)
 
   Returns: one verdict per job: 'OK' | 'STALE' (someone else owns it now: nothing changed) |
   'ALREADY_DONE' (this owner and epoch completed it before; a retry after a lost reply).
@@ -26,7 +27,7 @@ local p = 5
 for _ = 1, n do
   local id, epoch, result, nchildren = ARGV[p], ARGV[p + 1], ARGV[p + 2], tonumber(ARGV[p + 3])
   local cbase = p + 4
-  p = cbase + nchildren * 7
+  p = cbase + nchildren * 8
   local jk = job_key(id)
   local _, verdict = check_owner(jk, epoch, worker, 'complete')
   if verdict then
@@ -34,11 +35,14 @@ for _ = 1, n do
   else
     local children = {}
     local woken = {}
+    local parent_prio = nchildren > 0 and (rcall('HGET', jk, 'priority') or '0') or '0'
     for c = 0, nchildren - 1 do
-      local b = cbase + c * 7
+      local b = cbase + c * 8
       local cqueue = ARGV[b]
+      local cprio = ARGV[b + 7]
+      if cprio == '' then cprio = parent_prio end
       local cid, cverdict, ready = add_job(cqueue, ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
-        ARGV[b + 5], ARGV[b + 6], id, ARGV[b + 4], now)
+        ARGV[b + 5], ARGV[b + 6], id, ARGV[b + 4], now, cprio)
       children[#children + 1] = cid
       if cverdict == 'new' and not woken[cqueue] then
         wake(wake_key(cqueue))

@@ -5,9 +5,9 @@
   KEYS[3] wake LIST            KEYS[4] queue stats HASH
   ARGV[1] key prefix "rrq:{<pipeline>}:"     ARGV[2] queue name
   ARGV[3] max attempts                       ARGV[4] generation id to record if the pipeline is new
-  ARGV[5] number of jobs N, then N groups of 6:
+  ARGV[5] number of jobs N, then N groups of 7:
           id, args JSON, kwargs JSON, when ("" now | "+<ms>" delay | "=<ms>" absolute),
-          unique key ("" none), parent id ("" none)
+          unique key ("" none), parent id ("" none), priority (integer; "0" default)
 
   Returns: flat array id, verdict per job; verdict 'new' | 'exists' | 'unique' (the id is then
   the unfinished job holding the unique key).
@@ -24,9 +24,9 @@ local now = now_ms()
 local out = {}
 local any_ready = false
 for i = 0, n - 1 do
-  local b = 6 + i * 6
+  local b = 6 + i * 7
   local id, verdict, ready = add_job(queue, ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
-    ARGV[b + 4], ARGV[b + 5], max_attempts, now)
+    ARGV[b + 4], ARGV[b + 5], max_attempts, now, ARGV[b + 6])
   out[#out + 1] = id
   out[#out + 1] = verdict
   if verdict == 'new' then any_ready = true end

@@ -54,7 +54,8 @@ for _, id in ipairs(ids) do
     else
       rcall('HINCRBY', jk, 'attempts', -1)
       rcall('HSET', jk, 'status', 'queued')
-      rcall('ZADD', KEYS[1], rcall('HGET', jk, 'ready_at'), id)
+      local back = rcall('HMGET', jk, 'ready_at', 'priority')
+      add_ready(KEYS[1], back[2], back[1], id)
       requeued = requeued + 1
     end
   end

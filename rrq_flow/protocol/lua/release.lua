@@ -36,7 +36,8 @@ for i = 4, #ARGV, 2 do
     else
       rcall('HINCRBY', jk, 'attempts', -1)
       rcall('HSET', jk, 'status', 'queued', 'settled', 'release')
-      rcall('ZADD', KEYS[1], rcall('HGET', jk, 'ready_at'), id)
+      local back = rcall('HMGET', jk, 'ready_at', 'priority')
+      add_ready(KEYS[1], back[2], back[1], id)
       released = released + 1
       out[#out + 1] = 'OK'
     end

@@ -35,7 +35,7 @@ for _, id in ipairs(ids) do
         -- A fresh run: a cancel requested during an earlier attempt does not carry over.
         rcall('HDEL', jk, 'finished_at', 'dead_reason', 'result', 'cancel_requested')
         rcall('PERSIST', jk)
-        rcall('ZADD', KEYS[2], now, id)
+        add_ready(KEYS[2], rcall('HGET', jk, 'priority'), now, id)
       end
     end
   end

@@ -4,11 +4,12 @@
 
   Returns (id, verdict): 'new'; 'exists' when a job with this id is known (the same id twice never
   makes a second job, so a retried enqueue is harmless); 'unique' with the id of the unfinished
-  job that holds the unique key. Second return: true when the job is ready now.
+  job that holds the unique key. Second return: true when the job is ready now. ``prio``: the
+  job's priority as a string ('' or '0': the default level).
 ]]
 local TERMINAL = { done = true, dead = true, failed = true, cancelled = true }
 
-local function add_job(queue, id, args, kwargs, when, unique_key, parent, max_attempts, now)
+local function add_job(queue, id, args, kwargs, when, unique_key, parent, max_attempts, now, prio)
   local jk = job_key(id)
   if rcall('EXISTS', jk) == 1 then return id, 'exists', false end
   local uk
@@ -30,8 +31,9 @@ local function add_job(queue, id, args, kwargs, when, unique_key, parent, max_at
   rcall('HSET', jk, 'id', id, 'queue', queue, 'args', args, 'kwargs', kwargs, 'status', status,
     'attempts', 0, 'claims', 0, 'max_attempts', max_attempts, 'epoch', 0, 'stalls', 0,
     'enqueued_at', now, 'ready_at', ready_at, 'unique_key', unique_key, 'parent', parent)
+  if prio ~= nil and prio ~= '' and prio ~= '0' then rcall('HSET', jk, 'priority', prio) end
   if uk then rcall('SET', uk, id) end
-  rcall('ZADD', queue_key(queue), ready_at, id)
+  add_ready(queue_key(queue), prio, ready_at, id)
   rcall('HINCRBY', stats_key(queue), 'enqueued', 1)
   return id, 'new', ready_at <= now
 end

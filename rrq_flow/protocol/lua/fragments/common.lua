@@ -17,6 +17,36 @@ local function now_ms()
 end
 
 local function job_key(id) return PREFIX .. 'job:' .. id end
+
+-- Priorities: the ready jobs of priority 0 live in q:<queue> itself, those of priority P in
+-- q:<queue>:p:<P>, and q:<queue>:prio lists the levels in use (score = P). Every level is a ZSET
+-- scored by ready time, so deferred jobs and FIFO within a priority work as before, and a
+-- pipeline that never sets a priority never touches a level key.
+local function ready_key_for(base, prio)
+  if prio == nil or prio == false or prio == '' or prio == '0' then return base end
+  return base .. ':p:' .. prio
+end
+
+local function add_ready(base, prio, score, id)
+  local key = ready_key_for(base, prio)
+  rcall('ZADD', key, score, id)
+  if key ~= base then rcall('ZADD', base .. ':prio', tonumber(prio), prio) end
+end
+
+-- The ready ZSETs of a queue, highest priority first (q:<queue> stands for priority 0).
+local function ready_levels(base)
+  local keys = {}
+  local placed = false
+  for _, p in ipairs(rcall('ZREVRANGE', base .. ':prio', 0, -1)) do
+    if not placed and tonumber(p) < 0 then
+      keys[#keys + 1] = base
+      placed = true
+    end
+    keys[#keys + 1] = base .. ':p:' .. p
+  end
+  if not placed then keys[#keys + 1] = base end
+  return keys
+end
 local function queue_key(queue) return PREFIX .. 'q:' .. queue end
 local function wake_key(queue) return PREFIX .. 'q:' .. queue .. ':wake' end
 local function stats_key(queue) return PREFIX .. 'q:' .. queue .. ':stats' end
