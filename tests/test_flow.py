@@ -8,17 +8,22 @@ runs the workers. Sizes follow issue 14; ``RRQ_FLOW_RATE_JOBS`` makes the rate t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 import redis
+import trio
 
 from rrq_flow.client.admin import Admin
 from rrq_flow.client.jsonl import parse_job_line
+from rrq_flow.client.sync_client import SyncClient
 from rrq_flow.config import load
 from rrq_flow.protocol.keys import KeyLayout
+from rrq_flow.worker.progress import Progress
+from tests.conftest import make_pipeline, make_queue, run_burst
 from tests.test_cli_run import CLI, ROOT, _history, cli, write_pipeline
 
 pytestmark = pytest.mark.flow
@@ -139,7 +144,7 @@ def test_pause_without_end_holds_a_burst_until_resume(
     p = write_pipeline(tmp_path, redis_url, "  q: {handler: 'tests.flow_handlers:noop'}")
     assert cli("pause", str(p), "q").returncode == 0
     _enqueue(p, "q", ["[]"] * 5, tmp_path)
-    procs = _workers(p, 1, "--progress", "on")
+    procs = _workers(p, 1)
     status = cli("status", str(p), "--json")
     flow = json.loads(status.stdout)["queues"]["q"]["flow"]
     assert flow["paused"] is True and flow["paused_until"] is None
@@ -152,7 +157,6 @@ def test_pause_without_end_holds_a_burst_until_resume(
     assert resumed.returncode == 0 and "resumed" in resumed.stdout
     err = procs[0].communicate(timeout=60)[1]
     assert procs[0].returncode == 0, err
-    assert "PAUSED until resumed" in err
     assert sync_redis.hget(LAYOUT.queue("q").stats, "done") == "5"
 
 
@@ -195,3 +199,31 @@ def test_higher_priority_jobs_run_next(
     assert order[0][1] == "busy"
     assert {i for _, i in order[1:6]} == {f"high{k}" for k in range(5)}
     assert {i for _, i in order[6:]} == {f"low{k}" for k in range(50)}
+
+
+async def test_progress_line_says_a_queue_is_paused(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = make_pipeline(redis_url, make_queue("q", "tests.flow_handlers:noop"))
+    with SyncClient(cfg) as client:
+        client.enqueue_many("q", [[] for _ in range(3)])
+        Admin(client).pause("q")
+    progress = Progress(cfg, redis_url, ["q"], live=False, log_every=0.1)
+
+    def paused_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "PAUSED until resumed" in r.getMessage()]
+
+    with caplog.at_level(logging.INFO, logger="rrq_flow.progress"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(progress.run)
+            nursery.start_soon(run_burst, cfg)
+            with trio.fail_after(30):
+                while not paused_lines():
+                    await trio.sleep(0.05)
+            with SyncClient(cfg) as client:
+                Admin(client).resume("q")
+            with trio.fail_after(30):
+                while progress.now["q"].done < 3:
+                    await trio.sleep(0.05)
+            progress.finish()
+    assert paused_lines()[0].startswith("progress: q: 0/3 done")
