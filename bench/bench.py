@@ -255,6 +255,7 @@ class Bench:
             f"pipeline: {PIPELINE}\n"
             "redis:\n"
             f"  url: {self.url}\n"
+            "  persistence: none\n"  # the benchmark's Redis runs without AOF, as for the others
             "queues:\n"
             "  bench:\n"
             f"    handler: {HANDLER}\n"

@@ -29,7 +29,8 @@ TESTS = Path(__file__).parent
 def redis_server() -> Iterator[RedisServerProcess]:
     # A short directory: unix socket paths are limited to ~107 bytes.
     base = Path(tempfile.mkdtemp(prefix="rrqt-"))
-    server = start_redis_server(base, unix_socket=base / "r.sock", appendonly=False)
+    # AOF on, as `rrq-flow run` requires (redis.persistence: aof); everysec costs the suite little.
+    server = start_redis_server(base, unix_socket=base / "r.sock", appendonly=True)
     yield server
     server.stop()
     shutil.rmtree(base, ignore_errors=True)

@@ -77,7 +77,7 @@ def start_tls_server(
     server = start_redis_server(
         data_dir,
         unix_socket=data_dir / "r.sock",
-        appendonly=False,
+        appendonly=True,  # `rrq-flow run` refuses a Redis without AOF
         extra_args=[
             "--tls-port", str(port), "--bind", "127.0.0.1",
             "--tls-cert-file", str(cert), "--tls-key-file", str(key),

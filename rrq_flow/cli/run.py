@@ -31,8 +31,13 @@ With --burst they process until every selected queue has nothing ready, nothing 
 retry pending (jobs deferred into the future by a producer do not count), then exit — for cron.
 --input QUEUE=FILE enqueues a JSON Lines file first (checked whole first: all or nothing).
 
+Before any worker starts, Redis is checked: one without AOF persistence is refused (a crash
+would lose acknowledged jobs without notice) unless the pipeline says redis.persistence: none,
+and a maxmemory-policy other than noeviction is warned about once.
+
 exit codes: 0 every job finished in the run succeeded; 1 at least one was dead-lettered or
-failed; 2 usage or configuration error; 3 Redis unreachable at start or its data lost.
+failed; 2 usage or configuration error (a Redis without AOF too); 3 Redis unreachable at start
+or its data lost.
 
 examples:
   rrq-flow run pipeline.yaml
@@ -138,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = _parse_inputs(args.input, config)
     try:
         with redis_url_for(config) as url:
+            _check_server(config, url)
             if inputs:
                 _enqueue_inputs(config, url, inputs)
             progress = progress_for(args.progress, config, url, queues, burst=args.burst)
@@ -170,6 +176,34 @@ def run(args: argparse.Namespace) -> int:
     if stats is not None and (args.burst or stats.finished):
         _print_summary(args, stats, wall, reason, code)
     return code
+
+
+def _check_server(config: Any, url: str) -> None:
+    """Refuse a Redis without AOF (unless redis.persistence: none); warn about eviction once.
+
+    Also the first contact with Redis: one that cannot be reached is reported here at once.
+    """
+    import logging
+
+    import redis
+
+    from rrq_flow.client.sync_client import SyncClient
+    from rrq_flow.server_checks import judge, read_info
+
+    client = SyncClient(config, url=url, fail_fast=True)
+    try:
+        info = read_info(client.redis)
+    except (redis.exceptions.RedisError, OSError) as exc:
+        error(redis_failure(exc, url))
+        raise ExitWith(EXIT_REDIS) from None
+    finally:
+        client.close()
+    verdict = judge(config, url, info)
+    for warning in verdict.warnings:
+        logging.getLogger("rrq_flow.run").warning("%s", warning)
+    if verdict.refusal is not None:
+        error(verdict.refusal)
+        raise ExitWith(EXIT_USAGE)
 
 
 def _enqueue_inputs(config: Any, url: str, inputs: list[tuple[str, list[Any]]]) -> None:

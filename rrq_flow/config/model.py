@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 BackoffKind = Literal["exponential", "fixed"]
 ExecutorKind = Literal["async", "thread", "process"]
+PersistenceKind = Literal["aof", "none"]
 
 DEFAULT_CONCURRENCY = 10
 DEFAULT_TIMEOUT = 300.0
@@ -50,6 +51,8 @@ class RedisSettings:
     url: str | None = None
     connect_timeout: float = 5.0
     command_timeout: float = 10.0
+    # "aof": `run` refuses a Redis that does not persist with AOF; "none": the risk is accepted.
+    persistence: PersistenceKind = "aof"
     tls: TLSSettings = field(default_factory=TLSSettings)
 
 

@@ -291,10 +291,10 @@ class Settings:
         return min(max(self.lock_extension / 4, 0.05), 5.0)
 
 
-def pipeline_yaml(url: str, s: Settings) -> str:
+def pipeline_yaml(url: str, s: Settings, *, persistence: str = "aof") -> str:
     return f"""version: 1
 pipeline: {PIPELINE}
-redis: {{url: "{url}", connect_timeout: 1s, command_timeout: 2s}}
+redis: {{url: "{url}", connect_timeout: 1s, command_timeout: 2s, persistence: {persistence}}}
 defaults:
   timeout: {s.timeout}s
   lock_extension: {s.lock_extension}s
@@ -492,7 +492,9 @@ class FaultRun:
         self.logs.mkdir(exist_ok=True)
         self.redis = RedisNode(procs, base / "redis", appendonly=appendonly, fsync=fsync)
         self.pipeline = base / "pipeline.yaml"
-        self.pipeline.write_text(pipeline_yaml(self.redis.url, settings))
+        # Without AOF `rrq-flow run` refuses to start unless the pipeline accepts the risk.
+        persistence = "aof" if appendonly else "none"
+        self.pipeline.write_text(pipeline_yaml(self.redis.url, settings, persistence=persistence))
         self.config = load(self.pipeline)
         self.faults: list[Fault] = []
         self.workers: list[Proc] = []
