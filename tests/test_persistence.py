@@ -86,6 +86,7 @@ def test_rdb_only_redis_is_refused_and_its_rollback_is_not_detected_when_accepte
     assert "lost" not in out.stderr.lower()
 
 
+@pytest.mark.slow  # two runs, one with a supervisor of two processes
 def test_eviction_policy_warns_once_and_a_user_without_info_is_not_refused(
     tmp_path: Path, servers: list[RedisServerProcess]
 ) -> None:
