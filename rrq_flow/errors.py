@@ -87,6 +87,10 @@ class PayloadError(RRQFlowError, ValueError):
     """A job's arguments are not JSON, or are larger than the queue's ``max_payload_bytes``."""
 
 
+class InvalidJobId(RRQFlowError, ValueError):
+    """A job id is empty, longer than 256 characters, or holds whitespace or control characters."""
+
+
 class JobNotFound(RRQFlowError, LookupError):
     def __init__(self, job_id: str):
         self.job_id = job_id

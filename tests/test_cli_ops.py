@@ -209,6 +209,27 @@ async def test_job_shows_result_errors_and_stages(
     assert code == 1 and out == "" and "no job 'nope'" in err
 
 
+async def test_ids_victim_errors_then_victim_both_end_dead_and_show(
+    pipeline: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 10 reproduction 3: with ids ``victim:errors`` and then ``victim`` and a failing
+    handler, fail.lua hit WRONGTYPE half-way and lost ``victim``. Both now end dead, counted by
+    status, and ``rrq-flow job`` shows them."""
+    cfg = load(pipeline)
+    with SyncClient(cfg) as client:
+        client.enqueue("bad", job_id="victim:errors")
+        client.enqueue("bad", job_id="victim")
+        await run_burst(cfg, queues=["bad"])
+        assert {client.job(i).status for i in ("victim:errors", "victim")} == {"dead"}
+    code, data = cli_json(capsys, "status", pipeline)
+    assert code == 0 and data["queues"]["bad"]["dead"] == 2
+    assert data["queues"]["bad"]["active"] == 0
+    for job_id in ("victim", "victim:errors"):
+        code, out, err = cli(capsys, "job", pipeline, job_id)
+        assert code == 0 and "status       dead" in out and err == ""
+        assert job_id in out
+
+
 async def test_job_shows_the_worker_holding_an_active_job(
     pipeline: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

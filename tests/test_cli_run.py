@@ -225,10 +225,28 @@ def test_sigkill_between_parent_success_and_child_claim_loses_and_duplicates_not
         for i in range(200):
             parent = client.job(f"p{i}")
             assert parent.status == "done"
-            assert parent.children == [f"p{i}>child.{k}" for k in range(10)]
-            assert [client.job(c).result for c in parent.children] == [2 * k for k in range(10)]
+            kids = client.children(f"p{i}")
+            assert parent.children == 10 and kids == [f"p{i}:child:{k}" for k in range(10)]
+            assert [client.job(c).result for c in kids] == [2 * k for k in range(10)]
     children = sync_redis.zcard(layout.queue("child").ready) + sync_redis.zcard(
         layout.queue("child").active
     )
     assert children == 0
     assert int(sync_redis.hget(layout.queue("child").stats, "enqueued") or 0) == 2000
+
+
+def test_enqueue_refuses_bad_job_ids_with_exit_2(
+    tmp_path: Path, redis_url: str, sync_redis: redis.Redis
+) -> None:
+    p = write_pipeline(tmp_path, redis_url, "  q: {handler: 'tests.handlers:echo'}")
+    for bad_id in ("a b", "x" * 257, "esc\x1b[2J", ""):
+        out = cli("enqueue", str(p), "q", "--job-id", bad_id)
+        assert out.returncode == 2 and "--job-id: job id" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1
+    lines = tmp_path / "ids.jsonl"
+    lines.write_text('{"job_id": "ok"}\n{"job_id": "tab\\there"}\n{"job_id": 7}\n')
+    out = cli("enqueue", str(p), "q", "--jsonl", str(lines))
+    assert out.returncode == 2
+    assert f"{lines}:2: job id must not contain whitespace" in out.stderr
+    assert f"{lines}:3: job id must be a string" in out.stderr
+    assert sync_redis.zcard(KeyLayout("t").queue("q").ready) == 0

@@ -20,7 +20,13 @@ from rrq_flow.client.async_client import Client
 from rrq_flow.client.jobinfo import JobInfo
 from rrq_flow.client.sync_client import SyncClient
 from rrq_flow.config.model import PipelineConfig
-from rrq_flow.errors import JobFailed, JobNotFound, PayloadError, UnknownQueueError
+from rrq_flow.errors import (
+    InvalidJobId,
+    JobFailed,
+    JobNotFound,
+    PayloadError,
+    UnknownQueueError,
+)
 from rrq_flow.protocol.ops import Completion, Failure
 from rrq_flow.protocol.scripts import preload_sync
 from tests.conftest import make_pipeline, make_queue
@@ -114,7 +120,7 @@ def test_sync_job_info_follows_the_job(cfg: PipelineConfig, p: Proto) -> None:
         _finish_by_hand(p, job_id, "done")
         done = client.job(job_id)
     assert done.status == "done" and done.finished and done.result == {"ok": job_id}
-    assert done.finished_at is not None and done.attempts == 2 and done.children == []
+    assert done.finished_at is not None and done.attempts == 2 and done.children == 0
 
 
 def test_sync_same_job_id_and_unique_key(cfg: PipelineConfig, p: Proto) -> None:
@@ -277,6 +283,23 @@ def test_sync_enqueue_many_with_one_bad_item_writes_nothing(cfg: PipelineConfig,
             client.enqueue_many("small", [*good, ["x" * 100]], batch_size=1)
         with pytest.raises(PayloadError):
             client.enqueue_many("q", [JobSpec(args=(1,)), JobSpec(kwargs={"k": float("inf")})])
+    assert p.r.dbsize() == 0
+
+
+def test_both_clients_refuse_invalid_job_ids_before_writing(cfg: PipelineConfig, p: Proto) -> None:
+    with SyncClient(cfg) as client:
+        for bad in ("", "a b", "x" * 257, "nl\n"):
+            with pytest.raises(InvalidJobId):
+                client.enqueue("q", job_id=bad)
+            with pytest.raises(InvalidJobId):
+                client.enqueue_many("q", [JobSpec(job_id="fine"), JobSpec(job_id=bad)])
+
+    async def run_async() -> None:
+        async with Client(cfg) as client:
+            with pytest.raises(InvalidJobId):
+                await client.enqueue("q", job_id="a\tb")
+
+    trio.run(run_async)
     assert p.r.dbsize() == 0
 
 

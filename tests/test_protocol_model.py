@@ -18,6 +18,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 
+import pytest
 import redis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -57,6 +58,8 @@ QUEUES = {
     "b": QCfg(max_attempts=3, max_stalls=1, dead_letter=False),
 }
 QUEUE_NAMES = sorted(QUEUES)
+# Job ids, including ones that look like other jobs' keys (``j0:errors`` once broke ``j0``).
+JOB_IDS = [f"j{n}" for n in range(40)] + ["j0:errors", "j1:children", "errors:j2", "job:j3"]
 
 
 @dataclass
@@ -75,6 +78,7 @@ class MJob:
     settled: str | None = None
     cancel_requested: bool = False
     has_errors: bool = False
+    children: list[str] = field(default_factory=list)  # the child index of a done parent
     expired: bool = False  # its active score was rewritten into the past
     due: bool = False  # scheduled, and its queue score was rewritten into the past
     claims: list[tuple[str, int]] = field(default_factory=list)
@@ -172,7 +176,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         queue=st.sampled_from(QUEUE_NAMES),
         specs=st.lists(
             st.tuples(
-                st.integers(0, 39),
+                st.sampled_from(JOB_IDS),
                 st.sampled_from(["", "", FAR]),
                 st.sampled_from(["", "", "", "", "", "u0", "u1"]),
             ),
@@ -180,8 +184,8 @@ class ProtocolMachine(RuleBasedStateMachine):
             max_size=6,
         ),
     )
-    def enqueue(self, queue: str, specs: list[tuple[int, str, str]]) -> None:
-        jobs = [NewJob(f"j{n}", f"[{n}]", "{}", when or self._tick(), uk) for n, when, uk in specs]
+    def enqueue(self, queue: str, specs: list[tuple[str, str, str]]) -> None:
+        jobs = [NewJob(i, f'["{i}"]', "{}", when or self._tick(), uk) for i, when, uk in specs]
         reply = self.p.enqueue(*jobs, queue=queue, max_attempts=QUEUES[queue].max_attempts)
         expected = [self._add(queue, j.id, j.args_json, j.when, j.unique_key, "") for j in jobs]
         assert reply == expected
@@ -240,6 +244,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         assert self.p.complete(j.owner, [done], queue=j.queue, ttl=TTL_MS) == ["OK"]
         for ch in children:
             self._add(cq, ch.id, ch.args_json, "", "", j.id)
+        j.children = [ch.id for ch in children]
         self._finish(j, "done")
         j.settled = "complete"
         self.stats[j.queue]["done"] += 1
@@ -453,10 +458,12 @@ class ProtocolMachine(RuleBasedStateMachine):
             pipe.hgetall(layout.job(i))
             pipe.pttl(layout.job(i))
             pipe.pttl(layout.job_errors(i))
+            pipe.lrange(layout.job_children(i), 0, -1)
+            pipe.pttl(layout.job_children(i))
         replies = pipe.execute()
         for n, i in enumerate(ids):
             j = self.jobs[i]
-            rec, ttl, errors_ttl = replies[3 * n : 3 * n + 3]
+            rec, ttl, errors_ttl, children, children_ttl = replies[5 * n : 5 * n + 5]
             assert rec, f"job {i} lost its record"
             assert rec["status"] == j.state, (i, rec, j)
             assert rec["queue"] == j.queue
@@ -477,6 +484,11 @@ class ProtocolMachine(RuleBasedStateMachine):
                 assert errors_ttl != -2 and (errors_ttl > 0) == (j.state in EXPIRING)
             else:
                 assert errors_ttl == -2
+            # A done parent counts its children and lists them in its index, expiring with it.
+            assert children == j.children
+            assert int(rec.get("children", "0")) == len(j.children)
+            if j.children:
+                assert children_ttl > 0
 
         # Each job is in exactly the one index its state implies.
         for name in QUEUE_NAMES:
@@ -496,11 +508,13 @@ class ProtocolMachine(RuleBasedStateMachine):
             stats = {k: int(v) for k, v in self.r.hgetall(q.stats).items()}
             assert stats == {k: v for k, v in self.stats[name].items() if v}, name
 
-        # No unexpected keys: exactly the model's jobs, error lists and unique keys.
+        # No unexpected keys: exactly the model's jobs, error lists, child indexes, unique keys.
         keys = set(self.r.keys("*"))
         expected_jobs = {layout.job(i) for i in ids}
         expected_jobs |= {layout.job_errors(i) for i in ids if self.jobs[i].has_errors}
-        assert {k for k in keys if k.startswith(layout.prefix + "job:")} == expected_jobs
+        expected_jobs |= {layout.job_children(i) for i in ids if self.jobs[i].children}
+        per_job = tuple(layout.prefix + t for t in ("job:", "errors:", "children:"))
+        assert {k for k in keys if k.startswith(per_job)} == expected_jobs
         held = {k: self.r.get(k) for k in keys if k.startswith(layout.prefix + "unique:")}
         assert held == {layout.unique(u): i for u, i in self.uniques.items()}
         queue_keys = {layout.meta}
@@ -510,6 +524,8 @@ class ProtocolMachine(RuleBasedStateMachine):
         assert keys - expected_jobs - set(held) <= queue_keys
 
 
+# Its time depends on the machine's load (70 s alone, 120 s+ with 8 test suites on 2 cores).
+@pytest.mark.timeout(300)
 def test_protocol_matches_model(sync_redis: redis.Redis) -> None:
     run_state_machine_as_test(
         lambda: ProtocolMachine(sync_redis),

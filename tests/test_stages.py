@@ -54,9 +54,10 @@ async def test_fan_out_of_1000_items_yields_exactly_1000_children(
         parent = client.enqueue("split", 1000)
         _, code = await run_burst(cfg)
         info = client.job(parent)
-        children = [client.job(c) for c in info.children]
+        ids = client.children(parent)
+        children = [client.job(c) for c in ids]
     assert code == EXIT_OK
-    assert len(info.children) == len(set(info.children)) == 1000
+    assert info.children == len(ids) == len(set(ids)) == 1000
     assert sorted(c.result for c in children) == [2 * i for i in range(1000)]
     assert {c.parent for c in children} == {parent}
     assert len(all_jobs(sync_redis)) == 1001
@@ -107,7 +108,7 @@ async def test_burst_waits_for_downstream_stages(redis_url: str) -> None:
     with SyncClient(cfg) as client:
         parent = client.enqueue("slow", 0.3)
         worker, code = await run_burst(cfg)
-        child = client.job(client.job(parent).children[0])
+        child = client.job(client.children(parent)[0])
     assert code == EXIT_OK
     assert child.status == "done" and child.result == {"args": [0.3], "kwargs": {}}
     assert worker.stats.queues["after"].done == 1

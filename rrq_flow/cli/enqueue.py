@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from rrq_flow.client._core import ClientCore, JobSpec
     from rrq_flow.client.jsonl import JsonlError, read_jobs
     from rrq_flow.errors import PayloadError, UnknownQueueError
+    from rrq_flow.protocol.ids import job_id_problem
 
     config = load_pipeline(args.pipeline)
     try:
@@ -125,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
                 detail(line)
             return EXIT_USAGE
     else:
+        if args.job_id is not None and (problem := job_id_problem(args.job_id)) is not None:
+            error(f"--job-id: {problem}")
+            return EXIT_USAGE
         job_args = _json_arg(args.args, list, "--args")
         job_kwargs = _json_arg(args.kwargs, dict, "--kwargs")
         specs = [

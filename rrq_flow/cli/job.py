@@ -24,8 +24,8 @@ HELP = """\
 Show one job: status, queue, arguments, attempts, timestamps, the result (done) or the last
 error with its traceback (retrying, dead, failed), the errors of earlier attempts (newest first,
 the last 10 kept), which worker holds it while it runs, and its parent and children when it is
-part of a multi-stage pipeline. Exit 1 when there is no such job (never enqueued, or its record
-expired after result_ttl).
+part of a multi-stage pipeline (how many, and the first 20). Exit 1 when there is no such job
+(never enqueued, or its record expired after result_ttl).
 
 examples:
   rrq-flow job pipeline.yaml 3f2a9c...
@@ -107,12 +107,12 @@ def render_job(detail: JobDetail) -> str:
     if detail.parent is not None:
         p = detail.parent
         lines.append(f"  parent       {p.id} ({p.queue or '?'}, {p.status or 'expired'})")
-    if detail.children:
-        lines.append(f"  children     {len(detail.children)}")
-        for c in detail.children[:20]:
+    if info.children or detail.children:
+        lines.append(f"  children     {info.children}")
+        for c in detail.children:
             lines.append(f"    {c.id} ({c.queue or '?'}, {c.status or 'expired'})")
-        if len(detail.children) > 20:
-            lines.append(f"    ... and {len(detail.children) - 20} more (see --json)")
+        if info.children > len(detail.children):
+            lines.append(f"    ... and {info.children - len(detail.children)} more")
     if info.status == "done":
         lines.append(f"  result       {_compact(info.result)}")
     err = detail.last_error

@@ -11,6 +11,7 @@ from typing import Any
 from rrq_flow.client.payload import JsonLimitError, check_encoded, too_deep_message
 from rrq_flow.config.model import PipelineConfig
 from rrq_flow.errors import PayloadError
+from rrq_flow.protocol.ids import validate_job_id
 from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import NewJob, Protocol, encode_json, ms
 
@@ -112,8 +113,8 @@ class ClientCore:
         args_json, kwargs_json = encode_payload(
             queue, spec.args, spec.kwargs, cfg.max_payload_bytes
         )
-        if spec.job_id is not None and not spec.job_id:
-            raise ValueError("job_id must not be empty")
+        if spec.job_id is not None:
+            validate_job_id(spec.job_id)
         if spec.unique_key:
             try:
                 spec.unique_key.encode("utf-8")

@@ -28,6 +28,7 @@ TPUT_SLOTS = 8
 TPUT_WINDOW = 6  # buckets summed for "per minute": the current one and the 5 before it
 ALIVE_FACTOR = 2.5  # a worker is alive if its last beat is at most this many intervals old
 BATCH = 1000  # jobs per requeue / purge call
+CHILDREN_SHOWN = 20  # children job() lists (a fan-out may have millions; the record counts them)
 
 STATS_FIELDS = ("enqueued", "done", "dead", "failed", "cancelled", "retried", "requeued")
 
@@ -328,20 +329,21 @@ class Admin:
 
     # --- jobs --------------------------------------------------------------------------------
 
-    def job(self, job_id: str) -> JobDetail:
-        """Everything about one job, with its parent, children and owning worker; raises
-        JobNotFound."""
+    def job(self, job_id: str, children: int = CHILDREN_SHOWN) -> JobDetail:
+        """Everything about one job, with its parent, its first ``children`` children (from the
+        child index; ``info.children`` is the count) and owning worker; raises JobNotFound."""
         layout = self.layout
         pipe = self.redis.pipeline(transaction=False)
         pipe.time()
         pipe.hgetall(layout.job(job_id))
         pipe.lrange(layout.job_errors(job_id), 0, -1)
-        now_reply, record, errors = pipe.execute()
+        pipe.lrange(layout.job_children(job_id), 0, max(children, 1) - 1)
+        now_reply, record, errors, child_ids = pipe.execute()
         if not record:
             raise JobNotFound(job_id)
         now = _server_ms(now_reply)
         info = JobInfo.from_record(record, errors, now=now / 1000)
-        related = ([info.parent] if info.parent else []) + list(info.children)
+        related = ([info.parent] if info.parent else []) + list(child_ids)[: max(children, 0)]
         owner_id = record.get("owner") if record.get("status") == "active" else None
         if not related and not owner_id:
             return JobDetail(info, None, [], None)

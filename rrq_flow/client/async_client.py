@@ -108,6 +108,10 @@ class Client:
         errors = await self.redis.lrange(layout.job_errors(job_id), 0, -1)
         return JobInfo.from_record(dict(record), list(errors))
 
+    async def children(self, job_id: str, start: int = 0, stop: int = -1) -> list[str]:
+        """Ids of the children the job created (see SyncClient.children)."""
+        return list(await self.redis.lrange(self._core.layout.job_children(job_id), start, stop))
+
     async def wait(self, job_id: str, timeout: float | None = None, *, poll: float = 0.05) -> Any:
         """Wait until the job finishes and return its result (raises like SyncClient.wait)."""
         with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():

@@ -18,6 +18,15 @@ def _json(value: str | None) -> Any:
     return json.loads(value) if value else None
 
 
+def _children_count(value: str | None) -> int:
+    """The record's child count (records of an older layout kept a JSON list of the ids)."""
+    if not value:
+        return 0
+    if value.startswith("["):
+        return len(json.loads(value))
+    return int(value)
+
+
 @dataclass(frozen=True, slots=True)
 class JobInfo:
     """Everything Redis knows about a job. Times are Unix seconds (float), from the server clock.
@@ -47,7 +56,7 @@ class JobInfo:
     claims: int = 0
     unique_key: str | None = None
     parent: str | None = None
-    children: list[str] = field(default_factory=list)
+    children: int = 0  # how many children it created; list them with ``children()``
     cancel_requested: bool = False
     priority: int = 0  # higher is claimed first
 
@@ -87,7 +96,7 @@ class JobInfo:
             claims=int(record.get("claims", 0)),
             unique_key=record.get("unique_key") or None,
             parent=record.get("parent") or None,
-            children=_json(record.get("children")) or [],
+            children=_children_count(record.get("children")),
             cancel_requested=record.get("cancel_requested") == "1",
             priority=int(record.get("priority") or 0),
         )

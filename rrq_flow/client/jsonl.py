@@ -11,6 +11,7 @@ from typing import Any
 from rrq_flow.client._core import JobSpec, check_priority, encode_payload, when_field
 from rrq_flow.client.payload import JsonLimitError, loads
 from rrq_flow.errors import PayloadError, RRQFlowError
+from rrq_flow.protocol.ids import validate_job_id
 
 ALLOWED_KEYS = {"args", "kwargs", "job_id", "unique_key", "defer", "priority"}
 MAX_REPORTED = 20
@@ -51,9 +52,10 @@ def parse_job_line(data: Any, priority: int = 0) -> JobSpec:
         raise ValueError("'args' must be a JSON array")
     if not isinstance(kwargs, dict):
         raise ValueError("'kwargs' must be a JSON object")
-    for key in ("job_id", "unique_key"):
-        if key in data and not (isinstance(data[key], str) and data[key]):
-            raise ValueError(f"'{key}' must be a non-empty string")
+    if "unique_key" in data and not (isinstance(data["unique_key"], str) and data["unique_key"]):
+        raise ValueError("'unique_key' must be a non-empty string")
+    if "job_id" in data:
+        validate_job_id(data["job_id"])
     defer = data.get("defer")
     if defer is not None and not isinstance(defer, int | float | str):
         raise ValueError("'defer' must be a duration (seconds or a string like '10s')")

@@ -79,7 +79,8 @@ class SyncClient:
 
         With ``job_id`` the same id twice never creates a second job; with ``unique_key`` an
         unfinished job holding that key is returned instead of a new one. Raises
-        UnknownQueueError or PayloadError (non-JSON, too large) before writing anything.
+        UnknownQueueError, PayloadError (non-JSON, too large) or InvalidJobId (empty, over 256
+        characters, whitespace or control characters) before writing anything.
         Among a queue's ready jobs the highest ``priority`` is claimed first, FIFO within one.
         """
         spec = JobSpec(args, kwargs, job_id, unique_key, defer, at, priority)
@@ -135,6 +136,12 @@ class SyncClient:
         if not record:
             raise JobNotFound(job_id)
         return JobInfo.from_record(record, errors)
+
+    def children(self, job_id: str, start: int = 0, stop: int = -1) -> list[str]:
+        """Ids of the children the job created, in order (``start``/``stop`` as in LRANGE), read
+        from its child index; empty once the parent's record expired."""
+        key = self._core.layout.job_children(job_id)
+        return [str(i) for i in self.redis.lrange(key, start, stop)]
 
     def wait(self, job_id: str, timeout: float | None = None, *, poll: float = 0.05) -> Any:
         """Block until the job finishes; return its result.

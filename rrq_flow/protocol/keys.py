@@ -1,7 +1,9 @@
 """The Redis key layout of a pipeline.
 
 Every key starts with ``rrq:{<pipeline>}:``; the braces are a Redis Cluster hash tag, so all keys
-of one pipeline share a slot and every script may touch any of them. See docs/protocol.md.
+of one pipeline share a slot and every script may touch any of them. Per-job keys are
+``<type>:<id>`` (``job:``, ``errors:``, ``children:``), so ids never collide with each other's keys.
+The Lua side builds the same names in ``lua/fragments/common.lua``. See docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -50,12 +52,19 @@ class KeyLayout:
         """LIST a worker pushes to itself to end its own blocking wait on ``queue`` (stop)."""
         return f"{self.prefix}worker:{worker_id}:wake:{queue}"
 
+    # Per-job keys: the type comes before the id, so no job id can name another job's key.
+
     def job(self, job_id: str) -> str:
+        """HASH: the job record."""
         return f"{self.prefix}job:{job_id}"
 
     def job_errors(self, job_id: str) -> str:
         """LIST of the job's attempt errors, newest first, bounded."""
-        return f"{self.prefix}job:{job_id}:errors"
+        return f"{self.prefix}errors:{job_id}"
+
+    def job_children(self, job_id: str) -> str:
+        """LIST of the ids of the children a job created, in creation order (the child index)."""
+        return f"{self.prefix}children:{job_id}"
 
     def unique(self, key: str) -> str:
         return f"{self.prefix}unique:{key}"

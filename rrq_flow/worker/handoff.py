@@ -9,12 +9,9 @@ from typing import Any
 
 from rrq_flow.client._core import encode_payload
 from rrq_flow.config.model import PipelineConfig, QueueConfig
+from rrq_flow.protocol.ids import child_id, outbox_id, validate_job_id
 from rrq_flow.protocol.ops import ChildJob
 from rrq_flow.worker.context import OutboxJob
-
-
-def child_id(parent_id: str, queue: str, index: int) -> str:
-    return f"{parent_id}>{queue}.{index}"
 
 
 class Handoff:
@@ -27,8 +24,8 @@ class Handoff:
         """Jobs for the next stage(s) plus the attempt's outbox.
 
         A ``None`` result ends the branch (no child); with ``fan_out`` each item of the returned
-        iterable becomes one child per next queue (an empty list ends it too). Raises TypeError
-        or PayloadError (a ValueError) when the result cannot be handed off.
+        iterable becomes one child per next queue (an empty list ends it too). Raises TypeError,
+        PayloadError or InvalidJobId (ValueErrors) when the result cannot be handed off.
         """
         if not outbox and (not cfg.next or result is None):
             return []
@@ -59,7 +56,9 @@ class Handoff:
             out.append(
                 ChildJob(
                     job.queue,
-                    job.job_id or child_id(parent_id, "outbox", i),
+                    validate_job_id(job.job_id)
+                    if job.job_id is not None
+                    else outbox_id(parent_id, job.queue, i),
                     args_json,
                     kwargs_json,
                     target.retry.max_attempts,

@@ -119,8 +119,7 @@ def check(
         records = dict(zip(ids, pipe.execute(), strict=True))
         all_jobs = set()
         for key in r.scan_iter(match=LAYOUT.job("*"), count=1000):
-            if not key.endswith(":errors"):
-                all_jobs.add(key[len(LAYOUT.job("")) :])
+            all_jobs.add(key[len(LAYOUT.job("")) :])
         ready = set(r.zrange(KEYS.ready, 0, -1))
         retry = set(r.zrange(KEYS.retry, 0, -1))
         active = set(r.zrange(KEYS.active, 0, -1))

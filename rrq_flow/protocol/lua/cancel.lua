@@ -8,13 +8,18 @@
 
   Returns: {verdict, status before}: 'CANCELLED' | 'CANCELLING' (active; the worker finishes it) |
   'FINISHED' (already terminal: nothing changed) | 'MISSING'.
+  Checks before the first write: the result TTL, the declared keys' types, the job's record, error
+  list and unique key; an error reply means nothing was written.
   Invariant: a cancelled job is terminal and recorded once; its unique key is released.
   Retry-safe: a repeat finds the job cancelled (FINISHED) or still CANCELLING.
 ]]
 -- #include common
 
-local id, ttl_ms = ARGV[2], tonumber(ARGV[3])
-local jk = job_key(id)
+local id, ttl_ms = ARGV[2], check_num(3, 'result ttl ms')
+check_type(KEYS[1], 'zset')
+check_type(KEYS[2], 'zset')
+check_type(KEYS[3], 'hash')
+local jk = check_job(id)
 local status = rcall('HGET', jk, 'status')
 if not status then return { 'MISSING', '' } end
 if status == 'active' then
@@ -27,8 +32,7 @@ if status == 'queued' or status == 'scheduled' or status == 'retrying' then
   rcall('ZREM', KEYS[2], id)
   release_unique(jk, id)
   rcall('HSET', jk, 'status', 'cancelled', 'finished_at', now, 'settled', 'cancel')
-  rcall('PEXPIRE', jk, ttl_ms)
-  rcall('PEXPIRE', jk .. ':errors', ttl_ms)
+  expire_job(jk, id, ttl_ms)
   rcall('HINCRBY', KEYS[3], 'cancelled', 1)
   return { 'CANCELLED', status }
 end

@@ -17,6 +17,9 @@
    then held: '' | 'paused' | 'rate' | 'cap'} -- why ready jobs were left (next_due is then
   when the pause ends, -1 if it has no end; when to claim again for the rate's next start; -1 for cap:
   the slot-freeing script wakes a waiter).
+  Checks before the first write: the numbers in ARGV, the type of every declared key, of every
+  priority level, and of every job record it may touch (the due retries, and each level's due
+  entries up to the N-th claimable one); an error reply means nothing was written.
   Invariant: a job leaves the queue only together with entering `active`, with a new epoch and
   its owner and lease recorded. Nothing is held only by a key with a TTL: the active entry is
   what brings the job back if the worker dies or this reply is lost. Flow control: nothing
@@ -28,14 +31,47 @@
 ]]
 -- #include common
 
+local worker = ARGV[3]
+local want, lease_ms, hard_ms = check_num(4, 'max jobs'), check_num(5, 'lease ms'),
+  check_num(6, 'hard lease ms')
+local interval, burst, cap = check_num(7, 'rate interval ms'), check_num(8, 'rate burst'),
+  check_num(9, 'max running')
+local lookahead = check_num(10, 'rate lookahead ms')
+check_type(KEYS[1], 'hash')
+check_type(KEYS[2], 'zset')
+check_type(KEYS[3], 'zset')
+check_type(KEYS[4], 'zset')
+check_type(KEYS[5], 'list')
+check_type(KEYS[6], 'hash')
+check_type(KEYS[2] .. ':prio', 'zset')
 local gen = rcall('HGET', KEYS[1], 'generation')
 if gen ~= ARGV[2] then return { 'LOST', gen or '' } end
-
-local worker, want = ARGV[3], tonumber(ARGV[4])
-local lease_ms, hard_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
-local interval, burst, cap = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local lookahead = tonumber(ARGV[10])
 local now = now_ms()
+local WAITING = { queued = true, scheduled = true, retrying = true }
+
+-- Check the records this call can touch: the due retries (and the level each goes back to),
+-- and in each priority level the due entries up to the want-th claimable one (the claim below
+-- visits a prefix of each level, so it never reaches past these).
+local due = rcall('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
+for i = 1, #due, 2 do
+  local jk = job_key(due[i])
+  check_type(jk, 'hash')
+  check_ready(KEYS[2], rcall('HGET', jk, 'priority'))
+end
+for _, level in ipairs(ready_levels(KEYS[2])) do
+  check_type(level, 'zset')
+  local offset, claimable = 0, 0
+  for _ = 1, 10 do
+    if claimable >= want then break end
+    local ids = rcall('ZRANGEBYSCORE', level, '-inf', now, 'LIMIT', offset, want - claimable)
+    if #ids == 0 then break end
+    offset = offset + #ids
+    for _, id in ipairs(ids) do
+      check_type(job_key(id), 'hash')
+      if WAITING[rcall('HGET', job_key(id), 'status')] then claimable = claimable + 1 end
+    end
+  end
+end
 
 -- Paused: nothing moves (a pause with no end has paused_until -1).
 local paused_until = tonumber(rcall('HGET', KEYS[6], 'paused_until') or '0')
@@ -66,7 +102,6 @@ end
 want = allowed
 
 -- Retries whose backoff is over become ready again (bounded work per call).
-local due = rcall('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
 for i = 1, #due, 2 do
   -- Only a job still waiting for its retry moves; a stray entry (record gone or the job already
   -- settled elsewhere) is just dropped: an HSET here would create a phantom job record.
@@ -97,7 +132,7 @@ for _, level in ipairs(levels) do
       local jk = job_key(id)
       local status = rcall('HGET', jk, 'status')
       -- A missing record (expired, purged) or a finished job is dropped, never blocks the rest.
-      if status == 'queued' or status == 'scheduled' or status == 'retrying' then
+      if WAITING[status] then
         local epoch = rcall('HINCRBY', jk, 'epoch', 1)
         local attempt = rcall('HINCRBY', jk, 'attempts', 1)
         rcall('HINCRBY', jk, 'claims', 1)

@@ -7,6 +7,7 @@
   Returns: flat array per queue: jobs ready now, jobs in retry backoff, active jobs (and with
   ARGV[2] '1' the total queued, deferred ones included). Jobs a
   producer deferred into the future do not count (they are not part of this batch).
+  Checks: none needed, it writes nothing (a wrong-typed key is an error reply and no harm).
   Invariant: read-only; one atomic snapshot across all the queues, so a job moving from one
   stage to the next (created in the same script that completes its parent) is never missed.
 ]]

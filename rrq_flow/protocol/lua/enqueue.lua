@@ -11,6 +11,9 @@
 
   Returns: flat array id, verdict per job; verdict 'new' | 'exists' | 'unique' (the id is then
   the unfinished job holding the unique key).
+  Checks before the first write: argument count and numbers, the type of every key it touches
+  (meta, the queue's keys and priority level, each job record, unique key and its holder's
+  record); an error reply means nothing was written.
   Invariant: a job record and its queue entry are created together; an id is never enqueued twice.
   Retry-safe: the client picks job ids before sending, so a repeat after a lost reply answers
   'exists' for each job and changes nothing.
@@ -18,14 +21,25 @@
 -- #include common
 -- #include add_job
 
+local queue, max_attempts = ARGV[2], ARGV[3]
+local n = check_num(5, 'number of jobs')
+if #ARGV ~= 5 + n * 7 then refuse('expected ' .. (5 + n * 7) .. ' arguments, got ' .. #ARGV) end
+check_type(KEYS[1], 'hash')
+check_type(KEYS[2], 'zset')
+check_type(KEYS[3], 'list')
+check_type(KEYS[4], 'hash')
+for i = 0, n - 1 do
+  local b = 6 + i * 7
+  check_add(queue, ARGV[b], ARGV[b + 3], ARGV[b + 4], max_attempts, ARGV[b + 6])
+end
+
 rcall('HSETNX', KEYS[1], 'generation', ARGV[4])
-local queue, max_attempts, n = ARGV[2], ARGV[3], tonumber(ARGV[5])
 local now = now_ms()
 local out = {}
 local any_ready = false
 for i = 0, n - 1 do
   local b = 6 + i * 7
-  local id, verdict, ready = add_job(queue, ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
+  local id, verdict = add_job(queue, ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
     ARGV[b + 4], ARGV[b + 5], max_attempts, now, ARGV[b + 6])
   out[#out + 1] = id
   out[#out + 1] = verdict

@@ -14,6 +14,9 @@
 
   Returns: one verdict per job: 'RETRY' | 'DEAD' | 'FAILED' | 'CANCELLED' | 'STALE' |
   'ALREADY_DONE'.
+  Checks before the first write: the argument layout, numbers and actions, the declared keys'
+  types, and for every job its record, error list, unique key and the keys of its own queue
+  (dead set, stats, wake list); an error reply means nothing was written.
   Invariant: only the current owner at the current epoch settles an attempt; the error is kept
   (the job's last error plus a bounded history); attempts are never exceeded.
   Retry-safe: the settled operation is recorded with owner and epoch, so a repeat answers
@@ -21,8 +24,24 @@
 ]]
 -- #include common
 
-local worker, ttl_ms, dead_letter = ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local keep = tonumber(ARGV[5])
+local ACTIONS = { retry = true, dead = true, cancel = true }
+check_groups(5, 5, 'id, epoch, error, action, delay')
+local worker, dead_letter = ARGV[2], ARGV[4]
+local ttl_ms, keep = check_num(3, 'result ttl ms'), check_num(5, 'errors kept')
+check_type(KEYS[1], 'zset')
+check_type(KEYS[2], 'zset')
+check_type(KEYS[3], 'hash')
+check_type(KEYS[4], 'hash')
+check_type(KEYS[5], 'hash')
+check_type(KEYS[6], 'list')
+for i = 6, #ARGV, 5 do
+  if not ACTIONS[ARGV[i + 3]] then refuse('unknown action ' .. ARGV[i + 3]) end
+  check_num(i + 4, 'retry delay ms')
+  local jk = check_job(ARGV[i])
+  local queue = rcall('HGET', jk, 'queue')
+  if queue then check_queue(queue) end
+end
+
 local now = now_ms()
 local out = {}
 local finished = 0
@@ -35,19 +54,19 @@ for i = 6, #ARGV, 5 do
   if verdict then
     out[#out + 1] = verdict
   else
+    local ek = errors_key(id)
     freed = true
     rcall('ZREM', KEYS[1], id)
     rcall('HSET', jk, 'error', err, 'settled', 'fail')
-    rcall('LPUSH', jk .. ':errors', err)
-    rcall('LTRIM', jk .. ':errors', 0, keep - 1)
+    rcall('LPUSH', ek, err)
+    rcall('LTRIM', ek, 0, keep - 1)
     local f = rcall('HMGET', jk, 'attempts', 'max_attempts', 'queue', 'cancel_requested')
     local queue = f[3]
     -- An operator cancelled it while it ran: a retry would only run it again, so it ends here.
     if action == 'cancel' or (action == 'retry' and f[4] == '1') then
       release_unique(jk, id)
       rcall('HSET', jk, 'status', 'cancelled', 'finished_at', now)
-      rcall('PEXPIRE', jk, ttl_ms)
-      rcall('PEXPIRE', jk .. ':errors', ttl_ms)
+      expire_job(jk, id, ttl_ms)
       rcall('HINCRBY', KEYS[3], 'cancelled', 1)
       out[#out + 1] = 'CANCELLED'
     elseif action == 'retry' and tonumber(f[1]) < tonumber(f[2]) then

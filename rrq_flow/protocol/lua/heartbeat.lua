@@ -12,15 +12,22 @@
   intervals loses its record (TTL) and, later, its index entry (pruned here by any live worker).
   Readers judge liveness by the last beat against the interval, never by the key's presence
   alone, so one late beat does not make a worker flap.
+  Checks before the first write: the numbers, field/value pairs, the three keys' types; an error
+  reply means nothing was written.
   Retry-safe: a repeated beat writes the same record.
 ]]
 -- #include common
 
+check_groups(4, 2, 'field, value')
+local ttl_ms, forget_ms = check_num(3, 'record ttl ms'), check_num(4, 'forget after ms')
+check_type(KEYS[1], 'zset')
+check_type(KEYS[2], 'hash')
+check_type(KEYS[3], 'hash')
 local now = now_ms()
 local fields = {}
 for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
 rcall('HSET', KEYS[2], 'last_beat', now, unpack(fields))
-rcall('PEXPIRE', KEYS[2], ARGV[3])
+rcall('PEXPIRE', KEYS[2], ttl_ms)
 rcall('ZADD', KEYS[1], now, ARGV[2])
-rcall('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[4]))
+rcall('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - forget_ms)
 return { now, rcall('HGET', KEYS[3], 'generation') or '' }

@@ -12,6 +12,8 @@
   Invariant: running jobs are untouched; claim starts nothing while now < paused_until (or it
   is -1). Resume leaves one wake token so idle workers claim at once; a pause that runs out
   needs none (a waiting worker blocks only until paused_until).
+  Checks before the first write: the mode, the ms and both keys' types; an error reply means
+  nothing was written.
   Retry-safe: 'pause' and 'resume' set the same state again; 'extend' only ever lengthens.
 ]]
 -- #include common
@@ -23,6 +25,8 @@ end
 if mode ~= 'resume' and (amount == nil or (amount < 0 and amount ~= -1)) then
   return redis.error_reply('ERR pause needs ms >= 0 or -1')
 end
+check_type(KEYS[1], 'hash')
+check_type(KEYS[2], 'list')
 local now = now_ms()
 local current = tonumber(rcall('HGET', KEYS[1], 'paused_until') or '0')
 if current > 0 and current <= now then current = 0 end

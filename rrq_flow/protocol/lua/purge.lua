@@ -6,6 +6,8 @@
 
   Returns: {purged, left}: jobs whose record and error list were deleted, and how many entries
   the dead set still holds (call again while left > 0).
+  Checks before the first write: the limit, the declared keys' types and each listed job's record;
+  an error reply means nothing was written.
   Invariant: only a job that is still dead loses its record, in the same step as it leaves the
   dead set, so a job requeued concurrently is never deleted; a stray entry (record gone, or a
   job no longer dead) is only dropped from the set.
@@ -13,13 +15,17 @@
 ]]
 -- #include common
 
-local ids = rcall('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+local limit = check_num(2, 'max jobs')
+check_type(KEYS[1], 'zset')
+check_type(KEYS[2], 'hash')
+local ids = rcall('ZRANGE', KEYS[1], 0, limit - 1)
+for _, id in ipairs(ids) do check_type(job_key(id), 'hash') end
 local purged = 0
 for _, id in ipairs(ids) do
   local jk = job_key(id)
   rcall('ZREM', KEYS[1], id)
   if rcall('HGET', jk, 'status') == 'dead' then
-    rcall('DEL', jk, jk .. ':errors')
+    rcall('DEL', jk, errors_key(id), children_key(id))
     purged = purged + 1
   end
 end

@@ -10,6 +10,9 @@
 
   Returns: {'GUARDED'} when another worker reaped within the interval, else
   {'OK', requeued count, dead count, then the ids dead-lettered as stalled}.
+  Checks before the first write (the guard included): the numbers, the declared keys' types, and
+  for every expired job its record, error list, unique key and its queue's keys; an error reply
+  means nothing was written.
   Invariant: a job whose lease ran out gets a new epoch at once, so its stale owner is fenced
   even before anyone claims it again; the stall does not consume an attempt, but a job that
   stalls more than max stalls times is dead-lettered with reason "stalled" instead of looping.
@@ -17,13 +20,26 @@
 ]]
 -- #include common
 
-if tonumber(ARGV[2]) > 0 then
-  if not rcall('SET', KEYS[5], '1', 'NX', 'PX', ARGV[2]) then return { 'GUARDED' } end
-end
-local max_stalls, dead_letter = tonumber(ARGV[3]), ARGV[4]
-local ttl_ms, keep = tonumber(ARGV[6]), tonumber(ARGV[7])
+local guard_ms, max_stalls, dead_letter = check_num(2, 'guard ms'), check_num(3, 'max stalls'),
+  ARGV[4]
+local limit, ttl_ms, keep = check_num(5, 'max jobs'), check_num(6, 'result ttl ms'),
+  check_num(7, 'errors kept')
+check_type(KEYS[1], 'zset')
+check_type(KEYS[2], 'zset')
+check_type(KEYS[3], 'list')
+check_type(KEYS[4], 'hash')
+check_type(KEYS[5], 'string')
+check_type(KEYS[6], 'hash')
+if guard_ms > 0 and rcall('EXISTS', KEYS[5]) == 1 then return { 'GUARDED' } end
 local now = now_ms()
-local ids = rcall('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+local ids = rcall('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)
+for _, id in ipairs(ids) do
+  local jk = check_job(id)
+  local queue = rcall('HGET', jk, 'queue')
+  if queue then check_queue(queue) end
+end
+
+if guard_ms > 0 then rcall('SET', KEYS[5], '1', 'PX', guard_ms) end
 local requeued, dead, finished = 0, {}, 0
 for _, id in ipairs(ids) do
   rcall('ZREM', KEYS[2], id)
@@ -36,15 +52,14 @@ for _, id in ipairs(ids) do
       message = 'lease expired: worker ' .. f[3] .. ' stopped renewing it (stall ' .. stalls .. ')',
       at = now })
     rcall('HSET', jk, 'error', err, 'settled', 'reap', 'owner', '')
-    rcall('LPUSH', jk .. ':errors', err)
-    rcall('LTRIM', jk .. ':errors', 0, keep - 1)
+    rcall('LPUSH', errors_key(id), err)
+    rcall('LTRIM', errors_key(id), 0, keep - 1)
     rcall('HINCRBY', KEYS[4], 'stalled', 1)
     if rcall('HGET', jk, 'cancel_requested') == '1' then
       -- An operator cancelled it while its worker was gone: honour that instead of re-running.
       release_unique(jk, id)
       rcall('HSET', jk, 'status', 'cancelled', 'finished_at', now)
-      rcall('PEXPIRE', jk, ttl_ms)
-      rcall('PEXPIRE', jk .. ':errors', ttl_ms)
+      expire_job(jk, id, ttl_ms)
       rcall('HINCRBY', KEYS[4], 'cancelled', 1)
       finished = finished + 1
     elseif stalls > max_stalls then

@@ -8,12 +8,17 @@
   Returns: one verdict per job, in order: 'OK' (lease extended, capped at the hard deadline),
   'STALE' (fenced: reaped, re-claimed or finished elsewhere), 'DEADLINE' (start + timeout +
   lock_extension reached: no more renewals), 'CANCEL' (an operator cancelled the job).
+  Checks before the first write: the arguments, the active ZSET's type and every job record's;
+  an error reply means nothing was written.
   Invariant: only the current owner at the current epoch moves a lease, and never past the hard
   deadline. Retry-safe: renewing twice sets the same kind of deadline; nothing else changes.
 ]]
 -- #include common
 
-local worker, lease_ms = ARGV[2], tonumber(ARGV[3])
+check_groups(3, 2, 'job id, epoch')
+local worker, lease_ms = ARGV[2], check_num(3, 'lease ms')
+check_type(KEYS[1], 'zset')
+for i = 4, #ARGV, 2 do check_type(job_key(ARGV[i]), 'hash') end
 local now = now_ms()
 local out = {}
 for i = 4, #ARGV, 2 do

@@ -7,6 +7,8 @@
   ARGV[4..] pairs: job id, epoch
 
   Returns: one verdict per job: 'OK' | 'CANCELLED' | 'STALE' | 'ALREADY_DONE'.
+  Checks before the first write: the argument layout, the declared keys' types and every job's
+  record, error list and unique key; an error reply means nothing was written.
   Invariant: only the current owner at the current epoch releases; the job goes back to its
   original place in the queue (its ready time) and its attempt is given back. A job whose cancel
   an operator requested is not run again: it ends cancelled here (terminal, recorded once).
@@ -14,7 +16,14 @@
 ]]
 -- #include common
 
-local worker, ttl_ms = ARGV[2], tonumber(ARGV[3])
+check_groups(3, 2, 'job id, epoch')
+local worker, ttl_ms = ARGV[2], check_num(3, 'result ttl ms')
+check_type(KEYS[1], 'zset')
+check_type(KEYS[2], 'zset')
+check_type(KEYS[3], 'list')
+check_type(KEYS[4], 'hash')
+check_type(KEYS[5], 'hash')
+for i = 4, #ARGV, 2 do check_job(ARGV[i]) end
 local now = now_ms()
 local out = {}
 local released, cancelled = 0, 0
@@ -29,8 +38,7 @@ for i = 4, #ARGV, 2 do
     if rcall('HGET', jk, 'cancel_requested') == '1' then
       release_unique(jk, id)
       rcall('HSET', jk, 'status', 'cancelled', 'settled', 'release', 'finished_at', now)
-      rcall('PEXPIRE', jk, ttl_ms)
-      rcall('PEXPIRE', jk .. ':errors', ttl_ms)
+      expire_job(jk, id, ttl_ms)
       cancelled = cancelled + 1
       out[#out + 1] = 'CANCELLED'
     else

@@ -6,18 +6,27 @@
   ARGV[4] "1" dry run | "0"       ARGV[5..] job ids when 'ids'
 
   Returns: array of the ids moved (or that would move, on a dry run).
+  Checks before the first write: the limit, the declared keys' types and each job's record; an
+  error reply means nothing was written.
   Invariant: a job leaves the dead set only together with becoming ready again.
   Retry-safe: a moved job is no longer in the dead set, so a repeat moves nothing twice.
 ]]
 -- #include common
 
+check_type(KEYS[1], 'zset')
+check_type(KEYS[2], 'zset')
+check_type(KEYS[3], 'list')
+check_type(KEYS[4], 'hash')
 local ids
 if ARGV[2] == 'all' then
-  ids = rcall('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
+  ids = rcall('ZRANGE', KEYS[1], 0, check_num(3, 'max jobs') - 1)
+elseif ARGV[2] ~= 'ids' then
+  refuse('ARGV[2] must be all or ids, got ' .. tostring(ARGV[2]))
 else
   ids = {}
   for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end
 end
+for _, id in ipairs(ids) do check_type(job_key(id), 'hash') end
 local dry = ARGV[4] == '1'
 local now = now_ms()
 local moved = {}

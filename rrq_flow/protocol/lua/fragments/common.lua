@@ -3,9 +3,12 @@
 
   Every key a script touches either comes in KEYS or is built here from the pipeline prefix
   ARGV[1] = "rrq:{<pipeline>}:". The braces are a Redis Cluster hash tag, so derived keys live in
-  the same slot as the declared ones: job records ("job:<id>"), their error lists, unique keys and
-  the keys of a child job's queue are derived this way because their names are only known from
-  the data.
+  the same slot as the declared ones. Per-job keys put their type before the id ("job:<id>",
+  "errors:<id>", "children:<id>", "fanout:<epoch>:<id>"), so no job id can name another job's key.
+
+  Check before the first write: Redis does not roll a script back, so every script first reads and
+  checks everything it will touch (key types, ARGV) with the `check_*` helpers below, which raise
+  an error reply, and only then writes. An error reply therefore always means nothing was written.
 ]]
 local rcall = redis.call
 local PREFIX = ARGV[1]
@@ -17,6 +20,13 @@ local function now_ms()
 end
 
 local function job_key(id) return PREFIX .. 'job:' .. id end
+local function errors_key(id) return PREFIX .. 'errors:' .. id end
+local function children_key(id) return PREFIX .. 'children:' .. id end
+local function unique_key(ukey) return PREFIX .. 'unique:' .. ukey end
+local function queue_key(queue) return PREFIX .. 'q:' .. queue end
+local function wake_key(queue) return PREFIX .. 'q:' .. queue .. ':wake' end
+local function stats_key(queue) return PREFIX .. 'q:' .. queue .. ':stats' end
+local function dead_key(queue) return PREFIX .. 'q:' .. queue .. ':dead' end
 
 -- Priorities: the ready jobs of priority 0 live in q:<queue> itself, those of priority P in
 -- q:<queue>:p:<P>, and q:<queue>:prio lists the levels in use (score = P). Every level is a ZSET
@@ -47,9 +57,74 @@ local function ready_levels(base)
   if not placed then keys[#keys + 1] = base end
   return keys
 end
-local function queue_key(queue) return PREFIX .. 'q:' .. queue end
-local function wake_key(queue) return PREFIX .. 'q:' .. queue .. ':wake' end
-local function stats_key(queue) return PREFIX .. 'q:' .. queue .. ':stats' end
+
+-- --- checks (call them all before the first write) ---------------------------------------------
+
+-- Abort with an error reply; only ever called before the script's first write. (A string, not
+-- a {err=...} table: Redis 6.2, the embedded server, cannot raise a table.)
+local function refuse(msg)
+  error('rrq-flow: ' .. msg .. '; nothing was written', 0)
+end
+
+-- The key is missing or of type `want` ('hash', 'list', 'zset', 'string'); else refuse.
+local checked = {}
+local function check_type(key, want)
+  if checked[key] then return end
+  local t = rcall('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    refuse('key ' .. key .. ' is a ' .. t .. ', expected a ' .. want ..
+      ' (written by something other than rrq-flow?)')
+  end
+  checked[key] = true
+end
+
+-- ARGV[i] as a number, or refuse.
+local function check_num(i, what)
+  local n = tonumber(ARGV[i])
+  if not n then refuse('ARGV[' .. i .. '] (' .. what .. ') is not a number: ' .. tostring(ARGV[i])) end
+  return n
+end
+
+-- The ARGV after the first `fixed` come in groups of `size`.
+local function check_groups(fixed, size, what)
+  if #ARGV < fixed or (#ARGV - fixed) % size ~= 0 then
+    refuse('expected ' .. fixed .. ' arguments then groups of ' .. size .. ' (' .. what ..
+      '), got ' .. #ARGV)
+  end
+end
+
+
+-- The ready ZSET a job of priority `prio` goes into, and the level index.
+local function check_ready(base, prio)
+  check_type(ready_key_for(base, prio), 'zset')
+  check_type(base .. ':prio', 'zset')
+  if prio ~= nil and prio ~= false and prio ~= '' and not tonumber(prio) then
+    refuse('priority is not a number: ' .. prio)
+  end
+end
+
+-- The keys of a queue that a job of that queue may be moved into or counted in.
+local function check_queue(queue)
+  check_type(queue_key(queue), 'zset')
+  check_type(wake_key(queue), 'list')
+  check_type(stats_key(queue), 'hash')
+  check_type(dead_key(queue), 'zset')
+end
+
+-- A job's record and everything a transition may touch through it: error list, child index,
+-- unique key, the ready level of its priority.
+local function check_job(id)
+  local jk = job_key(id)
+  check_type(jk, 'hash')
+  check_type(errors_key(id), 'list')
+  check_type(children_key(id), 'list')
+  local f = rcall('HMGET', jk, 'unique_key', 'queue', 'priority')
+  if f[1] and f[1] ~= '' then check_type(unique_key(f[1]), 'string') end
+  if f[2] then check_ready(queue_key(f[2]), f[3]) end
+  return jk
+end
+
+-- --- writes -------------------------------------------------------------------------------------
 
 -- One wake-up token is enough: a woken worker that leaves ready jobs behind wakes the next.
 local function wake(key)
@@ -66,9 +141,23 @@ end
 local function release_unique(jk, id)
   local ukey = rcall('HGET', jk, 'unique_key')
   if ukey and ukey ~= '' then
-    local uk = PREFIX .. 'unique:' .. ukey
+    local uk = unique_key(ukey)
     if rcall('GET', uk) == id then rcall('DEL', uk) end
   end
+end
+
+-- RPUSH a Lua list of any length (unpack is limited to a few thousand values).
+local function push_all(key, items)
+  for i = 1, #items, 1000 do
+    rcall('RPUSH', key, unpack(items, i, math.min(i + 999, #items)))
+  end
+end
+
+-- A finished job's keys expire together after the result TTL.
+local function expire_job(jk, id, ttl_ms)
+  rcall('PEXPIRE', jk, ttl_ms)
+  rcall('PEXPIRE', errors_key(id), ttl_ms)
+  rcall('PEXPIRE', children_key(id), ttl_ms)
 end
 
 -- Finished-jobs ring: 8 buckets of 10 s, for "throughput over the last minute" without SCAN.
@@ -85,7 +174,7 @@ end
 -- Fencing check shared by complete / fail / release / refresh. Returns the job's status when the
 -- caller still owns the attempt (same epoch and owner, job active), else nil plus a verdict:
 -- 'ALREADY_DONE' when this very owner+epoch already settled it with the same operation (a retry
--- after a lost reply), 'STALE' otherwise (someone else owns it now, or it is gone).
+-- after a lost reply), 'STALE' otherwise (someone else owns it now, or it is gone). Read-only.
 local function check_owner(jk, epoch, owner, op)
   local f = rcall('HMGET', jk, 'status', 'epoch', 'owner', 'settled')
   if not f[1] then return nil, 'STALE' end
@@ -97,17 +186,17 @@ end
 
 -- Finish a job that has no attempts left or must not retry: dead-letter it (kept until requeued
 -- or purged) or, with dead_letter off, record it as failed and let the record expire.
+-- Keys checked by the caller: check_job(id), check_queue(queue).
 local function finish_dead(jk, id, queue, now, dead_letter, ttl_ms, reason)
   release_unique(jk, id)
   if dead_letter == '1' then
     rcall('HSET', jk, 'status', 'dead', 'finished_at', now, 'dead_reason', reason)
-    rcall('ZADD', PREFIX .. 'q:' .. queue .. ':dead', now, id)
+    rcall('ZADD', dead_key(queue), now, id)
     rcall('HINCRBY', stats_key(queue), 'dead', 1)
     return 'DEAD'
   end
   rcall('HSET', jk, 'status', 'failed', 'finished_at', now, 'dead_reason', reason)
-  rcall('PEXPIRE', jk, ttl_ms)
-  rcall('PEXPIRE', jk .. ':errors', ttl_ms)
+  expire_job(jk, id, ttl_ms)
   rcall('HINCRBY', stats_key(queue), 'failed', 1)
   return 'FAILED'
 end
