@@ -27,6 +27,8 @@ DEFAULT_LOCK_EXTENSION = 30.0
 DEFAULT_RESULT_TTL = 86400.0
 DEFAULT_MAX_STALLS = 3
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
+DEFAULT_MAX_ERROR_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,8 @@ class QueueConfig:
     fan_out: bool = False
     max_stalls: int = DEFAULT_MAX_STALLS
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    max_error_bytes: int = DEFAULT_MAX_ERROR_BYTES
     # Jobs claimed ahead of the free slots; None: one per ten slots (none below ten).
     prefetch: int | None = None
     # Flow control across all workers (rrq_flow.flow): "<n>/s|min|h", starts at once, running cap.

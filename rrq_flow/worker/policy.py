@@ -4,15 +4,13 @@ error record kept for it. Pure functions, no I/O."""
 from __future__ import annotations
 
 import random
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rrq_flow.config.model import RetryPolicy
+from rrq_flow.config.model import DEFAULT_MAX_ERROR_BYTES, RetryPolicy
 from rrq_flow.errors import Fatal, Retry
 from rrq_flow.protocol.ops import encode_json
-
-TRACEBACK_LIMIT = 8000  # characters of traceback kept per error
+from rrq_flow.worker.outcome import cap_bytes, describe, format_traceback, type_name, valid_utf8
 
 
 def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
@@ -40,14 +38,20 @@ class Verdict:
 
 
 def error_record(
-    exc: BaseException | None, attempt: int, message: str | None = None, kind: str | None = None
+    exc: BaseException | None,
+    attempt: int,
+    message: str | None = None,
+    kind: str | None = None,
+    max_error_bytes: int = DEFAULT_MAX_ERROR_BYTES,
 ) -> dict[str, object]:
-    tb = ""
-    if exc is not None:
-        tb = "".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:]
+    """The stored record of a failed attempt. Never raises, whatever ``exc`` is; every string
+    is valid UTF-8 and the message at most ``max_error_bytes``."""
+    tb = format_traceback(exc) if exc is not None else ""
+    if message is None:
+        message = describe(exc, max_error_bytes) if exc is not None else "error"
     return {
-        "type": kind or (type(exc).__qualname__ if exc is not None else "Error"),
-        "message": message if message is not None else str(exc),
+        "type": kind or (type_name(exc) if exc is not None else "Error"),
+        "message": cap_bytes(valid_utf8(message), max_error_bytes),
         "attempt": attempt,
         "traceback": tb,
     }
@@ -58,10 +62,11 @@ def classify(
     attempt: int,
     policy: RetryPolicy,
     fatal_types: Sequence[type[BaseException]],
+    max_error_bytes: int = DEFAULT_MAX_ERROR_BYTES,
 ) -> Verdict:
     """Turn a handler's exception into retry-or-dead. Retry(delay=...) wins over the policy's
     backoff; Fatal and the queue's fatal_errors skip retries."""
-    record = error_record(exc, attempt)
+    record = error_record(exc, attempt, max_error_bytes=max_error_bytes)
     if isinstance(exc, Fatal) or (fatal_types and isinstance(exc, tuple(fatal_types))):
         return Verdict("dead", 0.0, encode_json(record))
     delay = backoff_delay(policy, attempt)
@@ -70,8 +75,9 @@ def classify(
 
         try:
             delay = parse_duration(exc.delay)
-        except ValueError as bad:
-            record["message"] = f"{record['message']} (Retry delay ignored: {bad})"
+        except Exception as bad:  # the delay is the user's object
+            note = f"{record['message']} (Retry delay ignored: {describe(bad, 200)})"
+            record["message"] = cap_bytes(note, max_error_bytes)
     return Verdict("retry", delay, encode_json(record))
 
 

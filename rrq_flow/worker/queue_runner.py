@@ -46,6 +46,13 @@ from rrq_flow.protocol.ops import (
 )
 from rrq_flow.worker.context import JobContext, reset_current, set_current
 from rrq_flow.worker.executor import make_runner
+from rrq_flow.worker.outcome import (
+    UnstorableResult,
+    cap_bytes,
+    describe,
+    encode_result,
+    type_name,
+)
 from rrq_flow.worker.policy import classify, error_record, timeout_verdict
 from rrq_flow.worker.redis_calls import TRANSIENT
 from rrq_flow.worker.wake_connection import ReplyError, wake_connection_for
@@ -57,6 +64,14 @@ log = logging.getLogger("rrq_flow.worker")
 
 MAX_CLAIM = 500  # jobs per claim call
 STOP_TOKEN_TTL_MS = 10_000  # a stop token nobody took is gone after this
+OUTCOME_WORDS = {
+    "OK": "done",
+    "RETRY": "failed, will retry",
+    "DEAD": "dead",
+    "FAILED": "failed",
+    "CANCELLED": "cancelled",
+}
+LOG_MESSAGE_BYTES = 500  # of an error message in a log line (the record keeps max_error_bytes)
 
 
 @dataclass(eq=False)
@@ -345,13 +360,15 @@ class QueueRunner:
         ctx_token = set_current(ctx)
         id_token = job_id_var.set(job.id)
         result: Any = None
-        error: Exception | None = None
+        error: BaseException | None = None
         try:
             with rj.scope:
                 args = json.loads(job.args_json)
                 kwargs = json.loads(job.kwargs_json)
                 result = await self.run_handler(args, kwargs)
-        except Exception as exc:
+        except trio.Cancelled:
+            raise  # the worker itself is being cancelled (our own scope absorbs its own cancel)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt... are outcomes
             error = exc
         finally:
             reset_current(ctx_token)
@@ -364,9 +381,11 @@ class QueueRunner:
         try:
             self._settle(rj, ctx, result, error, trio.current_time() - t0)
         except Exception:
-            # A bug of ours must not lose the job: give it back, attempt not used.
-            log.exception("could not record the outcome; releasing the job")
-            self._release(job)
+            # A bug of ours. Releasing would give the attempt back and could loop the job
+            # forever; recording a failed attempt keeps it within max_attempts.
+            log.exception("could not record the outcome; counting a failed attempt")
+            record = error_record(None, job.attempt, "rrq-flow could not record the outcome")
+            self._fail(Failure(job.id, job.epoch, encode_json(record), "retry"), 0.0)
         finally:
             job_id_var.reset(id_token)
 
@@ -375,7 +394,7 @@ class QueueRunner:
         rj: RunningJob,
         ctx: JobContext,
         result: Any,
-        error: Exception | None,
+        error: BaseException | None,
         duration: float,
     ) -> None:
         """Turn an attempt's outcome into an acknowledgement (or into nothing, when fenced)."""
@@ -400,12 +419,12 @@ class QueueRunner:
                 )
             return
         if error is not None:
-            verdict = classify(error, job.attempt, cfg.retry, self.fatal_types)
+            verdict = classify(error, job.attempt, cfg.retry, self.fatal_types, cfg.max_error_bytes)
             log.info(
                 "attempt %d failed: %s: %s",
                 job.attempt,
-                type(error).__name__,
-                error,
+                type_name(error),
+                describe(error, LOG_MESSAGE_BYTES),
             )
             failure = Failure(job.id, job.epoch, verdict.error_json, verdict.action)
             if verdict.action == "retry":
@@ -413,10 +432,20 @@ class QueueRunner:
             self._fail(failure, duration)
             return
         try:
-            result_json = encode_json(result)
+            result_json = encode_result(result, cfg.max_result_bytes)
             children = self.worker.handoff.children(cfg, job.id, result, ctx.outbox)
-        except (TypeError, ValueError) as exc:
-            record = error_record(exc, job.attempt, f"cannot hand off the result: {exc}")
+        except Exception as exc:  # the result is the user's object
+            # Storing it again would fail again: dead-letter now, no retry.
+            unstorable = isinstance(exc, UnstorableResult)
+            why = str(exc) if unstorable else f"cannot hand off the result: {describe(exc)}"
+            log.warning("result not stored, dead-lettering: %s", cap_bytes(why, LOG_MESSAGE_BYTES))
+            record = error_record(
+                None if unstorable else exc,
+                job.attempt,
+                why,
+                "UnstorableResult" if unstorable else None,
+                max_error_bytes=cfg.max_error_bytes,
+            )
             self._fail(Failure(job.id, job.epoch, encode_json(record), "dead"), duration)
             return
         self.acks.completions.append(
@@ -513,6 +542,7 @@ class QueueRunner:
             return
         else:  # ALREADY_DONE: a repeated call after a lost reply; counted the first time
             return
+        log.info("job %s %s: queue %s, %.3fs", job_id, OUTCOME_WORDS[verdict], self.name, duration)
         t.durations.append(duration)
         self.worker.notify("job_finished", self.name, verdict, duration)
 
