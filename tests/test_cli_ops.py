@@ -30,7 +30,8 @@ STATUS_QUEUE_KEYS = {
 }  # fmt: skip
 WORKER_KEYS = {
     "id", "host", "pid", "queues", "in_flight", "started_at", "uptime", "last_beat",
-    "last_beat_age", "interval", "version", "burst", "stopping", "alive",
+    "last_beat_age", "interval", "version", "burst", "stopping", "alive", "holds", "stuck_for",
+    "stuck",
 }  # fmt: skip
 DEAD_ENTRY_KEYS = {
     "id", "queue", "died_at", "attempts", "max_attempts", "dead_reason", "error_type",

@@ -16,7 +16,9 @@ from rrq_flow.textsafe import printable
 
 HELP = """\
 Check that every queue (or each --queue) is served by at least one live worker that is not
-shutting down. A worker is live while its last heartbeat is at most 2.5 heartbeat intervals old.
+shutting down. A worker is live while its last heartbeat is at most 2.5 heartbeat intervals old;
+a live worker is unhealthy (and listed as a reason) while it holds jobs and its claim or
+acknowledgement loop has made no progress for longer than lock_extension.
 Exit 0 when healthy, 1 with the reason(s) on stderr when not, 3 when Redis cannot be reached:
 made for container probes and cron monitors.
 

@@ -11,7 +11,10 @@ HELP = """\
 List the workers of the pipeline from their heartbeats: id, host, pid, queues, jobs in flight,
 uptime and the age of the last heartbeat. A worker is "alive" while its last heartbeat is at most
 2.5 heartbeat intervals old (one late beat does not flip it), "stale" after that; stale entries
-disappear after 20 intervals. A worker that is draining after SIGTERM shows "stopping".
+disappear after 20 intervals. A worker that is draining after SIGTERM shows "stopping"; one that
+holds jobs while its claim or acknowledgement loop has made no progress for longer than
+lock_extension (Redis refusing its writes: OOM, MISCONF...) shows "stuck" (--json: holds,
+stuck_for, stuck).
 
 examples:
   rrq-flow workers pipeline.yaml
@@ -53,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
             w.in_flight,
             fmt_age(w.uptime),
             fmt_age(w.last_beat_age) + " ago",
-            ("alive" if w.alive else "stale") + (", stopping" if w.stopping else ""),
+            ("alive" if w.alive else "stale")
+            + (", stopping" if w.stopping else "")
+            + (f", stuck {w.stuck_for:.0f}s" if w.stuck else ""),
         )
         for w in workers
     ]

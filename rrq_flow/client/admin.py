@@ -90,6 +90,12 @@ class WorkerInfo:
     burst: bool
     stopping: bool
     alive: bool
+    # Jobs it holds a lease on, and how long (seconds, now) its claim or acknowledgement loop
+    # has made no progress. ``stuck``: holding work, no progress for longer than its queues'
+    # smallest lock_extension (e.g. Redis refuses its writes: OOM, MISCONF, NOPERM).
+    holds: int = 0
+    stuck_for: float = 0.0
+    stuck: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -532,12 +538,17 @@ class Admin:
         names = self._queues(queues)
         workers = self.workers()
         live = {name: 0 for name in names}
+        reasons = []
         for w in workers:
-            if w.alive and not w.stopping:
+            if w.alive and w.stuck:
+                reasons.append(
+                    f"worker {w.id} holds {w.holds} job(s) and has made no progress claiming "
+                    f"or acknowledging for {w.stuck_for:.0f}s (see its log: Redis refusing?)"
+                )
+            if w.alive and not w.stopping and not w.stuck:
                 for name in w.queues:
                     if name in live:
                         live[name] += 1
-        reasons = []
         for name, n in live.items():
             if n == 0:
                 stale = [
@@ -572,6 +583,12 @@ def _worker_info(worker_id: str, beat_ms: int, record: dict[str, str], now_ms: i
     started = _int(record.get("started_at"), 0) or None
     pid = _int(record.get("pid"), 0) or None
     queues = [q for q in record.get("queues", "").split(",") if q]
+    holds = _int(record.get("holds"))
+    # The loops' stuck times are as of the last beat; the time since counts too.
+    stuck_ms = max(_int(record.get("claim_stuck_ms")), _int(record.get("ack_stuck_ms")))
+    if stuck_ms:
+        stuck_ms += age_ms
+    limit_ms = _int(record.get("stuck_limit_ms"))
     return WorkerInfo(
         id=worker_id,
         host=record.get("host") or None,
@@ -588,6 +605,9 @@ def _worker_info(worker_id: str, beat_ms: int, record: dict[str, str], now_ms: i
         stopping=record.get("stopping") == "1",
         # No record (it expired after 3 intervals) means no interval to judge by: stale.
         alive=interval_ms is not None and age_ms <= ALIVE_FACTOR * interval_ms,
+        holds=holds,
+        stuck_for=stuck_ms / 1000,
+        stuck=holds > 0 and limit_ms > 0 and stuck_ms > limit_ms,
     )
 
 

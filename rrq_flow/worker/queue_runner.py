@@ -55,7 +55,7 @@ from rrq_flow.worker.outcome import (
 )
 from rrq_flow.worker.policy import classify, error_record, timeout_verdict
 from rrq_flow.worker.redis_calls import TRANSIENT
-from rrq_flow.worker.wake_connection import ReplyError, wake_connection_for
+from rrq_flow.worker.wake_connection import wake_connection_for
 
 if TYPE_CHECKING:
     from rrq_flow.worker.worker import Worker
@@ -127,6 +127,13 @@ class QueueRunner:
         self.running: dict[tuple[str, int], RunningJob] = {}
         self.buffered: dict[tuple[str, int], BufferedJob] = {}  # claimed, waiting in the channel
         self.claimed = 0  # claimed and not yet finished (waiting in the channel or running)
+        # Every job this worker holds a lease on until its outcome is acknowledged: released in
+        # one call if the worker dies of an internal error (nothing waits out a lease then).
+        self.held: dict[tuple[str, int], ClaimedJob] = {}
+        # Since when the claim / acknowledgement loop has been inside one call (None: not in
+        # one): a call retried through a refusal (OOM...) shows here, and in `health`.
+        self.claiming_since: float | None = None
+        self.acking_since: float | None = None
         self.prefetch = cfg.claim_ahead
         self._max_buffer_wait = cfg.lock_extension / 2
         self._stop_key = worker.layout.worker_wake(worker.worker_id, cfg.name)
@@ -173,6 +180,8 @@ class QueueRunner:
         w = self.worker
         wait: float | None = None  # block this long for work before the next claim
         while not w.stopping.is_set():
+            # Claims are shielded: never start one once the worker is being torn down.
+            await trio.lowlevel.checkpoint()
             free = self.cfg.concurrency + self.prefetch - self.claimed
             if w.max_jobs is not None:
                 free = min(free, w.max_jobs - w.claimed_total)
@@ -194,8 +203,12 @@ class QueueRunner:
             )
             sent = trio.current_time() if wait is None else None
             if wait is None:
-                reply = parse_claim(await w.caller.until_done(call))
-            else:
+                self.claiming_since = trio.current_time()
+                try:
+                    reply = parse_claim(await w.caller.until_done(call))
+                finally:
+                    self.claiming_since = None
+            else:  # an idle wait: not stuck however long it lasts
                 maybe = await self._wait_then_claim(call, wait)
                 if maybe is None:  # an error: the next round claims directly
                     wait = None
@@ -204,7 +217,8 @@ class QueueRunner:
             if reply.lost:
                 raise DataLossDetected(w.data_loss_message(reply.generation))
             now = trio.current_time()
-            for job in reply.jobs:
+            for job in reply.jobs:  # no checkpoint until every job is held (see `held`)
+                self.held[job.id, job.epoch] = job
                 self.claimed += 1
                 w.claimed_total += 1
                 not_before = now + (job.start_at - reply.now) / 1000
@@ -271,14 +285,9 @@ class QueueRunner:
                     call.args,
                 )
             reply = parse_claim(claimed)
-        except TRANSIENT as exc:
-            w.caller.outage.failed(exc)
-            await trio.sleep(0.1)
-            return None
         except coredis.exceptions.NoScriptError:
             return None  # Redis restarted and forgot the scripts: the direct claim reloads them
-        except ReplyError as exc:
-            # LOADING, READONLY, NOAUTH...: the direct claim (coredis) classifies and retries it.
+        except TRANSIENT as exc:  # any failure, error replies (BUSY, OOM...) included
             w.caller.outage.failed(exc)
             await trio.sleep(0.1)
             return None
@@ -313,6 +322,7 @@ class QueueRunner:
             if held.stop_reason in ("given back", "cancelled"):
                 pass  # already settled by the lease refresher
             elif held.stop_reason == "lost":
+                self.held.pop((job.id, job.epoch), None)
                 self.tally.lost += 1
                 log.warning("job %s lost its lease while prefetched; not started", job.id)
             elif self.worker.stopping.is_set() or waited > self._max_buffer_wait:
@@ -404,6 +414,7 @@ class QueueRunner:
         if rj.scope.cancel_called:
             reason = rj.stop_reason or "timeout"
             if reason == "lost":
+                self.held.pop((job.id, job.epoch), None)
                 self.tally.lost += 1
                 log.warning("lease lost; outcome of attempt %d dropped", job.attempt)
             elif reason == "shutdown":
@@ -479,8 +490,11 @@ class QueueRunner:
         while True:
             await self.acks.event.wait()
             self.acks.event = trio.Event()
+            self.acking_since = trio.current_time()
             while len(self.acks):
                 await self._send_acks()
+                self.acking_since = trio.current_time()
+            self.acking_since = None
 
     async def drain_acks(self) -> None:
         """Wait until every buffered outcome has been sent and answered."""
@@ -500,6 +514,7 @@ class QueueRunner:
                 )
                 verdicts = await w.caller.until_done(call)
                 for (c, duration), verdict in zip(completions, verdicts, strict=True):
+                    self.held.pop((c.id, c.epoch), None)
                     self._count(verdict, duration, c.id)
             if failures:
                 call = w.protocol.fail(
@@ -511,11 +526,13 @@ class QueueRunner:
                 )
                 verdicts = await w.caller.until_done(call)
                 for (f, duration), verdict in zip(failures, verdicts, strict=True):
+                    self.held.pop((f.id, f.epoch), None)
                     self._count(verdict, duration, f.id)
             if releases:
                 call = w.protocol.release(self.name, w.worker_id, self.result_ttl_ms, releases)
                 verdicts = await w.caller.until_done(call)
-                for _, verdict in zip(releases, verdicts, strict=True):
+                for key, verdict in zip(releases, verdicts, strict=True):
+                    self.held.pop(key, None)
                     if verdict in ("OK", "ALREADY_DONE"):
                         self.tally.released += 1
                     elif verdict == "CANCELLED":  # an operator's cancel, honoured on the way out
@@ -631,6 +648,12 @@ class QueueRunner:
     def cancel_all(self, reason: str) -> None:
         for rj in self.running.values():
             self._stop(rj, reason)
+
+    def stuck_for(self, now: float) -> tuple[float, float]:
+        """Seconds the claim and the acknowledgement loop have been inside their current call."""
+        claim = now - self.claiming_since if self.claiming_since is not None else 0.0
+        ack = now - self.acking_since if self.acking_since is not None else 0.0
+        return claim, ack
 
     # --- reaping -----------------------------------------------------------------------------
 

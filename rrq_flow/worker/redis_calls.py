@@ -1,9 +1,10 @@
-"""Calling Redis from the worker's loops: retry through outages, log once per outage.
+"""Calling Redis from the worker's loops: retry through outages and refusals, log once.
 
-A worker never crashes on a Redis error: connection refused, timeouts and restarts are waited
-out with capped backoff. Every script is safe to repeat, so retrying after an unknown outcome is
-harmless; calls are shielded from cancellation so that a shutdown never abandons a call whose
-effect is unknown in the middle of its reply.
+A worker never crashes on a Redis error: connection refused, timeouts, restarts and every error
+reply (BUSY, OOM, MISCONF, NOPERM...; see rrq_flow.redis_errors) are waited out with capped
+backoff. Every script is safe to repeat, so retrying after an unknown outcome is harmless;
+calls are shielded from cancellation so that a shutdown never abandons a call whose effect is
+unknown in the middle of its reply.
 """
 
 from __future__ import annotations
@@ -13,40 +14,48 @@ from collections.abc import Callable
 from typing import Any
 
 import coredis
-import coredis.exceptions
 import trio
 
 from rrq_flow.protocol.ops import Call
 from rrq_flow.protocol.scripts import call_async
+from rrq_flow.redis_errors import REDIS_FAILURES, classify, error_code, explain
 
 log = logging.getLogger("rrq_flow.worker")
 
-TRANSIENT: tuple[type[BaseException], ...] = (
-    coredis.exceptions.ConnectionError,
-    coredis.exceptions.BusyLoadingError,
-    coredis.exceptions.ReadOnlyError,
-    coredis.exceptions.TryAgainError,
-    TimeoutError,
-    OSError,
-    trio.TooSlowError,
-)
+# Every failure a worker loop retries (the name is older than the classification).
+TRANSIENT: tuple[type[BaseException], ...] = REDIS_FAILURES
+
+
+REFUSAL_QUIET = 60.0  # seconds without a refusal of a kind before it is logged again
 
 
 class Outage:
-    """Tracks whether Redis is reachable, so an outage is logged once, not per call."""
+    """Tracks whether Redis serves, so an outage is logged once, not per call: a transient
+    one as a warning (and its end), each kind of refusal (OOM, MISCONF...) as an error with
+    what to do, again only after REFUSAL_QUIET seconds without one (under OOM, calls that do
+    not write still succeed: an outage would flap)."""
 
     def __init__(self, on_error: Callable[[], None] | None = None) -> None:
-        self.since: float | None = None
+        self.since: float | None = None  # start of the current transient outage
         self.errors = 0  # total failed calls
+        self.refused: dict[str, float] = {}  # error code -> when last refused
         self._on_error = on_error
 
     def failed(self, exc: BaseException) -> None:
         self.errors += 1
         if self._on_error is not None:
             self._on_error()
-        if self.since is None:
-            self.since = trio.current_time()
-            log.warning("Redis unreachable (%s: %s); retrying", type(exc).__name__, exc)
+        now = trio.current_time()
+        if classify(exc) == "transient":
+            if self.since is None:
+                self.since = now
+                log.warning("Redis unreachable or busy (%s); retrying", explain(exc))
+            return
+        code = error_code(exc) or type(exc).__name__
+        last = self.refused.get(code)
+        self.refused[code] = now
+        if last is None or now - last > REFUSAL_QUIET:
+            log.error("Redis refused a call: %s; retrying with backoff", explain(exc))
 
     def ok(self) -> None:
         if self.since is not None:
@@ -66,7 +75,7 @@ class RedisCaller:
         self.outage = Outage(on_error)
 
     async def once(self, call: Call) -> Any:
-        """One attempt, shielded, bounded by the command timeout; raises TRANSIENT errors."""
+        """One attempt, shielded, bounded by the command timeout; raises any Redis failure."""
         try:
             with trio.CancelScope(shield=True), trio.fail_after(self.timeout):
                 result = await call_async(self.redis, call.script, call.keys, call.args)
@@ -77,7 +86,7 @@ class RedisCaller:
         return result
 
     async def until_done(self, call: Call) -> Any:
-        """Retry ``call`` through outages until it succeeds (backoff 50 ms .. 2 s).
+        """Retry ``call`` through outages and refusals until it succeeds (backoff 50 ms .. 2 s).
 
         Cancellable between attempts, never during one.
         """

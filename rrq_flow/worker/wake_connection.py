@@ -25,7 +25,7 @@ from rrq_flow.connection import RedisLocation, open_stream, parse_redis_url
 Reply = Any  # str | int | None | list[Reply]
 
 
-class ReplyError(Exception):
+class ReplyError(coredis.exceptions.ResponseError):
     """Redis answered with an error (``-ERR ...``) to a command of this connection."""
 
 

@@ -49,6 +49,7 @@ from rrq_flow.worker.summary import RunStats
 log = logging.getLogger("rrq_flow.worker")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_REDIS = 0, 1, 2, 3
+EXIT_INTERNAL = 70  # an internal task died (a bug): held jobs released, the process exits
 SHUTDOWN_MARGIN = 2.0  # seconds past the grace period before the last resort
 
 
@@ -188,12 +189,16 @@ class Worker:
             # coredis runs its pool in a task group, so our errors may arrive wrapped.
             found = _unwrap(exc, (RedisUnavailable, DataLossDetected))
             if found is None:
-                raise
+                code = self._internal_error(exc)
+                self.wall_time = time.monotonic() - started
+                return code
             log.error("%s", found)
             self.stop_reason = (
                 "data loss detected" if isinstance(found, DataLossDetected) else "Redis unreachable"
             )
             code = EXIT_REDIS
+        except Exception as exc:
+            code = self._internal_error(exc)
         self.wall_time = time.monotonic() - started
         if code == EXIT_OK and self.burst and self.stats.any_dead:
             code = EXIT_FAILED
@@ -210,6 +215,32 @@ class Worker:
         if not self.handle_signals:
             return contextlib.nullcontext(None)
         return stop_signals(lambda: self.stop_reason.endswith(" received"))
+
+    def _internal_error(self, exc: BaseException) -> int:
+        """A task of the worker died of an exception (a bug): its jobs were released on the
+        way out (see _serve); say so loudly and exit non-zero, never serve on half-dead."""
+        log.critical(
+            "internal error, the worker stops (its jobs were given back): %s: %s",
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        self.stop_reason = "internal error"
+        return EXIT_INTERNAL
+
+    async def _release_held(self) -> None:
+        """Give back every job this worker holds (no attempt used), one call per queue."""
+        for runner in self.runners:
+            held = list(runner.held)
+            if not held:
+                continue
+            call = self.protocol.release(runner.name, self.worker_id, runner.result_ttl_ms, held)
+            try:
+                await self.caller.once(call)
+            except TRANSIENT:
+                continue  # Redis is away: the leases run out and the reaper brings them back
+            runner.held.clear()
+            log.warning("released %d job(s) of queue %s on the way out", len(held), runner.name)
 
     async def _serve(self, signals: AsyncIterator[int] | None) -> None:
         self._redis = open_async_redis(self.url, self.config.redis)
@@ -246,6 +277,12 @@ class Worker:
                             queues.start_soon(runner.serve)
                     self._queues_done.set()
                     nursery.cancel_scope.cancel()
+            except BaseException:
+                # A task died (Redis data lost, or a bug): every task is gone now, so nothing
+                # holds a lease any longer. Give the jobs back rather than wait for the reaper.
+                with trio.CancelScope(shield=True), trio.move_on_after(self.caller.timeout):
+                    await self._release_held()
+                raise
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     await self._leave()
@@ -377,6 +414,7 @@ class Worker:
                 "version": __version__,
                 "burst": int(self.burst),
                 "stopping": int(self.stopping.is_set()),
+                **self._progress_fields(),
             }
             call = self.protocol.heartbeat(
                 self.worker_id, ms(interval * 3), ms(interval * 20), fields
@@ -389,6 +427,21 @@ class Worker:
                 if generation != self.generation:
                     raise DataLossDetected(self.data_loss_message(str(generation)))
             await trio.sleep(interval)
+
+    def _progress_fields(self) -> dict[str, int]:
+        """For `health`: how long (ms, as of this beat) the claim and acknowledgement loops have
+        been stuck in one call, how many jobs this worker holds, and the limit to judge by."""
+        now = trio.current_time()
+        claim = ack = 0.0
+        for runner in self.runners:
+            c, a = runner.stuck_for(now)
+            claim, ack = max(claim, c), max(ack, a)
+        return {
+            "claim_stuck_ms": ms(claim),
+            "ack_stuck_ms": ms(ack),
+            "holds": sum(len(r.held) for r in self.runners),
+            "stuck_limit_ms": ms(min((r.cfg.lock_extension for r in self.runners), default=0)),
+        }
 
     async def _leave(self) -> None:
         try:

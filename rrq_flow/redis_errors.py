@@ -1,0 +1,125 @@
+"""What a failed Redis call means: the one place that classifies errors and error replies.
+
+Every failure of a call to Redis is one of:
+
+- ``transient``: Redis is away or momentarily unable to serve and will be back on its own —
+  connection loss, timeouts, ``BUSY`` (a long script), ``LOADING``, ``TRYAGAIN``,
+  ``MASTERDOWN``, ``READONLY`` (a failover), ``CLUSTERDOWN``, ``MOVED``/``ASK`` (until Cluster
+  support exists: the Cluster client will then follow redirections itself).
+- ``operator``: Redis refuses and will keep refusing until someone acts — ``OOM``, ``MISCONF``,
+  ``NOPERM``, ``NOREPLICAS``, ``WRONGPASS``, a script error, anything unknown.
+
+Worker loops retry both with capped backoff (every script is safe to repeat); they differ only
+in what is logged: a transient outage is a warning once per outage, an ``operator`` reply is an
+error once per kind, with what to do. ``NOSCRIPT`` is neither: the caller reloads the script.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import coredis.exceptions
+import trio
+
+Kind = Literal["transient", "operator"]
+
+# Redis error codes (the first word of an error reply) that clear up without anyone acting.
+TRANSIENT_CODES = frozenset(
+    {"BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "MOVED", "ASK"}
+)
+
+# coredis maps some codes to classes and drops the code from the message.
+_TRANSIENT_CLASSES: tuple[type[BaseException], ...] = (
+    coredis.exceptions.ConnectionError,  # includes BusyLoadingError (LOADING), ProtocolError
+    coredis.exceptions.ReadOnlyError,
+    coredis.exceptions.TryAgainError,
+    coredis.exceptions.ClusterDownError,
+    coredis.exceptions.AskError,  # and MovedError
+    TimeoutError,
+    OSError,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    EOFError,
+)
+
+_CLASS_CODES: tuple[tuple[type[BaseException], str], ...] = (
+    (coredis.exceptions.AuthorizationError, "NOPERM"),
+    (coredis.exceptions.AuthenticationError, "WRONGPASS"),
+    (coredis.exceptions.WrongTypeError, "WRONGTYPE"),
+    (coredis.exceptions.UnknownCommandError, "ERR"),
+    (coredis.exceptions.ExecAbortError, "EXECABORT"),
+)
+
+# What an operator should do about the commonest refusals.
+ADVICE = {
+    "OOM": "Redis is out of memory (maxmemory reached): free memory or raise maxmemory",
+    "MISCONF": "Redis cannot persist to disk and refuses writes: check its disk and logs",
+    "NOPERM": "the Redis user lacks a permission rrq-flow needs: see docs/security.md",
+    "WRONGPASS": "Redis rejected the credentials",
+    "NOAUTH": "Redis requires a password",
+    "NOREPLICAS": "Redis has fewer healthy replicas than min-replicas-to-write",
+    "WRONGTYPE": "a key of the pipeline holds the wrong type of value (damaged data?)",
+}
+
+# Everything a worker loop catches around a Redis call (wake_connection's ReplyError included,
+# by its Exception base, through ``is_redis_failure``).
+REDIS_FAILURES: tuple[type[BaseException], ...] = (
+    coredis.exceptions.RedisError,
+    *_TRANSIENT_CLASSES,
+)
+
+
+def error_code(exc: BaseException) -> str:
+    """The Redis error code of a reply (``BUSY``, ``OOM``...), or "" for a non-reply failure."""
+    for cls, code in _CLASS_CODES:
+        if isinstance(exc, cls):
+            return code
+    if isinstance(exc, coredis.exceptions.ReadOnlyError):
+        return "READONLY"
+    if isinstance(exc, coredis.exceptions.BusyLoadingError):
+        return "LOADING"
+    if isinstance(exc, coredis.exceptions.NoScriptError):
+        return "NOSCRIPT"
+    try:
+        text = str(exc).lstrip("-")
+    except Exception:
+        return ""
+    word = text.split(" ", 1)[0]
+    if word.isupper() and word.isalpha():
+        return word
+    if "user_script" in text or "@user_script" in text:
+        return "SCRIPT"  # a script raised an error: a bug, or damaged data
+    return ""
+
+
+def classify(exc: BaseException) -> Kind:
+    """``transient`` or ``operator`` (see the module docstring)."""
+    code = error_code(exc)
+    if code in TRANSIENT_CODES:
+        return "transient"
+    if code == "" and isinstance(exc, _TRANSIENT_CLASSES):
+        return "transient"
+    return "operator"
+
+
+def explain(exc: BaseException) -> str:
+    """One line for a log: what failed and, for an ``operator`` reply, what to do."""
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:
+        text = type(exc).__name__
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")[:500]
+    advice = ADVICE.get(error_code(exc))
+    return f"{text} ({advice})" if advice else text
+
+
+__all__ = [
+    "ADVICE",
+    "REDIS_FAILURES",
+    "TRANSIENT_CODES",
+    "Kind",
+    "classify",
+    "error_code",
+    "explain",
+]
