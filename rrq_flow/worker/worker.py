@@ -140,7 +140,8 @@ class Worker:
         self._redis: coredis.Redis[str] | None = None
         self._caller: RedisCaller | None = None
         self._queues_done = trio.Event()
-        self._clock_offset = 0.0
+        self._clock_offset = 0.0  # server clock minus the trio clock, seconds
+        self.server_offset = 0.0  # server clock minus this host's wall clock, seconds
 
     # --- shared with the queue runners -------------------------------------------------------
 
@@ -296,6 +297,7 @@ class Worker:
                 await self.redis.hsetnx(self.layout.meta, "created_at", str(int(time.time())))
                 self.generation = str(await self.redis.hget(self.layout.meta, "generation"))
                 await preload_async(self.redis)
+                server_now = (await self.redis.time()).timestamp()
         except (*TRANSIENT, coredis.exceptions.RedisError, ssl.SSLError) as exc:  # type: ignore[misc]
             raise RedisUnavailable(explain(exc, self.url)) from None
         except BaseExceptionGroup as group:
@@ -304,7 +306,9 @@ class Worker:
             if group.subgroup((*TRANSIENT, coredis.exceptions.RedisError, ssl.SSLError)) is None:
                 raise
             raise RedisUnavailable(explain(group, self.url)) from None
-        self._clock_offset = time.time() - trio.current_time()
+        # Deadlines handed to handlers are on the server's clock, like every time in Redis.
+        self._clock_offset = server_now - trio.current_time()
+        self.server_offset = server_now - time.time()
 
     async def _signals(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:

@@ -4,9 +4,17 @@
 
   KEYS[1] queue ZSET     KEYS[2] active ZSET     KEYS[3] wake LIST     KEYS[4] queue stats HASH
   KEYS[5] reaper guard STRING       KEYS[6] finished-jobs ring HASH (tput)
+  KEYS[7] workers ZSET (worker id -> last heartbeat ms)
   ARGV[1] key prefix     ARGV[2] guard ms (0: no guard)     ARGV[3] max stalls
   ARGV[4] dead letter "1" | "0"     ARGV[5] max jobs per call     ARGV[6] result ttl ms
-  ARGV[7] errors kept per job
+  ARGV[7] errors kept per job       ARGV[8] gap ms (0: no serving clock)     ARGV[9] grace ms
+
+  Serving clock (stats fields reap_seen_at, serving_since, ms): some live worker reaps every
+  guard interval, so a silence longer than the gap means Redis was not serving (paused,
+  unreachable, restarting) or no worker ran; the call that ends it starts a new serving period.
+  A lease that expired before that is not its job's stall unless its owner is dead: it is left
+  alone for the grace (its owner may renew or release it), then re-queued as a lost lease (not
+  counted towards max stalls) if the owner has sent a heartbeat since, else counted as a stall.
 
   Returns: {'GUARDED'} when another worker reaped within the interval, else
   {'OK', requeued count, dead count, then the ids dead-lettered as stalled}.
@@ -24,37 +32,69 @@ local guard_ms, max_stalls, dead_letter = check_num(2, 'guard ms'), check_num(3,
   ARGV[4]
 local limit, ttl_ms, keep = check_num(5, 'max jobs'), check_num(6, 'result ttl ms'),
   check_num(7, 'errors kept')
+local gap_ms, grace_ms = 0, 0
+if #ARGV >= 9 then gap_ms, grace_ms = check_num(8, 'gap ms'), check_num(9, 'grace ms') end
 check_type(KEYS[1], 'zset')
 check_type(KEYS[2], 'zset')
 check_type(KEYS[3], 'list')
 check_type(KEYS[4], 'hash')
 check_type(KEYS[5], 'string')
 check_type(KEYS[6], 'hash')
+if KEYS[7] then check_type(KEYS[7], 'zset') end
 if guard_ms > 0 and rcall('EXISTS', KEYS[5]) == 1 then return { 'GUARDED' } end
 local now = now_ms()
-local ids = rcall('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)
-for _, id in ipairs(ids) do
-  local jk = check_job(id)
+local expired = rcall('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+for i = 1, #expired, 2 do
+  local jk = check_job(expired[i])
   local queue = rcall('HGET', jk, 'queue')
   if queue then check_queue(queue) end
 end
+local since = 0 -- start of the current serving period (see the header)
+local clock_reset = false
+if gap_ms > 0 then
+  local clock = rcall('HMGET', KEYS[4], 'reap_seen_at', 'serving_since')
+  since = tonumber(clock[2] or '0') or 0
+  if now - (tonumber(clock[1] or '0') or 0) > gap_ms then since, clock_reset = now, true end
+end
 
 if guard_ms > 0 then rcall('SET', KEYS[5], '1', 'PX', guard_ms) end
+if gap_ms > 0 then
+  rcall('HSET', KEYS[4], 'reap_seen_at', now)
+  if clock_reset then rcall('HSET', KEYS[4], 'serving_since', now) end
+end
 local requeued, dead, finished = 0, {}, 0
-for _, id in ipairs(ids) do
-  rcall('ZREM', KEYS[2], id)
+for i = 1, #expired, 2 do
+  local id, lease_end = expired[i], tonumber(expired[i + 1])
   local jk = job_key(id)
   local f = rcall('HMGET', jk, 'status', 'attempts', 'owner', 'queue')
-  if f[1] == 'active' then
+  -- Expired while nobody could see Redis serving: was its owner dead, or Redis away?
+  local outage, wait = false, false
+  if lease_end < since and f[1] == 'active' then
+    if now < since + grace_ms then
+      wait = true -- its owner may still renew or release it
+    else
+      local beat = rcall('ZSCORE', KEYS[7], f[3] or '')
+      outage = beat ~= false and tonumber(beat) >= since
+    end
+  end
+  if not wait then rcall('ZREM', KEYS[2], id) end
+  if f[1] == 'active' and not wait then
     rcall('HINCRBY', jk, 'epoch', 1)
-    local stalls = rcall('HINCRBY', jk, 'stalls', 1)
-    local err = cjson.encode({ type = 'Stalled', attempt = tonumber(f[2]), worker = f[3],
-      message = 'lease expired: worker ' .. f[3] .. ' stopped renewing it (stall ' .. stalls .. ')',
-      at = now })
+    local stalls, err = tonumber(rcall('HGET', jk, 'stalls') or '0'), nil
+    if outage then
+      err = cjson.encode({ type = 'LeaseLost', attempt = tonumber(f[2]), worker = f[3],
+        message = 'lease expired while Redis was not serving (paused or unreachable); '
+          .. 'not counted as a stall', at = now })
+    else
+      stalls = rcall('HINCRBY', jk, 'stalls', 1)
+      err = cjson.encode({ type = 'Stalled', attempt = tonumber(f[2]), worker = f[3],
+        message = 'lease expired: worker ' .. f[3] .. ' stopped renewing it (stall '
+          .. stalls .. ')', at = now })
+      rcall('HINCRBY', KEYS[4], 'stalled', 1)
+    end
     rcall('HSET', jk, 'error', err, 'settled', 'reap', 'owner', '')
     rcall('LPUSH', errors_key(id), err)
     rcall('LTRIM', errors_key(id), 0, keep - 1)
-    rcall('HINCRBY', KEYS[4], 'stalled', 1)
     if rcall('HGET', jk, 'cancel_requested') == '1' then
       -- An operator cancelled it while its worker was gone: honour that instead of re-running.
       release_unique(jk, id)

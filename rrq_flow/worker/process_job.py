@@ -1,0 +1,172 @@
+"""``executor: process``: the job's context inside the handler's process, and the way back.
+
+The handler runs in a trio-parallel worker process. There ``current_job()`` returns a context
+rebuilt from plain data (id, queue, attempt, epoch, deadline...), and ``ctx.logger`` sends its
+records back to the worker over a Unix datagram socket, where they are logged with the job id
+like a thread handler's. The same socket carries one "started" message per attempt: the job's
+``timeout`` counts from there, so the time a process pool takes to start is never charged to a
+job. Only JSON crosses the socket; the handler's arguments and result go through trio-parallel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from rrq_flow.logs import job_id_var
+from rrq_flow.worker.context import JobContext, OutboxJob, reset_current, set_current
+from rrq_flow.worker.outcome import cap_bytes, valid_utf8
+
+MAX_MESSAGE_BYTES = 16 * 1024  # of one log message sent back (a datagram must stay small)
+
+Outbox = list[tuple[str, tuple[Any, ...], dict[str, Any], str | None]]  # (queue, args, kw, id)
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """What the handler's process needs to know about its attempt (plain, picklable data)."""
+
+    id: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    epoch: int
+    enqueued_at: float
+    timeout: float
+    worker_id: str
+    parent: str | None
+    server_offset: float  # server clock minus this host's wall clock, seconds
+    channel: str  # the worker's datagram socket path
+
+
+class _SendBack(logging.Handler):
+    """Sends each record of the job's logger back to the worker."""
+
+    def __init__(self, info: JobInfo, sock: socket.socket):
+        super().__init__()
+        self.info, self.sock = info, sock
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+            _send(
+                self.sock,
+                self.info,
+                kind="log",
+                level=record.levelno,
+                name=record.name,
+                message=cap_bytes(valid_utf8(message), MAX_MESSAGE_BYTES),
+            )
+        except Exception:
+            self.handleError(record)
+
+
+def _send(sock: socket.socket, info: JobInfo, **fields: Any) -> None:
+    data = json.dumps({"job": info.id, "epoch": info.epoch, **fields}).encode()
+    with contextlib.suppress(OSError):  # the worker is gone: nobody to tell
+        sock.sendto(data, info.channel)
+
+
+def run_in_process(
+    handler: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], info: JobInfo
+) -> tuple[Any, Outbox]:
+    """Runs in the handler's process: announce the start, run with a context, return the
+    result and the attempt's outbox."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    logger = logging.getLogger(f"rrq_flow.job.process.{os.getpid()}")
+    logger.propagate = False
+    logger.handlers[:] = [_SendBack(info, sock)]
+    logger.setLevel(logging.DEBUG)
+    ctx = JobContext(
+        id=info.id,
+        queue=info.queue,
+        attempt=info.attempt,
+        max_attempts=info.max_attempts,
+        epoch=info.epoch,
+        enqueued_at=info.enqueued_at,
+        deadline=time.time() + info.server_offset + info.timeout,
+        worker_id=info.worker_id,
+        parent=info.parent,
+        logger=logger,
+    )
+    token = set_current(ctx)
+    try:
+        _send(sock, info, kind="start")
+        result = handler(*args, **kwargs)
+        return result, [(o.queue, o.args, o.kwargs, o.job_id) for o in ctx.outbox]
+    finally:
+        reset_current(token)
+        logger.handlers.clear()
+        sock.close()
+
+
+def outbox_of(
+    items: list[tuple[str, tuple[Any, ...], dict[str, Any], str | None]],
+) -> list[OutboxJob]:
+    return [OutboxJob(q, tuple(a), dict(k), j) for q, a, k, j in items]
+
+
+class ProcessChannel:
+    """The worker's end: a datagram socket its queue's handler processes report to."""
+
+    def __init__(self) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="rrq-"))
+        self.path = str(self._dir / "s")
+        self._sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._started: dict[tuple[str, int], Callable[[], None]] = {}
+        self._log = logging.getLogger("rrq_flow.job")
+
+    async def open(self) -> None:
+        await self._sock.bind(self.path)
+
+    def on_start(self, job: tuple[str, int], callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the attempt ``job`` (id, epoch) starts in its process."""
+        self._started[job] = callback
+
+    def forget(self, job: tuple[str, int]) -> None:
+        self._started.pop(job, None)
+
+    async def serve(self) -> None:
+        try:
+            while True:
+                data = await self._sock.recv(MAX_MESSAGE_BYTES + 4096)
+                self._handle(data)
+        finally:
+            self._sock.close()
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _handle(self, data: bytes) -> None:
+        try:
+            msg = json.loads(data)
+            key = (str(msg["job"]), int(msg["epoch"]))
+        except (ValueError, KeyError, TypeError):
+            return
+        if msg.get("kind") == "start":
+            callback = self._started.pop(key, None)
+            if callback is not None:
+                callback()
+            return
+        token = job_id_var.set(key[0])
+        try:
+            level = msg.get("level")
+            level = level if isinstance(level, int) else logging.INFO
+            self._log.log(level, "%s", msg.get("message"), extra={"job_id": key[0]})
+        finally:
+            job_id_var.reset(token)
+
+
+__all__ = ["JobInfo", "ProcessChannel", "outbox_of", "run_in_process"]
