@@ -16,6 +16,7 @@ error once per kind, with what to do. ``NOSCRIPT`` is neither: the caller reload
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import coredis.exceptions
@@ -50,6 +51,8 @@ _CLASS_CODES: tuple[tuple[type[BaseException], str], ...] = (
     (coredis.exceptions.UnknownCommandError, "ERR"),
     (coredis.exceptions.ExecAbortError, "EXECABORT"),
 )
+
+_INNER_CODE = re.compile(r"(?:^|\s)-([A-Z]{2,})\s")
 
 # What an operator should do about the commonest refusals.
 ADVICE = {
@@ -88,7 +91,11 @@ def error_code(exc: BaseException) -> str:
     word = text.split(" ", 1)[0]
     if word.isupper() and word.isalpha():
         return word
-    if "user_script" in text or "@user_script" in text:
+    # Redis 6 wraps a refusal inside a script: "Error running script (...): ... -OOM command..."
+    inner = _INNER_CODE.search(text)
+    if inner is not None:
+        return inner.group(1)
+    if "user_script" in text:
         return "SCRIPT"  # a script raised an error: a bug, or damaged data
     return ""
 

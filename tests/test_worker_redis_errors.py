@@ -30,10 +30,10 @@ SPIN = "while true do end"  # a read-only script: SCRIPT KILL can end it
 def admin(redis_server: RedisServerProcess, redis_url: str) -> Iterator[redis.Redis]:
     """A second connection to the test Redis; restores the settings a test changes."""
     r = redis.Redis(unix_socket_path=str(redis_server.unix_socket), decode_responses=True)
-    threshold = r.config_get("busy-reply-threshold")["busy-reply-threshold"]
+    threshold = r.config_get("lua-time-limit")["lua-time-limit"]
     yield r
     r.config_set("maxmemory", 0)
-    r.config_set("busy-reply-threshold", threshold)
+    r.config_set("lua-time-limit", threshold)
     r.close()
 
 
@@ -88,6 +88,8 @@ def test_error_replies_are_classified() -> None:
     for refusal in ("OOM command not allowed", "MISCONF x", "NOPERM x", "NOREPLICAS x", "ERR x"):
         assert classify(reply(refusal)) == "operator", refusal
     assert error_code(reply("OOM command not allowed")) == "OOM"
+    redis6 = "Error running script (call to f_49): @user_script:160: -OOM command not allowed"
+    assert error_code(reply(redis6)) == "OOM"
     assert classify(TimeoutError()) == "transient"
 
 
@@ -105,7 +107,7 @@ async def test_busy_and_oom_replies_are_waited_out(
     """Reproduction 4: BUSY from another client's long script, then OOM, while jobs run."""
     caplog.set_level(logging.WARNING)
     cfg = make_pipeline(redis_url, make_queue("q", concurrency=4, lock_extension=5))
-    admin.config_set("busy-reply-threshold", 50)
+    admin.config_set("lua-time-limit", 50)
     with SyncClient(cfg) as client:
         ids = [client.enqueue("q", 0.1) for _ in range(30)]
         done = trio.Event()
