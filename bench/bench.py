@@ -260,6 +260,7 @@ class Bench:
             "  bench:\n"
             f"    handler: {HANDLER}\n"
             f"    concurrency: {concurrency}\n"
+            + "".join(f"    {k}: {v}\n" for k, v in (x.split("=", 1) for x in self.a.setting))
         )
         return path
 
@@ -592,6 +593,13 @@ def main() -> int:
     p.add_argument("--unix", action="store_true", help="redis on a unix socket instead of TCP")
     p.add_argument("--rrq-flow", default=None, help="the rrq-flow CLI (default: beside python)")
     p.add_argument("--no-gnu-time", action="store_true", help="sample VmHWM, not /usr/bin/time")
+    p.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a queue setting for the bench queue, e.g. max_running=1000 (repeatable)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp folder (logs, records)")
     a = p.parse_args()
 

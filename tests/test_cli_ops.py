@@ -102,7 +102,7 @@ async def test_status_counts_and_json_shape(
     assert next(line for line in lines if line.startswith("bad ")).split()[6] == "1"
     assert "0 live worker(s)" in out
     code, data = cli_json(capsys, "status", pipeline)
-    assert code == 0 and set(data) == {"time", "queues", "workers"}
+    assert code == 0 and set(data) == {"time", "queues", "workers", "schedules"}
     assert list(data["queues"]) == ["ok", "after", "bad", "slow"]
     for q in data["queues"].values():
         assert set(q) == STATUS_QUEUE_KEYS
@@ -127,7 +127,9 @@ def test_status_watch_redraws_until_interrupted(
     code, out, _ = cli(capsys, "status", pipeline, "--watch", "2", "--json")
     assert code == 0 and sleeps == [2.0, 2.0, 2.0]
     docs = [json.loads(line) for line in out.splitlines()]
-    assert len(docs) == 3 and all(set(d) == {"time", "queues", "workers"} for d in docs)
+    assert len(docs) == 3 and all(
+        set(d) == {"time", "queues", "workers", "schedules"} for d in docs
+    )
 
 
 # --- workers and health -----------------------------------------------------------------------
@@ -470,4 +472,4 @@ def test_console_command_end_to_end(pipeline: Path) -> None:
         [*run, "status", str(pipeline), "--json"], capture_output=True, text=True, cwd=ROOT, env=env
     )
     assert out.returncode == 0, out.stderr
-    assert set(json.loads(out.stdout)) == {"time", "queues", "workers"}
+    assert set(json.loads(out.stdout)) == {"time", "queues", "workers", "schedules"}

@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "health",
     "dashboard",
     "pause",
+    "schedules",
 )
 
 EPILOG = """\

@@ -33,6 +33,7 @@ from rrq_flow.textsafe import printable
 
 if TYPE_CHECKING:
     from rrq_flow.client.admin import Admin, QueueStatus, WorkerInfo
+    from rrq_flow.schedules import ScheduleState
 
 HELP = """\
 Show every queue of the pipeline: jobs ready now, scheduled for later, waiting to retry, running
@@ -132,7 +133,12 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[Any]], right: in
 # --- status -----------------------------------------------------------------------------------
 
 
-def status_json(queues: list[QueueStatus], workers: list[WorkerInfo], now: float) -> dict[str, Any]:
+def status_json(
+    queues: list[QueueStatus],
+    workers: list[WorkerInfo],
+    now: float,
+    schedules: Sequence[ScheduleState] = (),
+) -> dict[str, Any]:
     """The documented ``status --json`` shape."""
     alive = [w for w in workers if w.alive]
     return {
@@ -153,6 +159,7 @@ def status_json(queues: list[QueueStatus], workers: list[WorkerInfo], now: float
                 for w in alive
             ],
         },
+        "schedules": {s.name: s.as_dict() for s in schedules},
     }
 
 
@@ -180,7 +187,19 @@ def _flow_line(q: QueueStatus) -> str:
     return f"  {q.queue}: " + ", ".join(parts)
 
 
-def render_status(queues: list[QueueStatus], workers: list[WorkerInfo]) -> str:
+def schedule_line(sc: ScheduleState) -> str:
+    """``  nightly -> report  0 3 * * * (Europe/Berlin)  next 2026-12-01 03:00:00  last -``."""
+    return (
+        f"  {sc.name} -> {sc.queue}  {sc.cron} ({sc.timezone})  next {fmt_time(sc.next_tick)}  "
+        f"last {fmt_time(sc.last_tick)}"
+    )
+
+
+def render_status(
+    queues: list[QueueStatus],
+    workers: list[WorkerInfo],
+    schedules: Sequence[ScheduleState] = (),
+) -> str:
     header = ["queue", "ready", "scheduled", "retrying", "active", "done", "dead"]
     header += ["oldest ready", "finished/min"]
     rows = [_status_row(q) for q in queues]
@@ -205,6 +224,9 @@ def render_status(queues: list[QueueStatus], workers: list[WorkerInfo]) -> str:
         )
     if len(alive) > WORKERS_SHOWN:
         out.append(f"  ... and {len(alive) - WORKERS_SHOWN} more")
+    if schedules:
+        out.append("\nschedules:")
+        out += [schedule_line(sc) for sc in schedules]
     return "\n".join(out)
 
 
@@ -222,14 +244,15 @@ def run(args: argparse.Namespace) -> int:
 def _show(admin: Admin, as_json: bool, *, compact: bool = False) -> None:
     queues = admin.queue_status()
     workers = admin.workers()
+    schedules = admin.schedules()
     if as_json:
-        data = status_json(queues, workers, admin.server_time())
+        data = status_json(queues, workers, admin.server_time(), schedules)
         if compact:
             sys.stdout.write(json.dumps(data, separators=(",", ":")) + "\n")
         else:
             print_json(data)
     else:
-        print(render_status(queues, workers))
+        print(render_status(queues, workers, schedules))
     sys.stdout.flush()
 
 

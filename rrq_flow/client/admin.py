@@ -22,6 +22,8 @@ from rrq_flow.errors import JobNotFound
 from rrq_flow.flow import FOREVER, FlowState, flow_state
 from rrq_flow.protocol.ops import Call, ms
 from rrq_flow.protocol.scripts import call_sync, preload_sync
+from rrq_flow.schedules import ScheduleState
+from rrq_flow.schedules import states as schedule_states
 
 TPUT_BUCKET_MS = 10_000  # the finished-jobs ring: 8 buckets of 10 s (fragments/common.lua)
 TPUT_SLOTS = 8
@@ -293,6 +295,14 @@ class Admin:
             pipe.hgetall(q.tput)
             pipe.hgetall(q.flow)
         return list(pipe.execute())
+
+    def schedules(self) -> list[ScheduleState]:
+        """Every cron schedule with its next tick and the last tick enqueued (server clock)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.hgetall(self.layout.schedules)
+        now_reply, stored = pipe.execute()
+        return schedule_states(self.config, stored, _server_ms(now_reply))
 
     # --- flow control ------------------------------------------------------------------------
 

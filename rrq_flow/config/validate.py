@@ -29,6 +29,7 @@ from rrq_flow.config.model import (
     QueueConfig,
     RedisSettings,
     RetryPolicy,
+    ScheduleConfig,
     TLSSettings,
     WorkersConfig,
 )
@@ -248,6 +249,39 @@ def _import_problems(doc: Document, search_paths: Sequence[Path]) -> Iterator[Pr
                 yield doc.problem(path, str(exc))
 
 
+def _schedule_problems(doc: Document) -> Iterator[Problem]:
+    """Each schedule names a queue, has a valid cron expression and time zone, and JSON args."""
+    from rrq_flow.protocol.ops import encode_json
+    from rrq_flow.schedules import cron_problem, timezone_problem
+
+    queues = _queues(doc.data)
+    for name, spec in _mapping(_mapping(doc.data).get("schedules")).items():
+        if not isinstance(spec, dict):
+            continue
+        base: PathKey = ("schedules", name)
+        checks: list[tuple[str, Any]] = [
+            ("cron", lambda v: cron_problem(v)),
+            ("timezone", lambda v: timezone_problem(v)),
+        ]
+        for key, problem_of in checks:
+            value = spec.get(key)
+            if isinstance(value, str) and not doc.is_blocked((*base, key)):
+                message = problem_of(value)
+                if message:
+                    yield doc.problem((*base, key), message)
+        queue = spec.get("queue")
+        if isinstance(queue, str) and queue not in queues and not doc.is_blocked((*base, "queue")):
+            yield doc.problem(
+                (*base, "queue"), f"unknown queue {queue!r}; the pipeline has: {', '.join(queues)}"
+            )
+        for key in ("args", "kwargs"):
+            if key in spec and not doc.is_blocked((*base, key)):
+                try:
+                    encode_json(spec[key])
+                except (TypeError, ValueError) as exc:
+                    yield doc.problem((*base, key), f"must be plain JSON data: {exc}")
+
+
 # --- building the model ---------------------------------------------------------------------
 
 
@@ -291,6 +325,18 @@ def build_config(data: Mapping[str, Any], *, source: Path | None = None) -> Pipe
         redis=RedisSettings(**redis),
         workers=WorkersConfig(**_settings(_mapping(data.get("workers")))),
         version=data["version"],
+        schedules={
+            name: ScheduleConfig(
+                name=name,
+                queue=spec["queue"],
+                cron=spec["cron"],
+                timezone=spec.get("timezone", "UTC"),
+                args=tuple(spec.get("args") or ()),
+                kwargs=dict(spec.get("kwargs") or {}),
+                catch_up=spec.get("catch_up", "latest"),
+            )
+            for name, spec in _mapping(data.get("schedules")).items()
+        },
         source=source,
     )
 
@@ -310,6 +356,7 @@ def check(
     problems += _duration_problems(doc)
     problems += _redis_url_problems(doc)
     problems += _next_problems(doc)
+    problems += _schedule_problems(doc)
     problems += _tls_problems(doc, source.parent if source is not None else None)
     if check_imports:
         problems += _import_problems(doc, search_paths)

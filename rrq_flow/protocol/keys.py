@@ -40,6 +40,11 @@ class KeyLayout:
         return self.prefix + "meta"
 
     @property
+    def schedules(self) -> str:
+        """HASH per cron schedule: <name>:cursor (server ms handled up to), <name>:last (tick)."""
+        return self.prefix + "schedules"
+
+    @property
     def workers(self) -> str:
         """ZSET worker id -> last heartbeat ms: lists live workers without SCAN."""
         return self.prefix + "workers"

@@ -43,6 +43,7 @@ from rrq_flow.worker.handoff import Handoff
 from rrq_flow.worker.observer import WorkerObserver
 from rrq_flow.worker.queue_runner import QueueRunner
 from rrq_flow.worker.redis_calls import TRANSIENT, RedisCaller
+from rrq_flow.worker.scheduler import run_schedules
 from rrq_flow.worker.signals import stop_signals
 from rrq_flow.worker.summary import RunStats
 
@@ -269,6 +270,8 @@ class Worker:
                     nursery.start_soon(self._shutdown)
                     if self.burst:
                         nursery.start_soon(self._burst_monitor)
+                    elif self.config.schedules:
+                        nursery.start_soon(run_schedules, self)
                     if self.max_duration is not None:
                         nursery.start_soon(self._duration_limit, self.max_duration)
                     if self.config.workers.metrics_port is not None:
