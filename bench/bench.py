@@ -249,14 +249,19 @@ class Bench:
         self.client.redis.ping()
 
     def write_cfg(self, concurrency: int) -> Path:
+        from rrq_flow.config.model import RedisSettings
+
         path = self.tmp / f"bench-c{concurrency}.yaml"
+        # The benchmark's Redis runs without AOF, as for the others (a tree older than the
+        # persistence check has no such setting: flow_compare.sh benchmarks older commits too).
+        no_aof = "persistence" in RedisSettings.__dataclass_fields__
         path.write_text(
             "version: 1\n"
             f"pipeline: {PIPELINE}\n"
             "redis:\n"
             f"  url: {self.url}\n"
-            "  persistence: none\n"  # the benchmark's Redis runs without AOF, as for the others
-            "queues:\n"
+            + ("  persistence: none\n" if no_aof else "")
+            + "queues:\n"
             "  bench:\n"
             f"    handler: {HANDLER}\n"
             f"    concurrency: {concurrency}\n"
