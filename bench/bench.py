@@ -259,9 +259,7 @@ class Bench:
             "version: 1\n"
             f"pipeline: {PIPELINE}\n"
             "redis:\n"
-            f"  url: {self.url}\n"
-            + ("  persistence: none\n" if no_aof else "")
-            + "queues:\n"
+            f"  url: {self.url}\n" + ("  persistence: none\n" if no_aof else "") + "queues:\n"
             "  bench:\n"
             f"    handler: {HANDLER}\n"
             f"    concurrency: {concurrency}\n"
