@@ -48,6 +48,17 @@ def test_api_answers_with_the_clis_json_shapes_and_pages_escape_values(env: Env)
         j["id"] for j in dash.get_json("/api/queues/flaky/jobs?state=dead")["jobs"][:2]
     ]
     assert sum(dash.get_json("/api/throughput")["per_minute"]["ok"]) == 6
+    # Ready jobs of every priority level are listed (each level is its own ZSET), newest first.
+    with env.admin() as admin:
+        waiting = [admin.client.enqueue("ok", i, priority=p) for i, p in enumerate((0, 5, -1))]
+        later = admin.client.enqueue("ok", 9, priority=5, defer="1h")
+    page = dash.get_json("/api/queues/ok/jobs?state=ready")
+    assert page["total"] == 3 and {j["id"] for j in page["jobs"]} == set(waiting)
+    second = dash.get_json("/api/queues/ok/jobs?state=ready&offset=1&limit=1")["jobs"]
+    assert [j["id"] for j in second] == [page["jobs"][1]["id"]]
+    assert [j["id"] for j in dash.get_json("/api/queues/ok/jobs?state=scheduled")["jobs"]] == [
+        later
+    ]
     code, body, _ = dash.get("/api/queues/nope/jobs")
     assert code == 404 and "nope" in json.loads(body)["error"]
 

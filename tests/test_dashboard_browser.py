@@ -91,8 +91,12 @@ def test_dashboard_in_a_browser(browser: Any, env: Env, shots: Path) -> None:
     page = context.new_page()
     console = Console(page)
 
-    # Overview: the numbers are status --json's; the chart renders; it refreshes in place.
+    # Overview: the numbers are status --json's; the chart renders; it refreshes in place;
+    # fields the status JSON has beyond the counts (here a pause) are shown.
+    with env.admin() as admin:
+        admin.pause("ok")
     page.goto(dash.url + "/")
+    assert page.locator('tr[data-queue="ok"] [data-field="flow.paused"]').is_visible()
     status = env.cli_json("status")
     for queue, figures in status["queues"].items():
         for field in FIELDS:
@@ -107,7 +111,8 @@ def test_dashboard_in_a_browser(browser: Any, env: Env, shots: Path) -> None:
     heights = [float(drawn.nth(i).get_attribute("height") or 0) for i in range(60)]
     assert max(heights) > 0
     page.evaluate("window.__sameDocument = true")
-    page.wait_for_function("Number(document.body.dataset.refreshes || 0) >= 1", timeout=30_000)
+    refreshed = "() => Number(document.body.dataset.refreshes || 0) >= 1"
+    page.wait_for_function(refreshed, timeout=30_000)
     assert page.evaluate("window.__sameDocument") is True  # refreshed without a reload
     assert page.locator("#workers tbody tr").count() == 1
     page.screenshot(path=str(shots / "dashboard-overview.png"), full_page=True)
@@ -158,18 +163,19 @@ def test_dashboard_in_a_browser(browser: Any, env: Env, shots: Path) -> None:
     while env.status_of(pwned) != "done":  # the running worker ran it
         assert time.monotonic() < deadline, env.status_of(pwned)
         time.sleep(0.2)
-    page.wait_for_function("document.querySelectorAll('#dead tbody tr').length === 2")
+    page.wait_for_function("() => document.querySelectorAll('#dead tbody tr').length === 2")
     # Purge all of the queue: the confirmation names the count; Cancel first moves nothing.
     page.click('button[data-action="purge"][data-scope="all"]')
     page.wait_for_selector("#confirm:not([hidden])")
     assert "Delete for good 2 dead job(s) (flaky 2)?" in page.inner_text("#confirm-text")
     page.click("#confirm-no")
-    assert env.status_of(env.dead_ids[1]) == "dead"
+    assert env.status_of(next(j for j in env.dead_ids if j != pwned)) == "dead"
     page.click('button[data-action="purge"][data-scope="all"]')
     page.wait_for_selector("#confirm:not([hidden])")
     page.click("#confirm-yes")
-    page.wait_for_function("document.getElementById('flash').textContent.includes('deleted 2')")
-    page.wait_for_function("document.querySelectorAll('#dead tbody tr').length === 0")
+    page.wait_for_function("() => document.getElementById('flash').textContent.includes('deleted')")
+    assert "deleted 2 dead job(s)" in page.inner_text("#flash")
+    page.wait_for_function("() => document.querySelectorAll('#dead tbody tr').length === 0")
     assert [env.status_of(j) for j in env.dead_ids if j != pwned] == [None, None]
     page.goto(f"{dash.url}/jobs/{pwned}")
     assert page.inner_text("#job-status") == "done"

@@ -73,10 +73,12 @@ def queue_jobs(admin: Admin, queue: str, state: str, offset: int = 0, limit: int
         "active": (keys.active, "-inf", "+inf"),
         "dead": (keys.dead, "-inf", "+inf"),
     }[state]
-    pipe = admin.redis.pipeline(transaction=False)
-    pipe.zcount(index, low, high)
-    pipe.zrevrangebyscore(index, high, low, start=offset, num=limit, withscores=True)
-    total, found = pipe.execute()
+    levels = [index]
+    if state in ("ready", "scheduled"):
+        # Jobs with a priority other than 0 wait in one ZSET per level (rrq_flow.flow).
+        priorities = admin.redis.zrange(keys.ready + ":prio", 0, -1)
+        levels += [keys.ready + ":p:" + str(p) for p in priorities]
+    total, found = _page(admin, levels, low, high, offset, limit)
     pipe = admin.redis.pipeline(transaction=False)
     for job_id, _ in found:
         pipe.hmget(admin.layout.job(job_id), ["status", "attempts", "max_attempts", "enqueued_at"])
@@ -98,6 +100,28 @@ def queue_jobs(admin: Admin, queue: str, state: str, offset: int = 0, limit: int
             )
         )
     return JobPage(queue, state, int(total), offset, limit, rows)
+
+
+def _page(
+    admin: Admin, levels: list[str], low: str, high: str, offset: int, limit: int
+) -> tuple[int, list[tuple[str, float]]]:
+    """How many entries the ZSETs ``levels`` hold between ``low`` and ``high``, and the page
+    ``offset``..``offset + limit`` of them, highest score first. One ZSET is paged in Redis;
+    several are merged from the first ``offset + limit`` of each."""
+    pipe = admin.redis.pipeline(transaction=False)
+    for key in levels:
+        pipe.zcount(key, low, high)
+        if len(levels) == 1:
+            pipe.zrevrangebyscore(key, high, low, start=offset, num=limit, withscores=True)
+        else:
+            pipe.zrevrangebyscore(key, high, low, start=0, num=offset + limit, withscores=True)
+    replies = pipe.execute()
+    total = sum(int(n) for n in replies[0::2])
+    found = [(str(i), float(score)) for got in replies[1::2] for i, score in got]
+    if len(levels) > 1:
+        found.sort(key=lambda entry: (-entry[1], entry[0]))
+        found = found[offset : offset + limit]
+    return total, found
 
 
 def throughput(admin: Admin) -> tuple[float, dict[str, dict[int, int]]]:
