@@ -227,3 +227,19 @@ async def test_progress_line_says_a_queue_is_paused(
                     await trio.sleep(0.05)
             progress.finish()
     assert paused_lines()[0].startswith("progress: q: 0/3 done")
+
+
+def test_enqueue_priority_flag_and_bad_priorities(
+    tmp_path: Path, redis_url: str, sync_redis: redis.Redis
+) -> None:
+    p = write_pipeline(tmp_path, redis_url, "  q: {handler: 'tests.flow_handlers:noop'}")
+    out = cli("enqueue", str(p), "q", "--job-id", "urgent", "--priority", "7")
+    assert out.returncode == 0, out.stderr
+    assert sync_redis.hget(LAYOUT.job("urgent"), "priority") == "7"
+    assert sync_redis.zrange(LAYOUT.queue("q").ready + ":p:7", 0, -1) == ["urgent"]
+    bad = cli("enqueue", str(p), "q", "--priority", "10000000")
+    assert bad.returncode == 2 and "priority must be from" in bad.stderr
+    lines = tmp_path / "bad.jsonl"
+    lines.write_text('{"args": [], "priority": "high"}\n')
+    bad_line = cli("enqueue", str(p), "q", "--jsonl", str(lines))
+    assert bad_line.returncode == 2 and ":1: priority must be an integer" in bad_line.stderr
