@@ -151,9 +151,10 @@ def dead_counts(admin: Admin, ids: list[str]) -> dict[str, int]:
 
 
 def purge_dead(admin: Admin, ids: list[str]) -> dict[str, int]:
-    """Delete the given dead jobs for good (record, error list, DLQ entry); returns how many
-    were deleted per queue. A job that is no longer dead (requeued meanwhile) is left alone:
-    each one is checked and deleted in one WATCHed transaction, retried if its record changed."""
+    """Delete the given dead jobs for good (record, error and child lists, DLQ entry: the keys
+    purge.lua deletes for a whole queue); returns how many were deleted per queue. A job that is
+    no longer dead (requeued meanwhile) is left alone: each one is checked and deleted in one
+    WATCHed transaction, retried if its record changed."""
     purged: dict[str, int] = {}
     for job_id in dict.fromkeys(ids):
         key = admin.layout.job(job_id)
@@ -169,7 +170,8 @@ def purge_dead(admin: Admin, ids: list[str]) -> dict[str, int]:
                     keys = admin.layout.queue(queue)
                     pipe.multi()
                     pipe.zrem(keys.dead, job_id)
-                    pipe.delete(key, admin.layout.job_errors(job_id))
+                    layout = admin.layout
+                    pipe.delete(key, layout.job_errors(job_id), layout.job_children(job_id))
                     pipe.hincrby(keys.stats, "purged", 1)
                     pipe.execute()
                     purged[queue] = purged.get(queue, 0) + 1
