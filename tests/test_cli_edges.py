@@ -82,6 +82,7 @@ def test_refused_connection_is_reported_at_once_as_json(tmp_path: Path) -> None:
         ["cancel", "x"],
         ["health"],
         ["enqueue", "q", "--args", "[1]"],
+        ["run", "--burst", "--progress", "off"],
     ],
 )
 def test_every_command_gives_a_json_error_object(
@@ -230,6 +231,8 @@ def test_the_client_refuses_what_redis_must_not_get(redis_url: str, tmp_path: Pa
                 client.enqueue("q", *args, **kwargs)
         with pytest.raises(PayloadError, match="unique_key"):
             client.enqueue("q", 1, unique_key="k\udcff")
+        with pytest.raises(ValueError, match="job id must not contain"):
+            client.enqueue("q", 1, job_id="id\udcff")
         nested = [0]
         for _ in range(100_000):  # deeper than the encoder's recursion limit
             nested = [nested]

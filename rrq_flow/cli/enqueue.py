@@ -30,6 +30,7 @@ Enqueue one job (positional args as a JSON array, keyword args as a JSON object)
 JSON Lines file: one job per line, either a JSON array of args or an object with any of
 args / kwargs / job_id / unique_key / defer. Every line is checked first; a bad line is reported
 with its number and nothing from the file is enqueued. Prints the job ids (one per line).
+Arguments may nest at most 100 levels deep and must be valid UTF-8 text (exit 2 otherwise).
 
 examples:
   rrq-flow enqueue pipeline.yaml fetch --args '["https://example.com/a.png"]'

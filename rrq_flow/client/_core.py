@@ -114,11 +114,11 @@ class ClientCore:
             queue, spec.args, spec.kwargs, cfg.max_payload_bytes
         )
         if spec.job_id is not None:
-            validate_job_id(spec.job_id)
+            validate_job_id(spec.job_id)  # lone surrogates included
         if spec.unique_key:
             try:
                 spec.unique_key.encode("utf-8")
-            except UnicodeEncodeError:
+            except UnicodeEncodeError:  # a lone surrogate: Redis must never get it
                 raise PayloadError(
                     f"job for queue {queue!r}: unique_key {spec.unique_key!r} is not valid UTF-8"
                 ) from None
