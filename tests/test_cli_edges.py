@@ -437,3 +437,20 @@ def test_job_in_a_subprocess_writes_no_escape_bytes(
     assert out.returncode == 0, out.stderr
     _no_terminal_controls(out.stdout)
     assert '["\\u001b[2J", "\\r", "\\u202e"]' in out.stdout
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_read_only_state_directory_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pipeline(tmp_path, None)
+    state = tmp_path / ".rrq-flow"
+    state.mkdir(mode=0o500)
+    try:
+        assert main(["status", str(path)]) == 3
+    finally:
+        state.chmod(0o700)
+    assert capsys.readouterr().err == (
+        f"rrq-flow: {state}: it is not writable; the embedded Redis keeps its data there (fix "
+        "its permissions, or set redis.url to use another Redis)\n"
+    )
