@@ -96,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _common.ExitWith as exc:
         code = exc.code
     except KeyboardInterrupt:
+        _common.note_error("interrupted")
         code = 130
     return _common.finish(code, as_json=bool(getattr(args, "json", False)))
 
