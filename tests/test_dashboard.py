@@ -34,6 +34,7 @@ def test_api_answers_with_the_clis_json_shapes_and_pages_escape_values(env: Env)
         figures.pop("throughput_per_min")
         assert {k: status["queues"][queue][k] for k in figures} == figures
     assert status["workers"] == cli_status["workers"]
+    assert status["schedules"] == cli_status["schedules"]
     assert set(dash.get_json("/api/workers")) == {"time", "workers"}  # as `workers --json`
     dlq = dash.get_json("/api/dlq")
     cli_dlq = env.cli_json("dlq list")

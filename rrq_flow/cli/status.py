@@ -241,12 +241,18 @@ def run(args: argparse.Namespace) -> int:
         return _watch(admin, args.watch, args.json)
 
 
+def status_snapshot(
+    admin: Admin,
+) -> tuple[list[QueueStatus], list[WorkerInfo], list[ScheduleState], float]:
+    """What ``status`` shows (the dashboard's overview too): queues, workers, schedules, and
+    the server time they were read at."""
+    return admin.queue_status(), admin.workers(), admin.schedules(), admin.server_time()
+
+
 def _show(admin: Admin, as_json: bool, *, compact: bool = False) -> None:
-    queues = admin.queue_status()
-    workers = admin.workers()
-    schedules = admin.schedules()
+    queues, workers, schedules, now = status_snapshot(admin)
     if as_json:
-        data = status_json(queues, workers, admin.server_time(), schedules)
+        data = status_json(queues, workers, now, schedules)
         if compact:
             sys.stdout.write(json.dumps(data, separators=(",", ":")) + "\n")
         else:

@@ -29,7 +29,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from rrq_flow.cli.dlq import dlq_list_json, requeue_json
-from rrq_flow.cli.status import fmt_age, fmt_time, status_json
+from rrq_flow.cli.status import fmt_age, fmt_time, status_json, status_snapshot
 from rrq_flow.client import browse
 from rrq_flow.client.admin import Admin
 from rrq_flow.dashboard.history import ThroughputHistory
@@ -145,8 +145,9 @@ async def overview(request: Request) -> Response:
 
 
 def _status(admin: Admin) -> tuple[dict[str, Any], list[Any]]:
-    queues, workers = admin.queue_status(), admin.workers()
-    return status_json(queues, workers, admin.server_time()), workers
+    """``status --json`` and the workers (all of them, for the table)."""
+    queues, workers, schedules, now = status_snapshot(admin)
+    return status_json(queues, workers, now, schedules), workers
 
 
 async def queue_page(request: Request) -> Response:
