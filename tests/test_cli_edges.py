@@ -12,6 +12,7 @@ import os
 import resource
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,17 @@ from tests.conftest import run_burst
 from tests.test_cli_run import cli
 
 QUEUES = "queues:\n  q: {handler: 'tests.handlers:echo'}\n"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """`main(["run", ...])` in-process sets up logging on pytest's captured stderr: undo it, so
+    later tests do not log to a closed stream."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def pipeline(tmp_path: Path, url: str | None, extra: str = "") -> Path:
