@@ -93,7 +93,7 @@ class Env:
         assert m, first + (proc.stderr.read() if proc.stderr else "")
         second = proc.stdout.readline()
         found = re.search(r"with the token (\S+)", second)
-        return Dashboard(m.group(1).rstrip("/"), found.group(1) if found else token)
+        return Dashboard(m.group(1).rstrip("/"), found.group(1) if found else token, proc)
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -111,6 +111,12 @@ class Env:
 class Dashboard:
     url: str
     token: str | None
+    proc: subprocess.Popen[str]
+
+    def stop(self) -> str:
+        """SIGTERM it; its stderr."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.communicate(timeout=30)[1]
 
     def get(self, path: str, **headers: str) -> tuple[int, str, dict[str, str]]:
         return self.request("GET", path, None, headers)

@@ -128,6 +128,9 @@ def test_actions_need_the_token_and_the_csrf_token(env: Env) -> None:
     assert json.loads(answer)["purged"] == {"flaky": 1}
     assert [e["id"] for e in env.cli_json("dlq list")["entries"]] == env.dead_ids[2:]
     assert env.status_of(env.dead_ids[1]) is None
+    audit = dash.stop()  # one line per action that changed something, dry runs not
+    assert audit.count("rrq-flow dashboard: 127.0.0.1 ") == 2, audit
+    assert "requeued 1 dead job(s) (flaky 1)" in audit and "purged 1 dead job(s) (flaky 1)" in audit
 
 
 def test_a_short_token_and_a_taken_port_are_one_clear_line(env: Env) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -288,6 +289,8 @@ async def api_requeue(request: Request) -> Response:
     body = await _action_body(request)
     ids, queue, dry_run = _targets(body)
     result = await dash.call(lambda: dash.admin.dlq_requeue(ids, queue=queue, dry_run=dry_run))
+    if not dry_run:
+        _audit(request, "requeued", {q: len(v) for q, v in result.moved.items()})
     return JSONResponse(requeue_json(result))
 
 
@@ -305,7 +308,20 @@ async def api_purge(request: Request) -> Response:
         return browse.dead_counts(admin, ids) if dry_run else browse.purge_dead(admin, ids)
 
     purged = await dash.call(purge)
+    if not dry_run:
+        _audit(request, "purged", purged)
     return JSONResponse({"dry_run": dry_run, "count": sum(purged.values()), "purged": purged})
+
+
+def _audit(request: Request, verb: str, per_queue: dict[str, int]) -> None:
+    """One line on stderr per action that changed something: who (address), what, how many."""
+    who = request.client.host if request.client else "?"
+    detail = ", ".join(f"{q} {n}" for q, n in per_queue.items() if n) or "nothing"
+    print(
+        f"rrq-flow dashboard: {who} {verb} {sum(per_queue.values())} dead job(s) ({detail})",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 class ActionRefused(Exception):
