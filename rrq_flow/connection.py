@@ -22,7 +22,7 @@ import coredis
 import trio
 
 from rrq_flow.config.model import RedisSettings, TLSSettings
-from rrq_flow.errors import RRQFlowError
+from rrq_flow.errors import RedisSettingsError
 from rrq_flow.redact import redact_url
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def parse_redis_url(url: str) -> RedisLocation:
                 unix_socket=parsed.path, db=db, username=username, password=password
             )
         if parsed.scheme not in ("redis", "rediss"):
-            raise RRQFlowError(
+            raise RedisSettingsError(
                 f"unsupported Redis URL scheme {parsed.scheme!r} in {redact_url(url)!r}: "
                 "use redis://, rediss:// or unix://"
             )
@@ -86,26 +86,30 @@ def parse_redis_url(url: str) -> RedisLocation:
         )
     except ValueError as exc:
         # urlparse's port and int() errors; neither names the password, but say it our way.
-        raise RRQFlowError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from None
+        if isinstance(exc, RedisSettingsError):
+            raise
+        raise RedisSettingsError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from None
 
 
 @functools.lru_cache(maxsize=16)
 def tls_context(tls: TLSSettings) -> ssl.SSLContext:
     """The TLS context of every ``rediss://`` connection (one per settings, reused).
 
-    Raises RRQFlowError naming the setting when a file cannot be loaded.
+    Raises RedisSettingsError naming the setting when a file cannot be loaded.
     """
     context = ssl.create_default_context()
     if tls.ca_file:
         try:
             context.load_verify_locations(cafile=tls.ca_file)
         except (OSError, ssl.SSLError) as exc:
-            raise RRQFlowError(f"redis.tls.ca_file: cannot load {tls.ca_file!r}: {exc}") from None
+            raise RedisSettingsError(
+                f"redis.tls.ca_file: cannot load {tls.ca_file!r}: {exc}"
+            ) from None
     if tls.cert_file:
         try:
             context.load_cert_chain(certfile=tls.cert_file, keyfile=tls.key_file)
         except (OSError, ssl.SSLError) as exc:
-            raise RRQFlowError(
+            raise RedisSettingsError(
                 f"redis.tls.cert_file/key_file: cannot load {tls.cert_file!r}: {exc}"
             ) from None
     if not tls.verify:
@@ -145,14 +149,24 @@ def open_async_redis(url: str, settings: RedisSettings, **extra: Any) -> coredis
     return coredis.Redis(host=loc.host or "localhost", port=loc.port or 6379, **common)
 
 
-def _no_client_setinfo() -> dict[str, Any]:
-    """redis-py's arguments for sending no CLIENT SETINFO on connect (a least-privilege ACL
-    user need not be allowed it); redis-py 8 spells it ``driver_info=None``."""
+def _no_client_commands() -> dict[str, Any]:
+    """redis-py's arguments for sending no CLIENT command on connect (CLIENT SETINFO, CLIENT
+    MAINT_NOTIFICATIONS): a least-privilege ACL user (rrq_flow.acl) is not allowed CLIENT, and
+    each refusal would be an entry in the server's ACL LOG. Spelled per redis-py version."""
+    kwargs: dict[str, Any] = {}
     try:
         import redis.driver_info  # noqa: F401
     except ImportError:
-        return {"lib_name": None, "lib_version": None}
-    return {"driver_info": None}
+        kwargs.update(lib_name=None, lib_version=None)
+    else:
+        kwargs["driver_info"] = None
+    try:
+        from redis.maint_notifications import MaintNotificationsConfig
+    except ImportError:
+        pass
+    else:
+        kwargs["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
+    return kwargs
 
 
 def open_sync_redis(url: str, settings: RedisSettings, **extra: Any) -> redis.Redis:
@@ -167,7 +181,7 @@ def open_sync_redis(url: str, settings: RedisSettings, **extra: Any) -> redis.Re
         socket_connect_timeout=settings.connect_timeout,
         socket_timeout=_command_timeout(settings),
         decode_responses=True,
-        **_no_client_setinfo(),
+        **_no_client_commands(),
     )
     common.update(extra)
     if loc.unix_socket is not None:

@@ -56,7 +56,8 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
                 todo.append(linked)
 
 
-def _user(url: str) -> str:
+def user_of(url: str) -> str:
+    """The ACL user a URL logs in as ('default' without one)."""
     from urllib.parse import unquote, urlparse
 
     try:
@@ -107,9 +108,9 @@ def explain(exc: BaseException, url: str) -> str:
     what, item = _classify(exc)
     shown = redact_url(url)
     if what == "auth":
-        text = f"authentication failed for user {_user(url)!r} at {shown}: {item}"
+        text = f"authentication failed for user {user_of(url)!r} at {shown}: {item}"
     elif what == "noperm":
-        text = f"permission denied: {describe_denial(str(item), _user(url))}"
+        text = f"permission denied: {describe_denial(str(item), user_of(url))}"
     elif what == "tls":
         reason = getattr(item, "verify_message", None) or getattr(item, "reason", None) or item
         text = f"TLS certificate problem with {shown}: {reason}"

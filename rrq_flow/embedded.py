@@ -100,6 +100,7 @@ class EmbeddedRedis:
         if self._users_fd is not None and self._url is not None:
             return self._url
         _prepare_state_dir(self.state_dir)
+        make_state_dir_private(self.state_dir)  # also when it already existed
         _write_gitignore(self.state_dir)
         with self._locked():
             _reap_started()
@@ -114,6 +115,7 @@ class EmbeddedRedis:
                 os.close(fd)
                 raise
         self._users_fd, self._owner_pid, self._url = fd, os.getpid(), record.url
+        make_state_dir_private(self.state_dir)  # and what was just written in it
         return record.url
 
     def release(self) -> None:
@@ -221,6 +223,7 @@ class EmbeddedRedis:
             binary=binary,
             new_session=True,
             ready_timeout=READY_TIMEOUT,
+            umask=0o077,  # its AOF, RDB and log: 0600, whatever the caller's umask
         )
         _STARTED[server.pid] = server
         record = EmbeddedRecord(server.pid, str(sock), binary, time.time(), os.getpid())
@@ -445,6 +448,28 @@ def _short_base() -> Path:
         if candidate and len(candidate) <= 40 and os.path.isdir(candidate):
             return Path(candidate)
     return Path("/tmp")
+
+
+def make_state_dir_private(state_dir: Path) -> None:
+    """Create ``.rrq-flow/`` mode 0700, or make an existing one so, with everything in it
+    0600 (directories 0700): its AOF holds every job's arguments, and a directory someone
+    created with the default umask (0755) would let every local user read them.
+
+    Raises EmbeddedRedisError naming the path when it is not ours or cannot be changed.
+    """
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for path in (state_dir, *state_dir.rglob("*")):
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode) or st.st_uid != os.getuid():
+                continue  # a socket link or a file of another user: not ours to change
+            want = 0o700 if stat.S_ISDIR(st.st_mode) else 0o600
+            if stat.S_IMODE(st.st_mode) & ~want:
+                path.chmod(stat.S_IMODE(st.st_mode) & want)
+    except OSError as exc:
+        raise EmbeddedRedisError(
+            f"cannot make {state_dir} private (mode 0700): {exc.strerror or exc}"
+        ) from None
 
 
 def _make_private_dir(path: Path) -> None:

@@ -107,6 +107,11 @@ class JobFailed(RRQFlowError):
         super().__init__(f"job {job_id} ended {status}: {error}")
 
 
+class RedisSettingsError(RRQFlowError, ValueError):
+    """``redis:`` settings that cannot be used: a URL with a bad scheme, port or db, a TLS file
+    that does not load. Exit code 2; the message never shows the URL's password."""
+
+
 class RedisUnavailable(RRQFlowError):
     """Redis could not be reached (at start, or for longer than the caller tolerates)."""
 

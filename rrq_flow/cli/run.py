@@ -16,6 +16,7 @@ from rrq_flow.cli._common import (
     error,
     load_pipeline,
     open_jobs_file,
+    open_sync_client,
     parse_duration_arg,
     print_json,
     redis_errors,
@@ -120,7 +121,12 @@ def _parse_inputs(items: list[str], config: Any) -> list[tuple[str, list[Any]]]:
 
 def run(args: argparse.Namespace) -> int:
     from rrq_flow.embedded import redis_url_for
-    from rrq_flow.errors import ConfigError, EmbeddedRedisError, UnknownQueueError
+    from rrq_flow.errors import (
+        ConfigError,
+        EmbeddedRedisError,
+        RedisSettingsError,
+        UnknownQueueError,
+    )
     from rrq_flow.logs import setup_logging
     from rrq_flow.worker.progress import progress_for
 
@@ -143,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
     inputs = _parse_inputs(args.input, config)
     try:
         with redis_url_for(config) as url:
+            # Authentication, permissions, TLS: one clear line and exit 3 before anything
+            # starts (a progress display or N worker processes would each fail on their own).
+            open_sync_client(config, url).close()
             _check_server(config, url)
             if inputs:
                 _enqueue_inputs(config, url, inputs)
@@ -169,6 +178,9 @@ def run(args: argparse.Namespace) -> int:
     except EmbeddedRedisError as exc:
         error(str(exc))
         return EXIT_REDIS
+    except RedisSettingsError as exc:
+        error(str(exc))
+        return EXIT_USAGE
     except ConfigError as exc:
         for problem in exc.problems:
             detail(problem)

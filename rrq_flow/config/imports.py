@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,14 +42,25 @@ def split_reference(spec: str) -> tuple[str, str]:
 
 
 def add_search_paths(paths: Sequence[Path | str]) -> None:
-    """Put ``paths`` at the front of ``sys.path`` (once), in the order given.
+    """Put ``paths`` at the END of ``sys.path`` (once), in the order given.
 
-    They stay there: handler modules often import their siblings lazily, after validation.
+    At the end, they can add handler modules but never shadow an installed package or the
+    standard library: a ``redis.py`` in the pipeline's directory or the current directory is
+    not imported instead of redis-py (docs/security.md). They stay there: handler modules often
+    import their siblings lazily, after validation.
     """
-    for path in reversed([str(p) for p in paths]):
+    for path in [str(p) for p in paths]:
         if path not in sys.path:
-            sys.path.insert(0, path)
+            sys.path.append(path)
     importlib.invalidate_caches()
+
+
+def demote_working_directory() -> None:
+    """Move the entry Python puts first on ``sys.path`` for ``python -m`` (the current
+    directory) to the end, where :func:`add_search_paths` would have put it."""
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        sys.path.append(sys.path.pop(0))
+        importlib.invalidate_caches()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -103,6 +103,7 @@ def show(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, str):
+        value = redact_url(value)  # a URL's password never reaches a message
         return repr(value if len(value) <= 60 else value[:57] + "...")
     return str(value)
 

@@ -3,6 +3,9 @@
 The supervisor passes the read end of a pipe (the lifeline). If the supervisor dies — even by
 SIGKILL — the kernel closes the write end, the read end reports EOF, and this worker stops at
 once (in-flight jobs cancelled and released), so no orphan keeps running or holding leases.
+
+The Redis URL arrives on another pipe (``--url-fd``), read once at start: a password in argv
+would be readable by every local user.
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ log = logging.getLogger("rrq_flow.worker")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="rrq-flow-worker")
     p.add_argument("pipeline", type=Path)
-    p.add_argument("--url", required=True)
+    p.add_argument(
+        "--url-fd",
+        type=int,
+        required=True,
+        help="file descriptor to read the Redis URL from (never argv: it may hold a password)",
+    )
     p.add_argument("--queue", action="append")
     p.add_argument("--burst", action="store_true")
     p.add_argument("--max-jobs", type=int)
@@ -54,8 +62,21 @@ async def watch_lifeline(fd: int, worker: object) -> None:
             return
 
 
+def read_url(fd: int) -> str:
+    """The Redis URL the supervisor wrote to the pipe ``fd`` (read to the end, then closed)."""
+    chunks = []
+    with os.fdopen(fd, "rb") as pipe:
+        while chunk := pipe.read(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
 def main(argv: list[str] | None = None) -> int:
+    from rrq_flow.config.imports import demote_working_directory
+
+    demote_working_directory()  # started with -m: the cwd must not shadow installed packages
     args = parse_args(argv)
+    url = read_url(args.url_fd)
     setup_logging(args.log_format, args.log_level)
     from rrq_flow.config import load
     from rrq_flow.errors import ConfigError
@@ -65,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load(args.pipeline)
         worker = Worker(
             config,
-            url=args.url,
+            url=url,
             queues=args.queue,
             burst=args.burst,
             max_jobs=args.max_jobs,

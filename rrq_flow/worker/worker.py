@@ -31,10 +31,17 @@ import trio
 import trio_util
 
 from rrq_flow._version import __version__
+from rrq_flow.acl import denial_message, missing_commands_async
 from rrq_flow.config.model import PipelineConfig
 from rrq_flow.connection import open_async_redis
-from rrq_flow.connection_errors import explain
-from rrq_flow.errors import ConfigError, DataLossDetected, Problem, RedisUnavailable
+from rrq_flow.connection_errors import RedisAccessDenied, explain, user_of
+from rrq_flow.errors import (
+    ConfigError,
+    DataLossDetected,
+    Problem,
+    RedisSettingsError,
+    RedisUnavailable,
+)
 from rrq_flow.logs import worker_id_var
 from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import Protocol, ms
@@ -187,6 +194,10 @@ class Worker:
         code = EXIT_OK
         try:
             await self._run()
+        except RedisSettingsError as exc:
+            log.error("%s", exc)
+            self.stop_reason = "unusable redis settings"
+            code = EXIT_CONFIG
         except (RedisUnavailable, DataLossDetected, BaseExceptionGroup) as exc:
             # coredis runs its pool in a task group, so our errors may arrive wrapped.
             found = _unwrap(exc, (RedisUnavailable, DataLossDetected))
@@ -301,6 +312,7 @@ class Worker:
                 self.generation = str(await self.redis.hget(self.layout.meta, "generation"))
                 await preload_async(self.redis)
                 server_now = (await self.redis.time()).timestamp()
+                missing = await missing_commands_async(self.redis, self.config.pipeline)
         except (*TRANSIENT, coredis.exceptions.RedisError, ssl.SSLError) as exc:  # type: ignore[misc]
             raise RedisUnavailable(explain(exc, self.url)) from None
         except BaseExceptionGroup as group:
@@ -309,6 +321,9 @@ class Worker:
             if group.subgroup((*TRANSIENT, coredis.exceptions.RedisError, ssl.SSLError)) is None:
                 raise
             raise RedisUnavailable(explain(group, self.url)) from None
+        if missing:
+            user = user_of(self.url)
+            raise RedisAccessDenied(denial_message(user, missing, self.config.pipeline))
         # Deadlines handed to handlers are on the server's clock, like every time in Redis.
         self._clock_offset = server_now - trio.current_time()
         self.server_offset = server_now - time.time()
