@@ -44,6 +44,7 @@ PIPELINE_COMMANDS: tuple[str, ...] = (
     "script|load",
     "set",
     "time",
+    "type",  # scripts check key types before their first write
     "zadd",
     "zcard",
     "zcount",
@@ -89,7 +90,7 @@ local probes = {
   ping = {}, rpush = {l, 'v'}, set = {s, 'v'}, time = {}, zadd = {z, '1', 'm'},
   zcard = {z}, zcount = {z, '-inf', '+inf'}, zrange = {z, '0', '-1'},
   zrangebyscore = {z, '-inf', '+inf'}, zrem = {z, 'm'}, zremrangebyscore = {z, '2', '3'},
-  zrevrange = {z, '0', '-1'}, zscore = {z, 'm'},
+  zrevrange = {z, '0', '-1'}, zscore = {z, 'm'}, type = {s},
 }
 local denied, unknown, unscriptable = {}, {}, {}
 for _, name in ipairs(ARGV) do
