@@ -74,10 +74,11 @@ def test_search_paths_are_used() -> None:
 
 
 def test_add_search_paths_keeps_order_and_does_not_repeat(tmp_path: Path) -> None:
+    """At the end of sys.path, so they never shadow an installed package (docs/security.md)."""
     first, second = tmp_path / "a", tmp_path / "b"
     add_search_paths([first, second])
     add_search_paths([first, second])
-    assert sys.path[:2] == [str(first), str(second)]
+    assert sys.path[-2:] == [str(first), str(second)]
     assert sys.path.count(str(first)) == 1
 
 
