@@ -53,6 +53,7 @@ PIPELINE_COMMANDS: tuple[str, ...] = (
     "zrem",
     "zremrangebyscore",
     "zrevrange",
+    "zrevrangebyscore",  # the dashboard's dead-letter pages (rrq_flow/client/browse.py)
     "zscore",
 )
 
@@ -91,6 +92,7 @@ local probes = {
   zcard = {z}, zcount = {z, '-inf', '+inf'}, zrange = {z, '0', '-1'},
   zrangebyscore = {z, '-inf', '+inf'}, zrem = {z, 'm'}, zremrangebyscore = {z, '2', '3'},
   zrevrange = {z, '0', '-1'}, zscore = {z, 'm'}, type = {s},
+  zrevrangebyscore = {z, '+inf', '-inf'},
 }
 local denied, unknown, unscriptable = {}, {}, {}
 for _, name in ipairs(ARGV) do
