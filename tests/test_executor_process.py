@@ -114,3 +114,30 @@ async def test_current_job_works_in_a_process_handler(
     assert worker.stats.queues["q2"].done == 1  # the outbox reached Redis
     (record,) = [r for r in caplog.records if "inside process job" in r.getMessage()]
     assert record.__dict__.get("job_id") == job_id
+
+
+def returns_an_object() -> object:
+    return object()
+
+
+def raises_system_exit() -> None:
+    raise SystemExit("bye")
+
+
+async def test_process_handler_outcomes_that_cannot_be_pickled_back(redis_url: str) -> None:
+    """An unpicklable result used to hang the call until the timeout; SystemExit would end the
+    pool's process. Both are outcomes like any other, recorded at once."""
+    retry = {"max_attempts": 2, "delay": 0.01, "jitter": False}
+    q = make_queue("q", f"{HERE}:returns_an_object", executor="process", timeout=60, retry=retry)
+    q2 = make_queue("q2", f"{HERE}:raises_system_exit", executor="process", timeout=60, retry=retry)
+    cfg = make_pipeline(redis_url, q, q2)
+    with SyncClient(cfg) as client:
+        obj, exiting = client.enqueue("q"), client.enqueue("q2")
+        async with trio_parallel.cache_scope():
+            _, code = await run_burst(cfg)
+        obj_info, exit_info = client.job(obj), client.job(exiting)
+    assert code == 1
+    assert obj_info.status == "dead" and obj_info.attempts == 1
+    assert "not JSON" in obj_info.error["message"]
+    assert exit_info.status == "dead" and exit_info.attempts == 2
+    assert exit_info.error["type"] == "SystemExit" and exit_info.error["message"] == "bye"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,6 +13,7 @@ import trio
 from rrq_flow.config.imports import is_async_callable
 from rrq_flow.config.model import ExecutorKind, QueueConfig
 from rrq_flow.worker.context import JobContext
+from rrq_flow.worker.outcome import Unstorable, UnstorableResult
 from rrq_flow.worker.process_job import JobInfo, ProcessChannel, outbox_of, run_in_process
 
 # run(args, kwargs, ctx, started): ``started()`` is called when the handler itself starts (the
@@ -82,17 +84,20 @@ def make_runner(
             parent=ctx.parent,
             server_offset=server_offset(),
             channel=channel.path,
+            max_result_bytes=cfg.max_result_bytes,
         )
         key = (ctx.id, ctx.epoch)
         channel.on_start(key, started)
         try:
-            result, outbox = await trio_parallel.run_sync(
+            encoded, outbox = await trio_parallel.run_sync(
                 run_in_process, handler, args, kwargs, info, kill_on_cancel=True, limiter=limiter
             )
         finally:
             channel.forget(key)
         ctx.outbox.extend(outbox_of(outbox))
-        return result
+        if isinstance(encoded, UnstorableResult):
+            return Unstorable(str(encoded))
+        return json.loads(encoded)
 
     return kind, run_process
 

@@ -21,6 +21,14 @@ class UnstorableResult(ValueError):
     """A handler's result cannot be stored; the message names the problem."""
 
 
+class Unstorable:
+    """Stands for a result already found unstorable (in a handler's process): encoding it
+    raises UnstorableResult with the reason."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
 def valid_utf8(text: str) -> str:
     """``text`` with anything UTF-8 cannot encode (lone surrogates) shown as ``\\udcff``."""
     try:
@@ -44,8 +52,9 @@ def cap_bytes(text: str, limit: int, *, keep_end: bool = False) -> str:
 
 
 def type_name(exc: BaseException) -> str:
+    """The exception's class name (the original one, for a process handler's stand-in)."""
     try:
-        name = type(exc).__qualname__
+        name = getattr(exc, "rrq_type", None) or type(exc).__qualname__
     except BaseException:  # a metaclass may do anything
         name = None
     return valid_utf8(name) if isinstance(name, str) else "Exception"
@@ -64,6 +73,9 @@ def describe(exc: BaseException, limit: int = DEFAULT_MAX_ERROR_BYTES) -> str:
 
 def format_traceback(exc: BaseException, limit: int = TRACEBACK_BYTES) -> str:
     """The traceback of ``exc`` (its end, where it was raised), or a note when it cannot be had."""
+    remote = getattr(exc, "rrq_traceback", None)
+    if isinstance(remote, str) and remote:
+        return cap_bytes(valid_utf8(remote), limit, keep_end=True)
     try:
         text = "".join(traceback.format_exception(exc))
     except BaseException:  # a broken exception may break the formatter too
@@ -73,6 +85,8 @@ def format_traceback(exc: BaseException, limit: int = TRACEBACK_BYTES) -> str:
 
 def encode_result(result: Any, max_bytes: int) -> str:
     """``result`` as compact JSON (valid UTF-8, at most ``max_bytes``), or UnstorableResult."""
+    if isinstance(result, Unstorable):
+        raise UnstorableResult(result.reason)
     try:
         text = json.dumps(result, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except RecursionError:
@@ -105,6 +119,7 @@ def encode_result(result: Any, max_bytes: int) -> str:
 
 
 __all__ = [
+    "Unstorable",
     "UnstorableResult",
     "cap_bytes",
     "describe",

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import socket
 import tempfile
@@ -27,7 +28,15 @@ import trio
 
 from rrq_flow.logs import job_id_var
 from rrq_flow.worker.context import JobContext, OutboxJob, reset_current, set_current
-from rrq_flow.worker.outcome import cap_bytes, valid_utf8
+from rrq_flow.worker.outcome import (
+    UnstorableResult,
+    cap_bytes,
+    describe,
+    encode_result,
+    format_traceback,
+    type_name,
+    valid_utf8,
+)
 
 MAX_MESSAGE_BYTES = 16 * 1024  # of one log message sent back (a datagram must stay small)
 
@@ -49,6 +58,31 @@ class JobInfo:
     parent: str | None
     server_offset: float  # server clock minus this host's wall clock, seconds
     channel: str  # the worker's datagram socket path
+    max_result_bytes: int
+
+
+class RemoteHandlerError(Exception):
+    """What a process handler raised, when that exception cannot cross back as it is (a
+    BaseException such as SystemExit, which would end the pool's process, or one that cannot
+    be pickled). Records show the original type name, message and traceback."""
+
+    def __init__(self, rrq_type: str, message: str, rrq_traceback: str):
+        super().__init__(message)
+        self.rrq_type, self.rrq_traceback = rrq_type, rrq_traceback
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RemoteHandlerError, (self.rrq_type, str(self), self.rrq_traceback))
+
+
+def _crossable(exc: BaseException) -> BaseException:
+    """``exc`` itself if it can be sent back to the worker, else a RemoteHandlerError."""
+    if isinstance(exc, Exception):
+        try:
+            pickle.loads(pickle.dumps(exc))
+            return exc
+        except Exception:
+            pass
+    return RemoteHandlerError(type_name(exc), describe(exc), format_traceback(exc))
 
 
 class _SendBack(logging.Handler):
@@ -83,9 +117,9 @@ def _send(sock: socket.socket, info: JobInfo, **fields: Any) -> None:
 
 def run_in_process(
     handler: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], info: JobInfo
-) -> tuple[Any, Outbox]:
+) -> tuple[str | UnstorableResult, Outbox]:
     """Runs in the handler's process: announce the start, run with a context, return the
-    result and the attempt's outbox."""
+    result as JSON (or why it cannot be stored) and the attempt's outbox."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     logger = logging.getLogger(f"rrq_flow.job.process.{os.getpid()}")
     logger.propagate = False
@@ -106,8 +140,23 @@ def run_in_process(
     token = set_current(ctx)
     try:
         _send(sock, info, kind="start")
-        result = handler(*args, **kwargs)
-        return result, [(o.queue, o.args, o.kwargs, o.job_id) for o in ctx.outbox]
+        try:
+            result = handler(*args, **kwargs)
+        except BaseException as exc:  # SystemExit & co. must not end the pool's process
+            raise _crossable(exc) from None
+        # Encoded here: an object that cannot be stored could not be pickled back either.
+        try:
+            encoded: str | UnstorableResult = encode_result(result, info.max_result_bytes)
+        except UnstorableResult as exc:
+            encoded = exc
+        outbox = [(o.queue, o.args, o.kwargs, o.job_id) for o in ctx.outbox]
+        try:
+            pickle.dumps(outbox)
+        except Exception as exc:
+            raise RemoteHandlerError(
+                "TypeError", f"current_job().enqueue() arguments: {describe(exc)}", ""
+            ) from None
+        return encoded, outbox
     finally:
         reset_current(token)
         logger.handlers.clear()
@@ -169,4 +218,4 @@ class ProcessChannel:
             job_id_var.reset(token)
 
 
-__all__ = ["JobInfo", "ProcessChannel", "outbox_of", "run_in_process"]
+__all__ = ["JobInfo", "ProcessChannel", "RemoteHandlerError", "outbox_of", "run_in_process"]
