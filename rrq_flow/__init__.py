@@ -26,6 +26,7 @@ from rrq_flow.errors import (
     RedisUnavailable,
     Retry,
     RRQFlowError,
+    RunNotFound,
     UnknownQueueError,
 )
 from rrq_flow.worker.context import JobContext, current_job
@@ -72,6 +73,7 @@ __all__ = [
     "RRQFlowError",
     "RedisUnavailable",
     "Retry",
+    "RunNotFound",
     "SyncClient",
     "UnknownQueueError",
     "__version__",

@@ -97,6 +97,14 @@ class JobNotFound(RRQFlowError, LookupError):
         super().__init__(f"no job {job_id!r} (never enqueued, or its record expired)")
 
 
+class RunNotFound(RRQFlowError, LookupError):
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        super().__init__(
+            f"no run {run_id!r} (never enqueued, or it ended longer than result_ttl ago)"
+        )
+
+
 class JobFailed(RRQFlowError):
     """``wait()`` on a job that ended dead-lettered, failed or cancelled."""
 

@@ -1,8 +1,9 @@
 """Handlers of the quickstart pipeline: split documents, analyse paragraphs, write a report.
 
 Each handler is a plain function; what it returns becomes the argument of the next stage's job
-(``next`` in pipeline.yaml). ``split_document`` returns a list and its queue has ``fan_out``:
-every paragraph becomes its own ``analyze`` job.
+(``next`` in pipeline.yaml). ``split_documents`` returns a list and its queue has ``fan_out``:
+every paragraph becomes its own ``analyze`` job. ``report`` is a join: it runs once, with the
+list of every analysis in paragraph order.
 """
 
 from __future__ import annotations
@@ -65,12 +66,17 @@ STOPWORDS = frozenset(
 )
 
 
-def split_document(path: str) -> list[dict[str, Any]]:
-    """Read one document and return its paragraphs (each becomes an ``analyze`` job)."""
-    text = (HERE / path).read_text(encoding="utf-8")
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-    rrq_flow.current_job().logger.info("%s: %d paragraphs", path, len(paragraphs))
-    return [{"doc": path, "n": i + 1, "text": p} for i, p in enumerate(paragraphs)]
+def split_documents(folder: str) -> list[dict[str, Any]]:
+    """Read every ``*.txt`` of a folder (by name) and return their paragraphs (one ``analyze``
+    job each)."""
+    paragraphs: list[dict[str, Any]] = []
+    for doc in sorted((HERE / folder).glob("*.txt")):
+        text = doc.read_text(encoding="utf-8")
+        parts = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+        rrq_flow.current_job().logger.info("%s: %d paragraphs", doc.name, len(parts))
+        name = f"{folder}/{doc.name}"
+        paragraphs += [{"doc": name, "n": i + 1, "text": p} for i, p in enumerate(parts)]
+    return paragraphs
 
 
 async def analyze_paragraph(paragraph: dict[str, Any]) -> dict[str, Any]:
@@ -85,15 +91,18 @@ async def analyze_paragraph(paragraph: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_report_line(analysis: dict[str, Any]) -> str:
-    """Append one line to out/report.md (the report queue has concurrency 1)."""
+def write_report(analyses: list[dict[str, Any]]) -> str:
+    """The join: write out/report.md whole from every analysis (paragraph order), atomically."""
+    group = rrq_flow.current_job().group
+    lines = ["| document | paragraph | words | top words |", "|---|---|---|---|"]
+    lines += [
+        f"| {a['doc']} | {a['n']} | {a['words']} | {', '.join(a['top'])} |" for a in analyses
+    ]
+    if group is not None and group.failed:
+        lines += ["", f"{len(group.failed)} paragraph(s) could not be analysed:"]
+        lines += [f"- {f['id']}: {f['state']}" for f in group.failed]
     REPORT.parent.mkdir(exist_ok=True)
-    line = (
-        f"| {analysis['doc']} | {analysis['n']} | {analysis['words']} | "
-        f"{', '.join(analysis['top'])} |\n"
-    )
-    if not REPORT.exists():
-        REPORT.write_text("| document | paragraph | words | top words |\n|---|---|---|---|\n")
-    with REPORT.open("a", encoding="utf-8") as f:
-        f.write(line)
+    tmp = REPORT.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(REPORT)  # a reader never sees half a report
     return str(REPORT.relative_to(HERE))

@@ -173,6 +173,20 @@ def open_jobs_file(path: str) -> BinaryIO:
     return open(path, "rb")
 
 
+def parse_run_arg(value: str) -> str:
+    """argparse type for a batch-run id."""
+    from rrq_flow.runs import check_run_id
+
+    try:
+        return check_run_id(value) or _empty_run()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _empty_run() -> str:
+    raise ValueError("run id must not be empty")
+
+
 def parse_duration_arg(value: str) -> float:
     """argparse type for durations ("90", "1m30s")."""
     from rrq_flow.config.durations import parse_duration

@@ -21,6 +21,7 @@ from rrq_flow.cli._common import (
     open_jobs_file,
     open_sync_client,
     parse_duration_arg,
+    parse_run_arg,
     print_json,
     redis_errors,
 )
@@ -28,14 +29,16 @@ from rrq_flow.cli._common import (
 HELP = """\
 Enqueue one job (positional args as a JSON array, keyword args as a JSON object), or many from a
 JSON Lines file: one job per line, either a JSON array of args or an object with any of
-args / kwargs / job_id / unique_key / defer. Every line is checked first; a bad line is reported
-with its number and nothing from the file is enqueued. Prints the job ids (one per line).
-Arguments may nest at most 100 levels deep and must be valid UTF-8 text (exit 2 otherwise).
+args / kwargs / job_id / unique_key / defer / priority / run (docs/configuration.md, "JSON Lines
+input"). Every line is checked first; a bad line is reported with its number and nothing from the
+file is enqueued. Prints the job ids (one per line). Arguments may nest at most 100 levels deep
+and must be valid UTF-8 text (exit 2 otherwise). --run NAME puts the jobs (those whose line names
+no run) and everything descending from them into a batch run: see `rrq-flow runs` and `results`.
 
 examples:
   rrq-flow enqueue pipeline.yaml fetch --args '["https://example.com/a.png"]'
   rrq-flow enqueue pipeline.yaml fetch --kwargs '{"url": "..."}' --unique-key a.png --defer 10s
-  rrq-flow enqueue pipeline.yaml fetch --jsonl urls.jsonl
+  rrq-flow enqueue pipeline.yaml fetch --jsonl urls.jsonl --run nightly-2026-11-30
 """
 
 
@@ -66,6 +69,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--jsonl", metavar="FILE", help="read jobs from a JSON Lines file ('-' for stdin)"
+    )
+    p.add_argument(
+        "--run", metavar="NAME", type=parse_run_arg, help="batch-run id the jobs belong to"
     )
     add_json_flag(p)
     p.set_defaults(handler=run)
@@ -150,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     client = open_sync_client(config)
     try:
         started = time.perf_counter()
-        ids = client.enqueue_many(args.queue, specs)
+        ids = client.enqueue_many(args.queue, specs, run=args.run)
         elapsed = time.perf_counter() - started
     except (PayloadError, ValueError) as exc:
         error(str(exc))
@@ -165,7 +171,13 @@ def run(args: argparse.Namespace) -> int:
         client.close()
     if args.json:
         print_json(
-            {"queue": args.queue, "count": len(ids), "seconds": round(elapsed, 4), "ids": ids}
+            {
+                "queue": args.queue,
+                "run": args.run,
+                "count": len(ids),
+                "seconds": round(elapsed, 4),
+                "ids": ids,
+            }
         )
     else:
         sys.stdout.write("".join(f"{i}\n" for i in ids))

@@ -18,6 +18,7 @@ from rrq_flow.cli._common import (
     open_jobs_file,
     open_sync_client,
     parse_duration_arg,
+    parse_run_arg,
     print_json,
     redis_errors,
     redis_failure,
@@ -30,7 +31,9 @@ them and puts them back in their queue (no attempt used); a second signal cancel
 
 With --burst they process until every selected queue has nothing ready, nothing running and no
 retry pending (jobs deferred into the future by a producer do not count), then exit — for cron.
---input QUEUE=FILE enqueues a JSON Lines file first (checked whole first: all or nothing).
+--input QUEUE=FILE enqueues a JSON Lines file first (checked whole first: all or nothing) as
+one batch run: --run NAME names it, otherwise a run id is generated and printed; read its
+results afterwards with `rrq-flow results PIPELINE --run ID`.
 
 Before any worker starts, Redis is checked: one without AOF persistence is refused (a crash
 would lose acknowledged jobs without notice) unless the pipeline says redis.persistence: none,
@@ -65,6 +68,12 @@ def register(subparsers: Any) -> None:
         default=[],
         metavar="QUEUE=FILE",
         help="enqueue a JSON Lines file into QUEUE first (repeatable; FILE '-' is stdin)",
+    )
+    p.add_argument(
+        "--run",
+        metavar="NAME",
+        type=parse_run_arg,
+        help="batch-run id for the --input jobs (default: a generated one, printed)",
     )
     p.add_argument("--max-jobs", type=int, metavar="N", help="stop (cleanly) after N jobs")
     p.add_argument(
@@ -147,6 +156,13 @@ def run(args: argparse.Namespace) -> int:
         error("--processes must be at least 1")
         return EXIT_USAGE
     inputs = _parse_inputs(args.input, config)
+    if args.run is not None and not inputs:
+        error("--run names the batch run of the --input jobs: give --input QUEUE=FILE too")
+        return EXIT_USAGE
+    if inputs and args.run is None:
+        from rrq_flow.runs import new_run_id
+
+        args.run = new_run_id()
     try:
         with redis_url_for(config) as url:
             # Authentication, permissions, TLS: one clear line and exit 3 before anything
@@ -154,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
             open_sync_client(config, url).close()
             _check_server(config, url)
             if inputs:
-                _enqueue_inputs(config, url, inputs)
+                _enqueue_inputs(config, url, inputs, args.run)
             progress = progress_for(args.progress, config, url, queues, burst=args.burst)
             if processes == 1:
                 code, stats, wall, reason = _run_in_process(args, config, url, queues, progress)
@@ -218,18 +234,20 @@ def _check_server(config: Any, url: str) -> None:
         raise ExitWith(EXIT_USAGE)
 
 
-def _enqueue_inputs(config: Any, url: str, inputs: list[tuple[str, list[Any]]]) -> None:
+def _enqueue_inputs(
+    config: Any, url: str, inputs: list[tuple[str, list[Any]]], run: str | None
+) -> None:
     from rrq_flow.client.sync_client import SyncClient
 
     client = SyncClient(config, url=url)
     try:
         for queue, specs in inputs:
             started = time.perf_counter()
-            client.enqueue_many(queue, specs)
+            client.enqueue_many(queue, specs, run=run)
             elapsed = time.perf_counter() - started
             rate = len(specs) / elapsed if elapsed > 0 else 0
             print(
-                f"rrq-flow: enqueued {len(specs)} job(s) into {queue} ({rate:,.0f}/s)",
+                f"rrq-flow: enqueued {len(specs)} job(s) into {queue} ({rate:,.0f}/s), run {run}",
                 file=sys.stderr,
             )
     except redis_errors() as exc:
@@ -281,6 +299,7 @@ def _print_summary(
             {
                 "exit_code": code,
                 "reason": reason,
+                "run": args.run,
                 "wall_seconds": round(wall, 3),
                 "finished": stats.finished,
                 "jobs_per_second": round(stats.finished / wall, 1) if wall > 0 else 0.0,
@@ -289,3 +308,5 @@ def _print_summary(
         )
     else:
         print(render_summary(stats, wall, reason))
+        if args.run is not None:
+            print(f"run {args.run}: rrq-flow results {args.pipeline} --run {args.run}")

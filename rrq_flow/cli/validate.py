@@ -129,7 +129,10 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     elif config is not None:
+        from rrq_flow.config.graph import render_text
+
         print(summary_line(label, config, imports_checked=not args.no_imports))
+        print(render_text(config))
     else:
         for problem in problems:
             print(problem)

@@ -14,6 +14,7 @@ from rrq_flow.errors import PayloadError
 from rrq_flow.protocol.ids import validate_job_id
 from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import NewJob, Protocol, encode_json, ms
+from rrq_flow.runs import check_run_id
 
 DEFAULT_BATCH = 1000
 
@@ -37,6 +38,7 @@ class JobSpec:
     defer: float | str | dt.timedelta | None = None
     at: float | dt.datetime | None = None
     priority: int = 0  # higher is claimed first; FIFO within a priority
+    run: str | None = None  # batch-run id; None: the run given to enqueue_many, if any
 
 
 def when_field(defer: float | str | dt.timedelta | None, at: float | dt.datetime | None) -> str:
@@ -108,8 +110,10 @@ class ClientCore:
         self.protocol = Protocol(self.layout)
         self.generation = new_generation()
 
-    def build_job(self, queue: str, spec: JobSpec) -> NewJob:
+    def build_job(self, queue: str, spec: JobSpec, run: str | None = None) -> NewJob:
+        """Encode one job; ``run`` is the batch-run id for a spec that names none."""
         cfg = self.config.queue(queue)
+        job_run = check_run_id(spec.run if spec.run is not None else run)
         args_json, kwargs_json = encode_payload(
             queue, spec.args, spec.kwargs, cfg.max_payload_bytes
         )
@@ -130,14 +134,19 @@ class ClientCore:
             when=when_field(spec.defer, spec.at),
             unique_key=spec.unique_key or "",
             priority=spec.priority,
+            run=job_run,
         )
 
     def build_batches(
-        self, queue: str, specs: Iterable[JobSpec | Sequence[Any]], batch_size: int
+        self,
+        queue: str,
+        specs: Iterable[JobSpec | Sequence[Any]],
+        batch_size: int,
+        run: str | None = None,
     ) -> list[list[NewJob]]:
         """Validate and encode every job first, so a bad one means nothing is written."""
         jobs = [
-            self.build_job(queue, s if isinstance(s, JobSpec) else JobSpec(args=tuple(s)))
+            self.build_job(queue, s if isinstance(s, JobSpec) else JobSpec(args=tuple(s)), run)
             for s in specs
         ]
         return [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]

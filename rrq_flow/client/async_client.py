@@ -12,10 +12,11 @@ import anyio
 import coredis
 
 from rrq_flow.client._core import DEFAULT_BATCH, ClientCore, JobSpec
+from rrq_flow.client.batch_runs import WALK_FIELDS, DescendantWalk, RunInfo, parse_run
 from rrq_flow.client.jobinfo import JobInfo
 from rrq_flow.config.model import PipelineConfig
 from rrq_flow.connection import open_async_redis
-from rrq_flow.errors import JobFailed, JobNotFound
+from rrq_flow.errors import JobFailed, JobNotFound, RunNotFound
 from rrq_flow.protocol.ops import Call, parse_enqueue
 from rrq_flow.protocol.scripts import call_async
 
@@ -70,11 +71,12 @@ class Client:
         defer: float | str | dt.timedelta | None = None,
         at: float | dt.datetime | None = None,
         priority: int = 0,
+        run: str | None = None,
         **kwargs: Any,
     ) -> str:
         """Enqueue one job and return its id (see SyncClient.enqueue for the rules)."""
         job = self._core.build_job(
-            queue, JobSpec(args, kwargs, job_id, unique_key, defer, at, priority)
+            queue, JobSpec(args, kwargs, job_id, unique_key, defer, at, priority, run)
         )
         cfg = self.config.queue(queue)
         call = self._core.protocol.enqueue(
@@ -88,10 +90,11 @@ class Client:
         jobs: Iterable[JobSpec | Sequence[Any]],
         *,
         batch_size: int = DEFAULT_BATCH,
+        run: str | None = None,
     ) -> list[str]:
         """Enqueue many jobs, one script call per batch; all validated before any is sent."""
         cfg = self.config.queue(queue)
-        batches = self._core.build_batches(queue, jobs, batch_size)
+        batches = self._core.build_batches(queue, jobs, batch_size, run)
         ids: list[str] = []
         for batch in batches:
             call = self._core.protocol.enqueue(
@@ -112,8 +115,19 @@ class Client:
         """Ids of the children the job created (see SyncClient.children)."""
         return list(await self.redis.lrange(self._core.layout.job_children(job_id), start, stop))
 
-    async def wait(self, job_id: str, timeout: float | None = None, *, poll: float = 0.05) -> Any:
-        """Wait until the job finishes and return its result (raises like SyncClient.wait)."""
+    async def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        *,
+        poll: float = 0.05,
+        descendants: bool = False,
+    ) -> Any:
+        """Wait until the job finishes and return its result (raises like SyncClient.wait);
+        ``descendants=True`` waits for everything descending from it too and returns the counts
+        by terminal state."""
+        if descendants:
+            return await self._wait_descendants(job_id, timeout, poll)
         with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
             delay = 0.005
             while True:
@@ -125,3 +139,51 @@ class Client:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, poll)
         raise AssertionError("unreachable")
+
+    async def _wait_descendants(
+        self, job_id: str, timeout: float | None, poll: float
+    ) -> dict[str, int]:
+        walk = DescendantWalk(job_id)
+        layout = self._core.layout
+        with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
+            delay = 0.005
+            while not walk.finished:
+                ids = walk.batch()
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pending = [pipe.hmget(layout.job(i), WALK_FIELDS) for i in ids]
+                    lists = [pipe.lrange(layout.job_children(i), 0, -1) for i in ids]
+                replies = [list(await r) for r in pending]
+                children = [list(await c) for c in lists]
+                open_groups = [
+                    g
+                    for j, g in walk.missing_joins(ids, replies)
+                    if await self.redis.exists([layout.group(g), layout.job(j)])
+                ]
+                if walk.feed(ids, replies, children, open_groups):
+                    delay = 0.005
+                    continue
+                await anyio.sleep(delay)
+                delay = min(delay * 2, poll)
+        return walk.counts
+
+    async def run(self, run_id: str) -> RunInfo:
+        """A batch run's counts by queue and state; raises RunNotFound."""
+        record = await self.redis.hgetall(self._core.layout.run(run_id))
+        info = parse_run(run_id, dict(record))
+        if info is None:
+            raise RunNotFound(run_id)
+        return info
+
+    async def wait_run(
+        self, run_id: str, timeout: float | None = None, *, poll: float = 0.2
+    ) -> RunInfo:
+        """Wait until every job of the run is terminal and return its counts (raises like
+        SyncClient.wait_run; the timeout raises TimeoutError)."""
+        with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
+            delay = 0.01
+            while True:
+                info = await self.run(run_id)
+                if info.complete:
+                    return info
+                await anyio.sleep(delay)
+                delay = min(delay * 2, poll)

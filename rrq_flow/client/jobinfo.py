@@ -59,6 +59,12 @@ class JobInfo:
     children: int = 0  # how many children it created; list them with ``children()``
     cancel_requested: bool = False
     priority: int = 0  # higher is claimed first
+    run: str | None = None  # the batch run it belongs to (inherited from its ancestors)
+    # A join job: the group it closes, {"id", "size", "arrived", "failed", "failed_count"}.
+    group: dict[str, Any] | None = None
+    # A branch job: the groups it is in, [[group id, branch index], ...], innermost last.
+    groups: list[list[Any]] = field(default_factory=list)
+    group_join: str | None = None  # a fan-out that opened a group: the id of its join job
 
     @property
     def finished(self) -> bool:
@@ -99,6 +105,10 @@ class JobInfo:
             children=_children_count(record.get("children")),
             cancel_requested=record.get("cancel_requested") == "1",
             priority=int(record.get("priority") or 0),
+            run=record.get("run") or None,
+            group=_json(record.get("group")),
+            groups=_json(record.get("grp")) or [],
+            group_join=record.get("group_join") or None,
         )
 
     def as_dict(self) -> dict[str, Any]:

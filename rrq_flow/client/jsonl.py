@@ -12,8 +12,9 @@ from rrq_flow.client._core import JobSpec, check_priority, encode_payload, when_
 from rrq_flow.client.payload import JsonLimitError, loads
 from rrq_flow.errors import PayloadError, RRQFlowError
 from rrq_flow.protocol.ids import validate_job_id
+from rrq_flow.runs import check_run_id
 
-ALLOWED_KEYS = {"args", "kwargs", "job_id", "unique_key", "defer", "priority"}
+ALLOWED_KEYS = {"args", "kwargs", "job_id", "unique_key", "defer", "priority", "run"}
 MAX_REPORTED = 20
 
 
@@ -37,7 +38,7 @@ class JsonlError(RRQFlowError):
 
 def parse_job_line(data: Any, priority: int = 0) -> JobSpec:
     """One line's JSON: an array of args, or an object with args / kwargs / job_id /
-    unique_key / defer / priority (``priority``: for lines that do not set one)."""
+    unique_key / defer / priority / run (``priority``: for lines that do not set one)."""
     if isinstance(data, list):
         return JobSpec(args=tuple(data), priority=priority)
     if not isinstance(data, dict):
@@ -52,8 +53,9 @@ def parse_job_line(data: Any, priority: int = 0) -> JobSpec:
         raise ValueError("'args' must be a JSON array")
     if not isinstance(kwargs, dict):
         raise ValueError("'kwargs' must be a JSON object")
-    if "unique_key" in data and not (isinstance(data["unique_key"], str) and data["unique_key"]):
-        raise ValueError("'unique_key' must be a non-empty string")
+    for key in ("unique_key", "run"):
+        if key in data and not (isinstance(data[key], str) and data[key]):
+            raise ValueError(f"'{key}' must be a non-empty string")
     if "job_id" in data:
         validate_job_id(data["job_id"])
     defer = data.get("defer")
@@ -68,6 +70,7 @@ def parse_job_line(data: Any, priority: int = 0) -> JobSpec:
         unique_key=data.get("unique_key"),
         defer=defer,
         priority=line_priority,
+        run=check_run_id(data["run"]) if "run" in data else None,
     )
 
 

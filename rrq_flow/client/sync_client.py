@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -14,10 +14,17 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from rrq_flow.client._core import DEFAULT_BATCH, ClientCore, JobSpec
+from rrq_flow.client.batch_runs import (
+    WALK_FIELDS,
+    DescendantWalk,
+    RunInfo,
+    RunReader,
+    final_stages,
+)
 from rrq_flow.client.jobinfo import JobInfo
 from rrq_flow.config.model import PipelineConfig
 from rrq_flow.connection import open_sync_redis
-from rrq_flow.errors import JobFailed, JobNotFound
+from rrq_flow.errors import JobFailed, JobNotFound, RunNotFound
 from rrq_flow.protocol.ops import Call, parse_enqueue
 from rrq_flow.protocol.scripts import call_sync, preload_sync
 
@@ -73,17 +80,19 @@ class SyncClient:
         defer: float | str | dt.timedelta | None = None,
         at: float | dt.datetime | None = None,
         priority: int = 0,
+        run: str | None = None,
         **kwargs: Any,
     ) -> str:
         """Enqueue one job and return its id.
 
         With ``job_id`` the same id twice never creates a second job; with ``unique_key`` an
-        unfinished job holding that key is returned instead of a new one. Raises
+        unfinished job holding that key is returned instead of a new one; ``run`` puts it and every
+        job descending from it into that batch run (see :meth:`wait_run`). Raises
         UnknownQueueError, PayloadError (non-JSON, too large) or InvalidJobId (empty, over 256
         characters, whitespace or control characters) before writing anything.
         Among a queue's ready jobs the highest ``priority`` is claimed first, FIFO within one.
         """
-        spec = JobSpec(args, kwargs, job_id, unique_key, defer, at, priority)
+        spec = JobSpec(args, kwargs, job_id, unique_key, defer, at, priority, run)
         job = self._core.build_job(queue, spec)
         cfg = self.config.queue(queue)
         call = self._core.protocol.enqueue(
@@ -97,11 +106,13 @@ class SyncClient:
         jobs: Iterable[JobSpec | Sequence[Any]],
         *,
         batch_size: int = DEFAULT_BATCH,
+        run: str | None = None,
     ) -> list[str]:
         """Enqueue many jobs (each a JobSpec or a sequence of positional args), pipelined in
-        batches of ``batch_size`` per script call. Every job is validated before any is sent."""
+        batches of ``batch_size`` per script call. Every job is validated before any is sent.
+        ``run``: the batch-run id of every job whose JobSpec names none."""
         cfg = self.config.queue(queue)
-        batches = self._core.build_batches(queue, jobs, batch_size)
+        batches = self._core.build_batches(queue, jobs, batch_size, run)
         if not batches:
             return []
         if not self._scripts_loaded:
@@ -143,12 +154,23 @@ class SyncClient:
         key = self._core.layout.job_children(job_id)
         return [str(i) for i in self.redis.lrange(key, start, stop)]
 
-    def wait(self, job_id: str, timeout: float | None = None, *, poll: float = 0.05) -> Any:
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        *,
+        poll: float = 0.05,
+        descendants: bool = False,
+    ) -> Any:
         """Block until the job finishes; return its result.
 
         Raises JobFailed when it ends dead, failed or cancelled, TimeoutError after ``timeout``
-        seconds, JobNotFound if there is no such job.
+        seconds, JobNotFound if there is no such job. With ``descendants=True`` it waits for the
+        job and every job descending from it (children, fan-out items, the joins of the groups
+        they open) and returns their counts by terminal state, e.g. ``{"done": 12, "dead": 1}``.
         """
+        if descendants:
+            return self._wait_descendants(job_id, timeout, poll)
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
         while True:
@@ -159,5 +181,75 @@ class SyncClient:
                 raise JobFailed(job_id, info.status, info.error)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id} still {info.status} after {timeout}s")
+            time.sleep(delay)
+            delay = min(delay * 2, poll)
+
+    def _wait_descendants(self, job_id: str, timeout: float | None, poll: float) -> dict[str, int]:
+        walk = DescendantWalk(job_id)
+        layout = self._core.layout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while not walk.finished:
+            ids = walk.batch()
+            pipe = self.redis.pipeline(transaction=False)
+            for i in ids:
+                pipe.hmget(layout.job(i), *WALK_FIELDS)
+                pipe.lrange(layout.job_children(i), 0, -1)
+            answers = pipe.execute()
+            replies, children = answers[0::2], answers[1::2]
+            open_groups = [
+                g
+                for j, g in walk.missing_joins(ids, replies)
+                if self.redis.exists(layout.group(g), layout.job(j))
+            ]
+            if walk.feed(ids, replies, children, open_groups):
+                delay = 0.005
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"job {job_id}: {len(walk.frontier)} job(s) still unfinished after {timeout}s"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, poll)
+        return walk.counts
+
+    # --- batch runs --------------------------------------------------------------------------
+
+    def run(self, run_id: str) -> RunInfo:
+        """A batch run's counts by queue and state; raises RunNotFound."""
+        info = RunReader(self.redis, self._core.layout).run(run_id)
+        if info is None:
+            raise RunNotFound(run_id)
+        return info
+
+    def runs(self, limit: int = 20) -> list[RunInfo]:
+        """The most recent runs (newest first) whose records have not expired."""
+        return RunReader(self.redis, self._core.layout).recent(limit)
+
+    def results(self, run_id: str, queue: str | None = None) -> Iterator[dict[str, Any]]:
+        """Stream the run's jobs in ``queue`` (default: every final stage, a queue without
+        ``next``) as ``{"id", "queue", "status", "result" | "error"}``, in creation order,
+        holding one page of ids at a time. Raises RunNotFound, UnknownQueueError."""
+        self.run(run_id)
+        if queue is not None:
+            self.config.queue(queue)
+            queues = [queue]
+        else:
+            queues = final_stages({n: q.next for n, q in self.config.queues.items()})
+        return RunReader(self.redis, self._core.layout).results(run_id, queues)
+
+    def wait_run(self, run_id: str, timeout: float | None = None, *, poll: float = 0.2) -> RunInfo:
+        """Block until every job of the run (descendants included) is terminal; return its
+        counts. Raises RunNotFound, TimeoutError after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            info = self.run(run_id)
+            if info.complete:
+                return info
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"run {run_id}: {info.pending} job(s) unfinished after {timeout}s"
+                )
             time.sleep(delay)
             delay = min(delay * 2, poll)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 BackoffKind = Literal["exponential", "fixed"]
 ExecutorKind = Literal["async", "thread", "process"]
 PersistenceKind = Literal["aof", "none"]
+JoinOnFailure = Literal["run", "dead_letter"]
 
 DEFAULT_CONCURRENCY = 10
 DEFAULT_TIMEOUT = 300.0
@@ -87,6 +88,9 @@ class QueueConfig:
     executor: ExecutorKind | None = None
     next: tuple[str, ...] = ()
     fan_out: bool = False
+    # Fan-in: runs once per group (fan-out) with the list of values that reached it.
+    join: bool = False
+    join_on_failure: JoinOnFailure = "run"
     max_stalls: int = DEFAULT_MAX_STALLS
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES

@@ -200,6 +200,39 @@ def tls_path(value: str, base: Path | None) -> Path:
     return path if path.is_absolute() or base is None else base / path
 
 
+def _join_problems(doc: Document) -> Iterator[Problem]:
+    """A ``join: true`` queue is reached through ``next`` from some ``fan_out: true`` queue;
+    otherwise every value reaching it would be a group of one (almost surely a mistake)."""
+    queues = _queues(doc.data)
+    defaults = _mapping(_mapping(doc.data).get("defaults"))
+
+    def flag(name: str, key: str) -> bool:
+        return queues[name].get(key, defaults.get(key)) is True
+
+    def targets(name: str) -> list[str]:
+        nxt = queues[name].get("next")
+        items = [nxt] if isinstance(nxt, str) else nxt if isinstance(nxt, list) else []
+        return [t for t in items if isinstance(t, str) and t in queues]
+
+    reached: set[str] = set()
+    pending = [t for name in queues if flag(name, "fan_out") for t in targets(name)]
+    while pending:
+        name = pending.pop()
+        if name not in reached:
+            reached.add(name)
+            pending += targets(name)
+    for name in queues:
+        path: PathKey = ("queues", name, "join")
+        if "join" not in queues[name]:
+            path = ("queues", name)
+        if flag(name, "join") and name not in reached and not doc.is_blocked(path):
+            yield doc.problem(
+                path,
+                f"join queue {name!r} cannot be reached from a fan_out queue: no queue with "
+                "fan_out: true leads to it through next, so it would only ever see groups of one",
+            )
+
+
 def _import_problems(doc: Document, search_paths: Sequence[Path]) -> Iterator[Problem]:
     """Handlers import and suit their executor; ``fatal_errors`` are exception classes."""
     data = _mapping(doc.data)
@@ -358,6 +391,7 @@ def check(
     problems += _next_problems(doc)
     problems += _schedule_problems(doc)
     problems += _tls_problems(doc, source.parent if source is not None else None)
+    problems += _join_problems(doc)
     if check_imports:
         problems += _import_problems(doc, search_paths)
     problems.sort(key=lambda p: (p.line, p.col))

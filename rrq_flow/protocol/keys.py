@@ -71,6 +71,23 @@ class KeyLayout:
         """LIST of the ids of the children a job created, in creation order (the child index)."""
         return f"{self.prefix}children:{job_id}"
 
+    @property
+    def runs(self) -> str:
+        """ZSET run id -> started ms (the newest 1000 runs): lists runs without SCAN."""
+        return self.prefix + "runs"
+
+    def run(self, run_id: str) -> str:
+        """HASH of one batch run's counts (fragments/runs.lua); expires after the run ends."""
+        return f"{self.prefix}run:{run_id}"
+
+    def run_jobs(self, run_id: str, queue: str) -> str:
+        """LIST of the run's job ids in ``queue``, in creation order (paged by ``results``)."""
+        return f"{self.prefix}run:{run_id}:jobs:{queue}"
+
+    def group(self, group_id: str) -> str:
+        """HASH of an open fan-in group (fragments/groups.lua); gone once its join exists."""
+        return f"{self.prefix}group:{group_id}"
+
     def unique(self, key: str) -> str:
         return f"{self.prefix}unique:{key}"
 

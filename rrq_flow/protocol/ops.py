@@ -33,6 +33,7 @@ class NewJob:
     unique_key: str = ""
     parent: str = ""
     priority: int = 0  # higher is claimed first (docs/protocol.md, priority levels)
+    run: str = ""  # batch-run id ("" none); descendants inherit it
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,34 @@ class ChildJob:
     when: str = ""
     unique_key: str = ""
     priority: int | None = None  # None: the parent's
+    # 'next' a next-stage job | 'join' a value for a join queue (args_json is the value itself)
+    # | 'out' an outbox job (outside any group)
+    kind: str = "next"
+    branch: int = 0  # position of the fan-out item it comes from
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """A fan-out whose items lead to a join opens a group; this is the join it will create."""
+
+    size: int
+    queue: str
+    join_id: str
+    max_attempts: int
+    max_bytes: int
+    on_failure: str
+
+    def as_json(self) -> str:
+        return encode_json(
+            {
+                "size": self.size,
+                "queue": self.queue,
+                "join_id": self.join_id,
+                "max_attempts": self.max_attempts,
+                "max_bytes": self.max_bytes,
+                "on_failure": self.on_failure,
+            }
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +84,7 @@ class Completion:
     epoch: int
     result_json: str
     children: Sequence[ChildJob] = ()
+    group: GroupSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +155,16 @@ class Protocol:
         q = self.layout.queue(queue)
         args: list[ScriptArg] = [self.prefix, queue, max_attempts, generation, len(jobs)]
         for j in jobs:
-            args += [j.id, j.args_json, j.kwargs_json, j.when, j.unique_key, j.parent, j.priority]
+            args += [
+                j.id,
+                j.args_json,
+                j.kwargs_json,
+                j.when,
+                j.unique_key,
+                j.parent,
+                j.priority,
+                j.run,
+            ]
         return Call(script("enqueue"), [self.layout.meta, q.ready, q.wake, q.stats], args)
 
     def claim(
@@ -176,7 +215,8 @@ class Protocol:
         q = self.layout.queue(queue)
         args: list[ScriptArg] = [self.prefix, worker, result_ttl_ms, len(done)]
         for c in done:
-            args += [c.id, c.epoch, c.result_json, len(c.children)]
+            group = c.group.as_json() if c.group is not None else ""
+            args += [c.id, c.epoch, c.result_json, group, len(c.children)]
             for ch in c.children:
                 args += [
                     ch.queue,
@@ -187,6 +227,8 @@ class Protocol:
                     ch.when,
                     ch.unique_key,
                     "" if ch.priority is None else ch.priority,
+                    ch.kind,
+                    ch.branch,
                 ]
         return Call(script("complete"), [q.active, q.stats, q.tput, q.flow, q.wake], args)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,43 @@ class OutboxJob:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     job_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """What a join job knows about the group it closes (``current_job().group``).
+
+    ``size``: items the fan-out returned; ``arrived``: values that reached the join (the
+    handler's argument); ``failed``: the branch jobs that ended dead, failed or cancelled, as
+    ``{"id", "state", "error"}`` (the first 1000; ``failed_count`` counts them all). A value that
+    reached a join outside any group is a group of one (size 1, arrived 1).
+    """
+
+    id: str
+    size: int
+    arrived: int
+    failed: list[dict[str, Any]]
+    failed_count: int
+
+    @classmethod
+    def from_json(cls, text: str) -> GroupInfo:
+        data = json.loads(text)
+        return cls(
+            id=str(data["id"]),
+            size=int(data["size"]),
+            arrived=int(data["arrived"]),
+            failed=list(data["failed"]),
+            failed_count=int(data["failed_count"]),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "size": self.size,
+            "arrived": self.arrived,
+            "failed": self.failed,
+            "failed_count": self.failed_count,
+        }
 
 
 @dataclass(slots=True)
@@ -39,6 +77,8 @@ class JobContext:
     worker_id: str
     parent: str | None
     logger: logging.Logger
+    # Set for a job of a `join: true` queue: the group it closes.
+    group: GroupInfo | None = None
     _outbox: list[OutboxJob] = field(default_factory=list)
     pause_requests: list[float] = field(default_factory=list)
 

@@ -44,7 +44,7 @@ from rrq_flow.protocol.ops import (
     parse_claim,
     parse_reap,
 )
-from rrq_flow.worker.context import JobContext, reset_current, set_current
+from rrq_flow.worker.context import GroupInfo, JobContext, reset_current, set_current
 from rrq_flow.worker.executor import make_runner, resolve_executor, start_process_pool
 from rrq_flow.worker.outcome import (
     UnstorableResult,
@@ -440,6 +440,8 @@ class QueueRunner:
         error: BaseException | None = None
         try:
             with rj.scope:
+                if cfg.join:
+                    ctx.group = await self._group_of(job.id)
                 args = json.loads(job.args_json)
                 kwargs = json.loads(job.kwargs_json)
                 result = await self.run_handler(args, kwargs, ctx, started)
@@ -465,6 +467,11 @@ class QueueRunner:
             self._fail(Failure(job.id, job.epoch, encode_json(record), "retry"), 0.0)
         finally:
             job_id_var.reset(id_token)
+
+    async def _group_of(self, job_id: str) -> GroupInfo | None:
+        """The group a join job closes (written by complete.lua when it made the job)."""
+        text = await self.worker.redis.hget(self.worker.layout.job(job_id), "group")
+        return GroupInfo.from_json(text) if text else None
 
     def _settle(
         self,
@@ -510,7 +517,9 @@ class QueueRunner:
             return
         try:
             result_json = encode_result(result, cfg.max_result_bytes)
-            children = self.worker.handoff.children(cfg, job.id, result, ctx.outbox)
+            completion = self.worker.handoff.completion(
+                cfg, job.id, job.epoch, result, result_json, ctx.outbox
+            )
         except Exception as exc:  # the result is the user's object
             # Storing it again would fail again: dead-letter now, no retry.
             unstorable = isinstance(exc, UnstorableResult)
@@ -525,9 +534,7 @@ class QueueRunner:
             )
             self._fail(Failure(job.id, job.epoch, encode_json(record), "dead"), duration)
             return
-        self.acks.completions.append(
-            (Completion(job.id, job.epoch, result_json, children), duration)
-        )
+        self.acks.completions.append((completion, duration))
         self.acks.poke()
 
     async def _pause_queue(self, seconds: float) -> None:

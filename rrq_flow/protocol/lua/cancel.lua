@@ -14,6 +14,9 @@
   Retry-safe: a repeat finds the job cancelled (FINISHED) or still CANCELLING.
 ]]
 -- #include common
+-- #include runs
+-- #include add_job
+-- #include groups
 
 local id, ttl_ms = ARGV[2], check_num(3, 'result ttl ms')
 check_type(KEYS[1], 'zset')
@@ -34,6 +37,8 @@ if status == 'queued' or status == 'scheduled' or status == 'retrying' then
   rcall('HSET', jk, 'status', 'cancelled', 'finished_at', now, 'settled', 'cancel')
   expire_job(jk, id, ttl_ms)
   rcall('HINCRBY', KEYS[3], 'cancelled', 1)
+  run_job_ended(jk, 'cancelled', now, ttl_ms)
+  group_job_ended(jk, id, 'cancelled', now, ttl_ms)
   return { 'CANCELLED', status }
 end
 return { 'FINISHED', status }

@@ -5,22 +5,33 @@
   KEYS[4] flow HASH      KEYS[5] wake LIST (a worker waiting at max_running is woken)
   ARGV[1] key prefix     ARGV[2] worker id     ARGV[3] result ttl ms
   ARGV[4] number of jobs N, then per job:
-          id, epoch, result JSON, number of children C, then C groups of 8:
+          id, epoch, result JSON,
+          group spec: "" or JSON {size, queue, join_id, max_attempts, max_bytes, on_failure} when
+            this job is a fan-out whose items lead to a join (it opens group:<id>),
+          number of children C, then C groups of 10:
           child queue, child id, args JSON, kwargs JSON, max attempts, when, unique key,
-          priority ('' : the parent's)
+          priority ('' : the parent's),
+          kind ('next' a next-stage job | 'join' a value for a join queue, args = the value JSON |
+          'out' an outbox job), branch index (position of the fan-out item)
 
   Returns: one verdict per job: 'OK' | 'STALE' (someone else owns it now: nothing changed) |
   'ALREADY_DONE' (this owner and epoch completed it before; a retry after a lost reply).
   Checks before the first write: the argument layout and numbers, the declared keys' types, and
   for every job its record, error list, child index and unique key, and every key each child
-  would touch (check_add); an error reply means nothing was written.
+  (and the join job of a group it opens) would touch (check_add); an error reply means nothing
+  was written.
+  A child carries its parent's run id (and is counted in that run) and its group stack
+  (fragments/groups.lua); a value for a join queue is kept in its group, and the group's join job
+  is created in the same step as the end of its last branch.
   Invariant: a job becomes done only by its current owner at its current epoch, and in the same
   step its children exist (ids derived by the caller from parent id and position, so a repeated
   completion cannot duplicate them), are listed in its child index `children:<id>` (the record
-  keeps only their count) and its unique key is released.
+  keeps only their count), its group tokens move and its unique key is released.
 ]]
 -- #include common
+-- #include runs
 -- #include add_job
+-- #include groups
 
 local worker = ARGV[2]
 local ttl_ms, n = check_num(3, 'result ttl ms'), check_num(4, 'number of jobs')
@@ -31,17 +42,26 @@ check_type(KEYS[4], 'hash')
 check_type(KEYS[5], 'list')
 local p = 5
 for _ = 1, n do
-  local nchildren = check_num(p + 3, 'number of children')
+  local nchildren = check_num(p + 4, 'number of children')
   local jk = check_job(ARGV[p])
+  local gspec = ARGV[p + 3]
+  if gspec ~= '' then
+    local ok, spec = pcall(cjson.decode, gspec)
+    if not ok or type(spec) ~= 'table' or not spec.queue or not spec.join_id then
+      refuse('bad group spec for job ' .. ARGV[p])
+    end
+    check_add(spec.queue, spec.join_id, '', '', spec.max_attempts, '')
+    check_type(group_key(ARGV[p]), 'hash')
+  end
   local parent_prio = rcall('HGET', jk, 'priority') or '0'
   for c = 0, nchildren - 1 do
-    local b = p + 4 + c * 8
-    if b + 7 > #ARGV then refuse('arguments end inside the children of job ' .. ARGV[p]) end
+    local b = p + 5 + c * 10
+    if b + 9 > #ARGV then refuse('arguments end inside the children of job ' .. ARGV[p]) end
     local cprio = ARGV[b + 7]
     if cprio == '' then cprio = parent_prio end
     check_add(ARGV[b], ARGV[b + 1], ARGV[b + 5], ARGV[b + 6], ARGV[b + 4], cprio)
   end
-  p = p + 4 + nchildren * 8
+  p = p + 5 + nchildren * 10
 end
 if p ~= #ARGV + 1 then refuse('expected ' .. (p - 1) .. ' arguments, got ' .. #ARGV) end
 
@@ -50,9 +70,10 @@ local out = {}
 local done = 0
 p = 5
 for _ = 1, n do
-  local id, epoch, result, nchildren = ARGV[p], ARGV[p + 1], ARGV[p + 2], tonumber(ARGV[p + 3])
-  local cbase = p + 4
-  p = cbase + nchildren * 8
+  local id, epoch, result, gspec = ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 3]
+  local nchildren = tonumber(ARGV[p + 4])
+  local cbase = p + 5
+  p = cbase + nchildren * 10
   local jk = job_key(id)
   local _, verdict = check_owner(jk, epoch, worker, 'complete')
   if verdict then
@@ -60,18 +81,37 @@ for _ = 1, n do
   else
     local children = {}
     local woken = {}
-    local parent_prio = nchildren > 0 and (rcall('HGET', jk, 'priority') or '0') or '0'
+    local f = rcall('HMGET', jk, 'run', 'grp', 'priority')
+    local run, stack, parent_prio = f[1] or '', stack_decode(f[2]), f[3] or '0'
+    local opened = gspec ~= ''
+    if opened then
+      local spec = cjson.decode(gspec)
+      group_open(id, spec, stack_encode(stack), run, now)
+      rcall('HSET', jk, 'group_join', spec.join_id)
+    end
+    local tokens = 0 -- jobs that carry this job's branch on in its own innermost group
     for c = 0, nchildren - 1 do
-      local b = cbase + c * 8
-      local cqueue = ARGV[b]
+      local b = cbase + c * 10
+      local cqueue, cid, kind, index = ARGV[b], ARGV[b + 1], ARGV[b + 8], tonumber(ARGV[b + 9])
       local cprio = ARGV[b + 7]
       if cprio == '' then cprio = parent_prio end
-      local cid, cverdict = add_job(cqueue, ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
-        ARGV[b + 5], ARGV[b + 6], id, ARGV[b + 4], now, cprio)
-      children[#children + 1] = cid
-      if cverdict == 'new' and not woken[cqueue] then
-        wake(wake_key(cqueue))
-        woken[cqueue] = true
+      local cstack = stack
+      if opened and kind ~= 'out' then cstack = cjson.decode(stack_push(stack, id, index)) end
+      if kind == 'join' then
+        group_arrive(cstack, ARGV[b + 2], cqueue, cid, ARGV[b + 4], run, id, now, ttl_ms)
+      else
+        local cverdict
+        cid, cverdict = add_job(cqueue, cid, ARGV[b + 2], ARGV[b + 3], ARGV[b + 5], ARGV[b + 6],
+          id, ARGV[b + 4], now, cprio, run)
+        children[#children + 1] = cid
+        if kind == 'next' and cverdict == 'new' then
+          if #cstack > 0 then rcall('HSET', job_key(cid), 'grp', stack_encode(cstack)) end
+          if opened then group_token(cstack, 1, now, ttl_ms) else tokens = tokens + 1 end
+        end
+        if cverdict == 'new' and not woken[cqueue] then
+          wake(wake_key(cqueue))
+          woken[cqueue] = true
+        end
       end
     end
     local ck = children_key(id)
@@ -82,6 +122,14 @@ for _ = 1, n do
     rcall('ZREM', KEYS[1], id)
     expire_job(jk, id, ttl_ms)
     release_unique(jk, id)
+    -- Tokens last: a group closed here makes its join after every value above arrived. An opener
+    -- hands its own token to the join of the group it opened (that join continues its branch).
+    if opened then
+      group_token({ { id, 0 } }, -1, now, ttl_ms)
+    else
+      group_token(stack, tokens - 1, now, ttl_ms)
+    end
+    run_job_ended(jk, 'done', now, ttl_ms)
     done = done + 1
     out[#out + 1] = 'OK'
   end

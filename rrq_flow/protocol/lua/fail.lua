@@ -23,6 +23,9 @@
   ALREADY_DONE; a later claim bumps the epoch and turns any stale call into STALE.
 ]]
 -- #include common
+-- #include runs
+-- #include add_job
+-- #include groups
 
 local ACTIONS = { retry = true, dead = true, cancel = true }
 check_groups(5, 5, 'id, epoch, error, action, delay')
@@ -68,6 +71,8 @@ for i = 6, #ARGV, 5 do
       rcall('HSET', jk, 'status', 'cancelled', 'finished_at', now)
       expire_job(jk, id, ttl_ms)
       rcall('HINCRBY', KEYS[3], 'cancelled', 1)
+      run_job_ended(jk, 'cancelled', now, ttl_ms)
+      group_job_ended(jk, id, 'cancelled', now, ttl_ms)
       out[#out + 1] = 'CANCELLED'
     elseif action == 'retry' and tonumber(f[1]) < tonumber(f[2]) then
       local due = now + delay
@@ -80,6 +85,8 @@ for i = 6, #ARGV, 5 do
     else
       local reason = action == 'dead' and 'fatal' or 'out of attempts'
       out[#out + 1] = finish_dead(jk, id, queue, now, dead_letter, ttl_ms, reason)
+      run_job_ended(jk, string.lower(out[#out]), now, ttl_ms)
+      group_job_ended(jk, id, string.lower(out[#out]), now, ttl_ms)
     end
     if out[#out] ~= 'RETRY' then finished = finished + 1 end
   end

@@ -27,6 +27,9 @@
   Retry-safe: a reaped job is no longer in `active` with an expired lease, so a repeat skips it.
 ]]
 -- #include common
+-- #include runs
+-- #include add_job
+-- #include groups
 
 local guard_ms, max_stalls, dead_letter = check_num(2, 'guard ms'), check_num(3, 'max stalls'),
   ARGV[4]
@@ -101,9 +104,13 @@ for i = 1, #expired, 2 do
       rcall('HSET', jk, 'status', 'cancelled', 'finished_at', now)
       expire_job(jk, id, ttl_ms)
       rcall('HINCRBY', KEYS[4], 'cancelled', 1)
+      run_job_ended(jk, 'cancelled', now, ttl_ms)
+      group_job_ended(jk, id, 'cancelled', now, ttl_ms)
       finished = finished + 1
     elseif stalls > max_stalls then
-      finish_dead(jk, id, f[4], now, dead_letter, ttl_ms, 'stalled')
+      local verdict = finish_dead(jk, id, f[4], now, dead_letter, ttl_ms, 'stalled')
+      run_job_ended(jk, string.lower(verdict), now, ttl_ms)
+      group_job_ended(jk, id, string.lower(verdict), now, ttl_ms)
       dead[#dead + 1] = id
       finished = finished + 1
     else

@@ -15,6 +15,9 @@
   Retry-safe: a repeat finds the job settled by 'release' at the same epoch: ALREADY_DONE.
 ]]
 -- #include common
+-- #include runs
+-- #include add_job
+-- #include groups
 
 check_groups(3, 2, 'job id, epoch')
 local worker, ttl_ms = ARGV[2], check_num(3, 'result ttl ms')
@@ -39,6 +42,8 @@ for i = 4, #ARGV, 2 do
       release_unique(jk, id)
       rcall('HSET', jk, 'status', 'cancelled', 'settled', 'release', 'finished_at', now)
       expire_job(jk, id, ttl_ms)
+      run_job_ended(jk, 'cancelled', now, ttl_ms)
+      group_job_ended(jk, id, 'cancelled', now, ttl_ms)
       cancelled = cancelled + 1
       out[#out + 1] = 'CANCELLED'
     else

@@ -12,6 +12,7 @@
   Retry-safe: a moved job is no longer in the dead set, so a repeat moves nothing twice.
 ]]
 -- #include common
+-- #include runs
 
 check_type(KEYS[1], 'zset')
 check_type(KEYS[2], 'zset')
@@ -45,6 +46,9 @@ for _, id in ipairs(ids) do
         rcall('HDEL', jk, 'finished_at', 'dead_reason', 'result', 'cancel_requested')
         rcall('PERSIST', jk)
         add_ready(KEYS[2], rcall('HGET', jk, 'priority'), now, id)
+        run_job_reopened(jk, now)
+        -- It left its group when it died (counted failed there): it now runs outside any group.
+        rcall('HDEL', jk, 'grp')
       end
     end
   end

@@ -1,6 +1,6 @@
 --[[
   add_job: create one job record and put it in its queue; shared by enqueue and by the creation of
-  children (complete, expand). Needs common.
+  children (complete, expand). Needs common and runs (a job of a run is counted in it).
 
   check_add (before the script's first write) checks the keys add_job will read or write, the
   `when` field and the priority; add_job then cannot fail half-way.
@@ -30,7 +30,7 @@ local function check_add(queue, id, when, ukey, max_attempts, prio)
   check_ready(queue_key(queue), prio)
 end
 
-local function add_job(queue, id, args, kwargs, when, ukey, parent, max_attempts, now, prio)
+local function add_job(queue, id, args, kwargs, when, ukey, parent, max_attempts, now, prio, run)
   local jk = job_key(id)
   if rcall('EXISTS', jk) == 1 then return id, 'exists', false end
   local uk
@@ -51,10 +51,12 @@ local function add_job(queue, id, args, kwargs, when, ukey, parent, max_attempts
   end
   rcall('HSET', jk, 'id', id, 'queue', queue, 'args', args, 'kwargs', kwargs, 'status', status,
     'attempts', 0, 'claims', 0, 'max_attempts', max_attempts, 'epoch', 0, 'stalls', 0,
-    'enqueued_at', now, 'ready_at', ready_at, 'unique_key', ukey, 'parent', parent)
+    'enqueued_at', now, 'ready_at', ready_at, 'unique_key', ukey, 'parent', parent,
+    'run', run or '')
   if prio ~= nil and prio ~= '' and prio ~= '0' then rcall('HSET', jk, 'priority', prio) end
   if uk then rcall('SET', uk, id) end
   add_ready(queue_key(queue), prio, ready_at, id)
   rcall('HINCRBY', stats_key(queue), 'enqueued', 1)
+  run_job_added(run, queue, id, now)
   return id, 'new', ready_at <= now
 end
