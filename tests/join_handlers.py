@@ -42,3 +42,9 @@ async def total(values: list[int]) -> int:
 
 async def big(x: int) -> str:
     return "x" * 400
+
+
+def gather_in_process(values: list[Any]) -> dict[str, Any]:
+    """The join as an ``executor: process`` handler: the group reaches the handler's process."""
+    group = current_job().group
+    return {"values": values, "size": group.size if group else None}

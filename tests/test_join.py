@@ -181,3 +181,15 @@ def test_wait_for_descendants_includes_a_join_that_does_not_exist_yet(redis_url:
             return counts
 
     assert trio.run(main) == {"done": 52}
+
+
+def test_a_process_join_sees_its_group(redis_url: str) -> None:
+    cfg = make_pipeline(
+        redis_url,
+        make_queue("gen", f"{J}:items", next=("work",), fan_out=True),
+        make_queue("work", f"{J}:work", next=("gather",)),
+        make_queue("gather", f"{J}:gather_in_process", join=True, executor="process"),
+        name="join",
+    )
+    _run(cfg, "gen", 3)
+    assert _joins(cfg, "gather")[0]["result"] == {"values": [0, 2, 4], "size": 3}

@@ -85,6 +85,7 @@ def make_runner(
             server_offset=server_offset(),
             channel=channel.path,
             max_result_bytes=cfg.max_result_bytes,
+            group=ctx.group,
         )
         key = (ctx.id, ctx.epoch)
         channel.on_start(key, started)

@@ -27,7 +27,7 @@ from typing import Any
 import trio
 
 from rrq_flow.logs import job_id_var
-from rrq_flow.worker.context import JobContext, OutboxJob, reset_current, set_current
+from rrq_flow.worker.context import GroupInfo, JobContext, OutboxJob, reset_current, set_current
 from rrq_flow.worker.outcome import (
     UnstorableResult,
     cap_bytes,
@@ -59,6 +59,7 @@ class JobInfo:
     server_offset: float  # server clock minus this host's wall clock, seconds
     channel: str  # the worker's datagram socket path
     max_result_bytes: int
+    group: GroupInfo | None = None  # a join job's group (current_job().group)
 
 
 class RemoteHandlerError(Exception):
@@ -136,6 +137,7 @@ def run_in_process(
         worker_id=info.worker_id,
         parent=info.parent,
         logger=logger,
+        group=info.group,
     )
     token = set_current(ctx)
     try:
