@@ -28,6 +28,7 @@ PIPELINE_COMMANDS: tuple[str, ...] = (
     "hget",
     "hgetall",
     "hincrby",
+    "hkeys",  # a batch run's per-queue job lists, when the run ends (fragments/runs.lua)
     "hmget",
     "hset",
     "hsetnx",
@@ -51,6 +52,7 @@ PIPELINE_COMMANDS: tuple[str, ...] = (
     "zrange",
     "zrangebyscore",
     "zrem",
+    "zremrangebyrank",  # only the newest 1000 runs stay listed (fragments/runs.lua)
     "zremrangebyscore",
     "zrevrange",
     "zrevrangebyscore",  # the dashboard's dead-letter pages (rrq_flow/client/browse.py)
@@ -85,13 +87,13 @@ local p = KEYS[1]
 local h, z, l, s = p .. 'h', p .. 'z', p .. 'l', p .. 's'
 local probes = {
   del = {s}, exists = {s}, get = {s}, hdel = {h, 'f'},
-  hget = {h, 'f'}, hgetall = {h}, hincrby = {h, 'n', '1'}, hmget = {h, 'f'},
+  hget = {h, 'f'}, hgetall = {h}, hincrby = {h, 'n', '1'}, hkeys = {h}, hmget = {h, 'f'},
   hset = {h, 'f', 'v'}, hsetnx = {h, 'g', 'v'}, llen = {l}, lpush = {l, 'v'},
   lrange = {l, '0', '-1'}, ltrim = {l, '0', '-1'}, pexpire = {h, '60000'}, persist = {h},
   ping = {}, rpush = {l, 'v'}, set = {s, 'v'}, time = {}, zadd = {z, '1', 'm'},
   zcard = {z}, zcount = {z, '-inf', '+inf'}, zrange = {z, '0', '-1'},
   zrangebyscore = {z, '-inf', '+inf'}, zrem = {z, 'm'}, zremrangebyscore = {z, '2', '3'},
-  zrevrange = {z, '0', '-1'}, zscore = {z, 'm'}, type = {s},
+  zremrangebyrank = {z, '5', '6'}, zrevrange = {z, '0', '-1'}, zscore = {z, 'm'}, type = {s},
   zrevrangebyscore = {z, '+inf', '-inf'},
 }
 local denied, unknown, unscriptable = {}, {}, {}
