@@ -13,7 +13,7 @@ import pytest
 from rrq_flow.client._core import JobSpec
 from tests.conftest import make_pipeline, make_queue
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # tracemalloc slows 100,000 reads
 
 
 def _peak_reading(client: object, run: str) -> tuple[int, int]:
