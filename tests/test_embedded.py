@@ -68,7 +68,8 @@ def redis_pids(sock: Path) -> list[int]:
         if not proc.name.isdigit():
             continue
         try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            # errors="replace": another process may have any bytes in its argv
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
         if "redis-server" in cmdline and f"unixsocket:{sock}" in cmdline:
