@@ -8,13 +8,20 @@ verification, timeouts and credentials are the same on every path.
 Connect and command timeouts are always set: both libraries default to none, and a worker
 waiting forever on a half-open socket would hold its jobs' leases hostage. Server certificates
 are verified and host names checked unless ``redis.tls`` says otherwise.
+
+With ``redis.sentinel`` the clients find the master through the sentinels (and find it again
+after a failover); with ``redis.cluster`` they are cluster clients seeded by the URL and
+``redis.nodes``, following ``MOVED``/``ASK`` by themselves. The URL then only gives the
+credentials, TLS and database (Sentinel) or one seed node (Cluster).
 """
 
 from __future__ import annotations
 
 import functools
 import ssl
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -121,14 +128,62 @@ def tls_context(tls: TLSSettings) -> ssl.SSLContext:
     return context
 
 
+def parse_host_port(node: str) -> tuple[str, int]:
+    """``host:port`` (as the schema allows it) as a pair."""
+    host, _, port = node.rpartition(":")
+    return host, int(port)
+
+
+def url_for(settings: RedisSettings) -> str | None:
+    """The URL the clients are built from: ``url``, or for a Cluster without one its first seed
+    node, or for Sentinel a placeholder (the master's address comes from the sentinels). None
+    when the file says nothing about where Redis is (embedded Redis)."""
+    if settings.url:
+        return settings.url
+    if settings.cluster and settings.nodes:
+        return f"redis://{settings.nodes[0]}/0"
+    if settings.sentinel is not None:
+        return f"redis://{settings.sentinel.master}/0"
+    return None
+
+
+def cluster_seeds(url: str, settings: RedisSettings) -> list[tuple[str, int]]:
+    """The seed nodes of a Cluster: the URL's host and every ``redis.nodes`` entry."""
+    loc = parse_redis_url(url)
+    seeds = [(loc.host or "localhost", loc.port or 6379)]
+    seeds += [parse_host_port(n) for n in settings.nodes]
+    return list(dict.fromkeys(seeds))
+
+
+def data_location(url: str, settings: RedisSettings) -> RedisLocation:
+    """The URL's location, with Sentinel's data-node password when ``redis.sentinel`` sets one."""
+    loc = parse_redis_url(url)
+    if settings.sentinel is not None and settings.sentinel.password is not None:
+        loc = replace(loc, password=settings.sentinel.password)
+    return loc
+
+
 def _command_timeout(settings: RedisSettings) -> float:
     # A blocking wake-up call must not be cut off by the socket timeout.
     return max(settings.command_timeout, MAX_BLOCK_SECONDS + 2.0)
 
 
+class _SentinelRedis(coredis.Redis[str]):
+    """The master's client from coredis' Sentinel; entering it enters the sentinels too."""
+
+    rrq_sentinel: coredis.Sentinel[str]
+
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncIterator[_SentinelRedis]:
+        async with self.rrq_sentinel, super().__asynccontextmanager__():
+            yield self
+
+
 def open_async_redis(url: str, settings: RedisSettings, **extra: Any) -> coredis.Redis[str]:
-    """A coredis client (decoded str replies). Use it as ``async with``."""
-    loc = parse_redis_url(url)
+    """A coredis client (decoded str replies). Use it as ``async with``.
+
+    For a Cluster it is a ``coredis.RedisCluster`` (typed as the common client interface)."""
+    loc = data_location(url, settings)
     common: dict[str, Any] = dict(
         db=loc.db,
         username=loc.username,
@@ -146,7 +201,63 @@ def open_async_redis(url: str, settings: RedisSettings, **extra: Any) -> coredis
     if loc.ssl:
         # coredis' own ssl=True does not check host names; our context does.
         common["ssl_context"] = tls_context(settings.tls)
+    if settings.cluster:
+        from coredis.typing import Node
+
+        del common["db"]  # a Cluster has only database 0
+        nodes = [Node(host=h, port=p) for h, p in cluster_seeds(url, settings)]
+        cluster: Any = coredis.RedisCluster(startup_nodes=nodes, **common)
+        return cluster  # type: ignore[no-any-return]
+    if settings.sentinel is not None:
+        return _async_sentinel_master(settings, common)
     return coredis.Redis(host=loc.host or "localhost", port=loc.port or 6379, **common)
+
+
+def _async_sentinel_master(settings: RedisSettings, common: dict[str, Any]) -> coredis.Redis[str]:
+    from coredis.connection import TCPLocation
+
+    s = settings.sentinel
+    assert s is not None
+    common = {k: v for k, v in common.items() if k != "verify_version"}
+    sentinel_kwargs: dict[str, Any] = dict(
+        connect_timeout=settings.connect_timeout,
+        stream_timeout=settings.connect_timeout,
+        password=s.sentinel_password,
+        decode_responses=True,
+        verify_version=False,
+    )
+    if "ssl_context" in common:  # redis.tls applies to the sentinels too
+        sentinel_kwargs["ssl_context"] = common["ssl_context"]
+    manager: coredis.Sentinel[str] = coredis.Sentinel(
+        [TCPLocation(*parse_host_port(n)) for n in s.nodes],
+        sentinel_kwargs=sentinel_kwargs,
+        decode_responses=True,
+    )
+    primary = manager.primary_for(s.master, redis_class=_SentinelRedis, **common)
+    assert isinstance(primary, _SentinelRedis)
+    primary.rrq_sentinel = manager
+    return primary
+
+
+def _sentinel_connection_class() -> type:
+    """redis-py's Sentinel connection, which also treats ``NOREPLICAS`` as "the master moved"
+    (it already does so for ``READONLY``): see :mod:`rrq_flow.failover`."""
+    import redis.exceptions
+    from redis.sentinel import SentinelManagedConnection
+
+    from rrq_flow.failover import is_stale_master
+
+    class Connection(SentinelManagedConnection):
+        def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().read_response(*args, **kwargs)
+            except redis.exceptions.ResponseError as exc:
+                if self.connection_pool.is_master and is_stale_master(exc):
+                    self.disconnect()  # type: ignore[no-untyped-call]
+                    raise redis.exceptions.ConnectionError(f"not the master now: {exc}") from exc
+                raise
+
+    return Connection
 
 
 def _no_client_commands() -> dict[str, Any]:
@@ -173,7 +284,7 @@ def open_sync_redis(url: str, settings: RedisSettings, **extra: Any) -> redis.Re
     """A redis-py client (decoded str replies)."""
     import redis  # here, not at module level: workers never need redis-py (6 MiB of RSS)
 
-    loc = parse_redis_url(url)
+    loc = data_location(url, settings)
     common: dict[str, Any] = dict(
         db=loc.db,
         username=loc.username,
@@ -197,6 +308,32 @@ def open_sync_redis(url: str, settings: RedisSettings, **extra: Any) -> redis.Re
             ssl_cert_reqs="required" if tls.verify else "none",
             ssl_check_hostname=tls.verify and tls.check_hostname,
         )
+    if settings.cluster:
+        from redis.cluster import ClusterNode, RedisCluster
+
+        del common["db"]  # a Cluster has only database 0
+        common.pop("retry", None)  # a cluster client retries per node itself
+        nodes = [ClusterNode(h, p) for h, p in cluster_seeds(url, settings)]  # type: ignore[no-untyped-call]
+        cluster: Any = RedisCluster(startup_nodes=nodes, **common)
+        return cluster  # type: ignore[no-any-return]
+    if settings.sentinel is not None:
+        from redis.sentinel import Sentinel
+
+        s = settings.sentinel
+        tls_kwargs = {k: v for k, v in common.items() if k.startswith("ssl")}
+        manager = Sentinel(  # type: ignore[no-untyped-call]
+            [parse_host_port(n) for n in s.nodes],
+            sentinel_kwargs=dict(
+                password=s.sentinel_password,
+                socket_connect_timeout=settings.connect_timeout,
+                socket_timeout=settings.connect_timeout,
+                **tls_kwargs,
+            ),
+        )
+        master: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
+            s.master, connection_class=_sentinel_connection_class(), **common
+        )
+        return master
     return redis.Redis(host=loc.host or "localhost", port=loc.port or 6379, **common)
 
 

@@ -286,8 +286,11 @@ def redis_url_for(config: PipelineConfig) -> Iterator[str]:
     On exit the embedded server is stopped if no other process (or context) still uses it: the
     starter stops it when it is the last user, otherwise the last user does.
     """
-    if config.redis.url:
-        yield config.redis.url
+    from rrq_flow.connection import url_for
+
+    url = url_for(config.redis)
+    if url is not None:
+        yield url
         return
     embedded = EmbeddedRedis(config.state_dir)
     url = embedded.ensure()

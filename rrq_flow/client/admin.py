@@ -21,7 +21,7 @@ from rrq_flow.config.model import DEFAULT_RESULT_TTL
 from rrq_flow.errors import JobNotFound
 from rrq_flow.flow import FOREVER, FlowState, flow_state
 from rrq_flow.protocol.ops import Call, ms
-from rrq_flow.protocol.scripts import call_sync, preload_sync
+from rrq_flow.protocol.scripts import call_sync, pipe_evalsha, preload_sync
 from rrq_flow.schedules import ScheduleState
 from rrq_flow.schedules import states as schedule_states
 
@@ -286,7 +286,7 @@ class Admin:
         drained = self.protocol.drained(names, with_total=True)
         pipe = self.redis.pipeline(transaction=True)
         pipe.time()
-        pipe.evalsha(drained.script.sha, len(drained.keys), *drained.keys, *drained.args)
+        pipe_evalsha(pipe, drained.script, drained.keys, drained.args)
         for name in names:
             q = self.layout.queue(name)
             pipe.zrange(q.ready, 0, 0, withscores=True)  # lowest score: the oldest ready job
@@ -494,7 +494,7 @@ class Admin:
         while left > 0 and len(moved) < initial:
             call = self.protocol.requeue(name, None, limit=BATCH)
             pipe = self.redis.pipeline(transaction=False)
-            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            pipe_evalsha(pipe, call.script, call.keys, call.args)
             pipe.zcard(dead_key)
             try:
                 got, now_left = pipe.execute()

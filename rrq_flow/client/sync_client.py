@@ -26,7 +26,7 @@ from rrq_flow.config.model import PipelineConfig
 from rrq_flow.connection import open_sync_redis
 from rrq_flow.errors import JobFailed, JobNotFound, RunNotFound
 from rrq_flow.protocol.ops import Call, parse_enqueue
-from rrq_flow.protocol.scripts import call_sync, preload_sync
+from rrq_flow.protocol.scripts import call_sync, pipe_evalsha, preload_sync
 
 
 class SyncClient:
@@ -132,7 +132,7 @@ class SyncClient:
     def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)
         for c in calls:
-            pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+            pipe_evalsha(pipe, c.script, c.keys, c.args)
         return list(pipe.execute())
 
     # --- reading -----------------------------------------------------------------------------

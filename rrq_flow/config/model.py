@@ -48,8 +48,27 @@ class TLSSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SentinelSettings:
+    """Find the master through Redis Sentinel (``redis.sentinel``)."""
+
+    master: str
+    nodes: tuple[str, ...]  # "host:port" of the sentinels
+    password: str | None = None  # of the data nodes (the URL's password when unset)
+    sentinel_password: str | None = None  # of the sentinels themselves
+
+
+@dataclass(frozen=True, slots=True)
+class DurabilitySettings:
+    """Wait (``WAIT``) after enqueue and completion batches until ``replicas`` have them."""
+
+    replicas: int = 1
+    timeout: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class RedisSettings:
-    """Where Redis is. ``url`` None means: start (or reuse) the embedded redis-server."""
+    """Where Redis is. ``url`` None means: start (or reuse) the embedded redis-server, unless
+    ``sentinel`` or ``cluster`` says where it is."""
 
     url: str | None = None
     connect_timeout: float = 5.0
@@ -57,6 +76,16 @@ class RedisSettings:
     # "aof": `run` refuses a Redis that does not persist with AOF; "none": the risk is accepted.
     persistence: PersistenceKind = "aof"
     tls: TLSSettings = field(default_factory=TLSSettings)
+    sentinel: SentinelSettings | None = None
+    # A Redis Cluster: ``url`` and/or ``nodes`` ("host:port") are the seed nodes.
+    cluster: bool = False
+    nodes: tuple[str, ...] = ()
+    durability: DurabilitySettings | None = None
+
+    @property
+    def external(self) -> bool:
+        """True when the file says where Redis is (no embedded server is started)."""
+        return bool(self.url) or self.sentinel is not None or self.cluster
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ _PHRASES = {
     "handlerSpec": "a handler reference 'package.module:function'",
     "exceptionSpec": "an exception class 'package.module:Name' (or 'builtins.Name')",
     "next": "a queue name or a list of queue names",
+    "hostPort": "host:port, such as 10.0.0.1:26379",
 }
 _MISSING = "missing required key"
 # Defs whose alternatives are never explained one by one.

@@ -25,11 +25,13 @@ from rrq_flow.config.imports import (
 )
 from rrq_flow.config.loader import Document, PathKey, read_document
 from rrq_flow.config.model import (
+    DurabilitySettings,
     PipelineConfig,
     QueueConfig,
     RedisSettings,
     RetryPolicy,
     ScheduleConfig,
+    SentinelSettings,
     TLSSettings,
     WorkersConfig,
 )
@@ -83,6 +85,7 @@ def _duration_problems(doc: Document) -> Iterator[Problem]:
     data = _mapping(doc.data)
     sections: list[tuple[PathKey, dict[str, Any]]] = [
         (("redis",), _mapping(data.get("redis"))),
+        (("redis", "durability"), _mapping(_mapping(data.get("redis")).get("durability"))),
         (("workers",), _mapping(data.get("workers"))),
     ]
     for path, section in _settings_sections(data):
@@ -109,6 +112,22 @@ def _redis_url_problems(doc: Document) -> Iterator[Problem]:
         problem = url_problem(url)
         if problem is not None:
             yield doc.problem(path, problem)
+
+
+def _topology_problems(doc: Document) -> Iterator[Problem]:
+    """Sentinel and Cluster exclude each other (a Cluster does its own failover)."""
+    redis = _mapping(_mapping(doc.data).get("redis"))
+    if redis.get("sentinel") and redis.get("cluster") is True:
+        yield doc.problem(
+            ("redis", "sentinel"),
+            "give either sentinel or cluster: a Redis Cluster fails over by itself",
+        )
+    if redis.get("nodes") and redis.get("cluster") is not True:
+        yield doc.problem(
+            ("redis", "nodes"),
+            "nodes lists a Redis Cluster's seed nodes: set cluster: true (Sentinel's nodes go "
+            "under sentinel)",
+        )
 
 
 def _next_problems(doc: Document) -> Iterator[Problem]:
@@ -344,6 +363,13 @@ def build_config(data: Mapping[str, Any], *, source: Path | None = None) -> Pipe
         if value is not None
     }
     redis["tls"] = TLSSettings(**tls_settings)
+    if isinstance(redis.get("sentinel"), Mapping):
+        sentinel = _settings(redis["sentinel"])
+        redis["sentinel"] = SentinelSettings(**{**sentinel, "nodes": tuple(sentinel["nodes"])})
+    if "nodes" in redis:
+        redis["nodes"] = tuple(redis["nodes"])
+    if isinstance(redis.get("durability"), Mapping):
+        redis["durability"] = DurabilitySettings(**_settings(redis["durability"]))
     defaults = _mapping(data.get("defaults"))
     queues: dict[str, QueueConfig] = {}
     for name, spec in _queues(data).items():
@@ -392,6 +418,7 @@ def check(
     problems += _schedule_problems(doc)
     problems += _tls_problems(doc, source.parent if source is not None else None)
     problems += _join_problems(doc)
+    problems += _topology_problems(doc)
     if check_imports:
         problems += _import_problems(doc, search_paths)
     problems.sort(key=lambda p: (p.line, p.col))

@@ -17,6 +17,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import coredis
 import coredis.exceptions
 
 _INCLUDE = re.compile(r"^-- #include (\w+)\s*$", re.MULTILINE)
@@ -81,8 +82,22 @@ def call_sync(client: Any, s: Script, keys: Sequence[str], args: Sequence[Script
         return client.eval(s.source, len(keys), *keys, *args)
 
 
+def pipe_evalsha(pipe: Any, s: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> None:
+    """Queue an EVALSHA of ``s`` on a redis-py pipeline (a cluster pipeline refuses ``evalsha()``
+    but routes the raw command by its keys)."""
+    pipe.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)
+
+
 def preload_sync(client: Any) -> None:
-    """Load every script (one pipelined round trip) so that pipelines may use EVALSHA."""
+    """Load every script (one pipelined round trip) so that pipelines may use EVALSHA.
+
+    A cluster client loads each on every master instead (it cannot pipeline SCRIPT LOAD)."""
+    from redis.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        for s in all_scripts():
+            client.script_load(s.source)
+        return
     pipe = client.pipeline(transaction=False)
     for s in all_scripts():
         pipe.script_load(s.source)
@@ -90,6 +105,10 @@ def preload_sync(client: Any) -> None:
 
 
 async def preload_async(client: Any) -> None:
+    if isinstance(client, coredis.RedisCluster):
+        for s in all_scripts():
+            await client.script_load(s.source)
+        return
     async with client.pipeline(transaction=False) as pipe:
         for s in all_scripts():
             pipe.script_load(s.source)

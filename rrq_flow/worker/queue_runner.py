@@ -144,7 +144,9 @@ class QueueRunner:
         self.prefetch = cfg.claim_ahead
         self._max_buffer_wait = cfg.lock_extension / 2
         self._stop_key = worker.layout.worker_wake(worker.worker_id, cfg.name)
-        self._wake = wake_connection_for(worker.url, worker.config.redis)
+        self._wake = wake_connection_for(
+            worker.url, worker.config.redis, worker.layout.queue(cfg.name).wake
+        )
         self.slot_freed = trio.Event()
         self.acks = AckBuffer()
         self.idle = False  # blocked waiting for work (the last claim took all that was ready)

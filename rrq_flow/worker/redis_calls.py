@@ -16,6 +16,7 @@ from typing import Any
 import coredis
 import trio
 
+from rrq_flow.failover import is_stale_master, reconnect
 from rrq_flow.protocol.ops import Call
 from rrq_flow.protocol.scripts import call_async
 from rrq_flow.redis_errors import REDIS_FAILURES, classify, error_code, explain
@@ -79,6 +80,12 @@ class RedisCaller:
         try:
             with trio.CancelScope(shield=True), trio.fail_after(self.timeout):
                 result = await call_async(self.redis, call.script, call.keys, call.args)
+        except coredis.exceptions.ResponseError as exc:
+            if not is_stale_master(exc):
+                raise
+            reconnect(self.redis)  # a failover: the next connection asks Sentinel again
+            self.outage.failed(exc)
+            raise coredis.exceptions.ConnectionError(str(exc)) from exc
         except TRANSIENT as exc:
             self.outage.failed(exc)
             raise

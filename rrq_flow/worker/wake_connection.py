@@ -8,7 +8,9 @@ their replies. Everything else stays on coredis, which is also the fallback when
 connection cannot be used (see :func:`wake_connection_for`).
 
 A connection that fails, times out or is cancelled mid-call is closed and reopened on the
-next use: a reply arriving late must never be read as the answer to a later call.
+next use: a reply arriving late must never be read as the answer to a later call. Where it
+reopens is its locator's answer (:mod:`rrq_flow.worker.wake_locator`): with Sentinel the master
+named now, with a Cluster the owner of the queue's slot, following ``MOVED`` and failovers.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import coredis.exceptions
 import trio
 
 from rrq_flow.config.model import RedisSettings
-from rrq_flow.connection import RedisLocation, open_stream, parse_redis_url
+from rrq_flow.connection import RedisLocation, open_stream
+from rrq_flow.worker.wake_locator import FixedLocator, Locator, locator_for
 
 Reply = Any  # str | int | None | list[Reply]
 
@@ -102,14 +105,14 @@ class _Incomplete(Exception):
 class WakeConnection:
     """One dedicated connection; calls are sequential (one queue runner owns it)."""
 
-    def __init__(self, location: RedisLocation, settings: RedisSettings):
-        self.location = location
+    def __init__(self, location: RedisLocation | Locator, settings: RedisSettings):
+        self.locator = FixedLocator(location) if isinstance(location, RedisLocation) else location
         self.settings = settings
         self._stream: trio.abc.Stream | None = None
         self._parser = _Parser()
 
     async def _connect(self) -> trio.abc.Stream:
-        loc = self.location
+        loc = await self.locator.locate()
         stream = await open_stream(loc, self.settings)
         with trio.fail_after(self.settings.connect_timeout):
             self._stream, self._parser = stream, _Parser()
@@ -162,15 +165,31 @@ class WakeConnection:
             woke, claimed = await self._read(2)
         except BaseException as exc:
             await self.aclose()  # unknown state: a late reply must not answer the next call
+            if isinstance(exc, (coredis.exceptions.ConnectionError, trio.TooSlowError, OSError)):
+                self.locator.forget()  # Sentinel: ask again; Cluster: find the slot's owner
             if isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
                 raise coredis.exceptions.ConnectionError(str(exc) or type(exc).__name__) from exc
             raise
         for reply in (woke, claimed):
             if isinstance(reply, ReplyError):
-                if str(reply).startswith("NOSCRIPT"):
-                    raise coredis.exceptions.NoScriptError(str(reply))
-                raise reply
+                await self._redirected(reply)
         return woke, claimed
+
+    async def _redirected(self, reply: ReplyError) -> None:
+        """Raise ``reply`` as what it means; first point the locator elsewhere when it says the
+        data lives elsewhere now (MOVED), or that this node is no master any more."""
+        text = str(reply)
+        if text.startswith("NOSCRIPT"):
+            raise coredis.exceptions.NoScriptError(text)
+        kind, _, rest = text.partition(" ")
+        if kind == "MOVED":
+            host, _, port = rest.split(" ")[-1].rpartition(":")
+            self.locator.moved((host, int(port)))
+            await self.aclose()
+        elif kind in ("READONLY", "NOREPLICAS", "UNBLOCKED", "MASTERDOWN", "CLUSTERDOWN"):
+            self.locator.forget()
+            await self.aclose()
+        raise reply
 
     async def aclose(self) -> None:
         stream, self._stream = self._stream, None
@@ -179,6 +198,7 @@ class WakeConnection:
                 await stream.aclose()
 
 
-def wake_connection_for(url: str, settings: RedisSettings) -> WakeConnection:
-    """The idle wait's connection for ``url`` (every URL rrq-flow accepts can use one)."""
-    return WakeConnection(parse_redis_url(url), settings)
+def wake_connection_for(url: str, settings: RedisSettings, key: str = "") -> WakeConnection:
+    """The idle wait's connection for ``url`` (every URL rrq-flow accepts can use one); it
+    follows Sentinel's master, or the Cluster node owning ``key``'s slot."""
+    return WakeConnection(locator_for(url, settings, key), settings)

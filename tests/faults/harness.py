@@ -210,12 +210,22 @@ class Processes:
 class RedisNode:
     """One redis-server on a fixed port and data directory, restartable."""
 
-    def __init__(self, procs: Processes, data_dir: Path, *, appendonly: bool, fsync: str):
+    def __init__(
+        self,
+        procs: Processes,
+        data_dir: Path,
+        *,
+        appendonly: bool,
+        fsync: str,
+        port: int | None = None,
+        extra: Sequence[str] = (),
+    ):
         self.procs = procs
         self.data_dir = data_dir
-        self.port = free_port()
+        self.port = port or free_port()
         self.appendonly = appendonly
         self.fsync = fsync
+        self.extra = list(extra)  # more redis-server arguments (replication, cluster...)
         self.server: RedisServerProcess | None = None
         self.start()
 
@@ -235,7 +245,7 @@ class RedisNode:
                     self.data_dir,
                     port=self.port,
                     appendonly=self.appendonly,
-                    extra_args=["--appendfsync", self.fsync],
+                    extra_args=["--appendfsync", self.fsync, *self.extra],
                     new_session=True,
                 )
                 break
@@ -252,7 +262,12 @@ class RedisNode:
 
     def kill(self) -> None:
         assert self.server is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.server.pid, signal.SIGCONT)  # a frozen server dies too
         self.server.kill()
+
+    def alive(self) -> bool:
+        return self.server is not None and self.server.alive()
 
     def freeze(self) -> None:
         os.kill(self.pid, signal.SIGSTOP)
@@ -291,10 +306,12 @@ class Settings:
         return min(max(self.lock_extension / 4, 0.05), 5.0)
 
 
-def pipeline_yaml(url: str, s: Settings, *, persistence: str = "aof") -> str:
+def pipeline_yaml(url: str, s: Settings, *, persistence: str = "aof", redis_extra: str = "") -> str:
+    """The scenario's pipeline file; ``redis_extra`` adds settings to ``redis:`` (Sentinel...)."""
+    redis = f'url: "{url}", connect_timeout: 1s, command_timeout: 2s, persistence: {persistence}'
     return f"""version: 1
 pipeline: {PIPELINE}
-redis: {{url: "{url}", connect_timeout: 1s, command_timeout: 2s, persistence: {persistence}}}
+redis: {{{redis}{redis_extra}}}
 defaults:
   timeout: {s.timeout}s
   lock_extension: {s.lock_extension}s
@@ -479,7 +496,12 @@ class FaultRun:
         *,
         appendonly: bool = True,
         fsync: str = "everysec",
+        redis_node: Any = None,
+        redis_extra: str = "",
     ):
+        """``redis_node`` replaces the scenario's own redis-server with anything that has
+        ``url`` and ``client()`` (a Sentinel or Cluster topology's view); ``redis_extra`` goes
+        into the pipeline's ``redis:`` mapping."""
         self.name = name
         self.seed = seed
         self.rng = random.Random(f"{name}:{seed}")
@@ -490,11 +512,17 @@ class FaultRun:
         self.history.mkdir(parents=True, exist_ok=True)
         self.logs = base / "logs"
         self.logs.mkdir(exist_ok=True)
-        self.redis = RedisNode(procs, base / "redis", appendonly=appendonly, fsync=fsync)
+        self.redis = redis_node or RedisNode(
+            procs, base / "redis", appendonly=appendonly, fsync=fsync
+        )
         self.pipeline = base / "pipeline.yaml"
         # Without AOF `rrq-flow run` refuses to start unless the pipeline accepts the risk.
         persistence = "aof" if appendonly else "none"
-        self.pipeline.write_text(pipeline_yaml(self.redis.url, settings, persistence=persistence))
+        self.pipeline.write_text(
+            pipeline_yaml(
+                self.redis.url, settings, persistence=persistence, redis_extra=redis_extra
+            )
+        )
         self.config = load(self.pipeline)
         self.faults: list[Fault] = []
         self.workers: list[Proc] = []

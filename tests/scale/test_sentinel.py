@@ -1,0 +1,174 @@
+"""Redis Sentinel: clients and workers find the master through the sentinels and follow a
+failover by themselves. Real servers on loopback: 1 master, 1 replica, 3 sentinels.
+
+Run with ``pytest -m sentinel`` (kept out of the default run; sized by ``RRQ_FAULT_JOBS``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.sentinel
+
+from rrq_flow.config import load
+from tests.faults.checker import check
+from tests.faults.harness import (
+    Fault,
+    FaultRun,
+    Processes,
+    Settings,
+    fault_jobs,
+    make_jobs,
+    mean_duration,
+    read_histories,
+    report,
+    scenario_timeout,
+)
+from tests.scale.topology import SentinelTopology, sentinel_topology, wait_for
+
+pytestmark = [pytest.mark.sentinel, pytest.mark.timeout(scenario_timeout(180))]
+
+
+@pytest.fixture
+def topo() -> Iterator[SentinelTopology]:
+    with sentinel_topology() as t:
+        yield t
+
+
+class SentinelView:
+    """What the fault harness needs of "its Redis": the URL and a client of the master now."""
+
+    def __init__(self, topo: SentinelTopology):
+        self.topo = topo
+        # Under sentinel the URL's host is not used (the sentinels say where the master is).
+        self.url = f"redis://{topo.master_name}/0"
+
+    def client(self, **kw: Any) -> redis.Redis:
+        s = redis.sentinel.Sentinel(
+            [("127.0.0.1", s.port) for s in self.topo.sentinels],
+            sentinel_kwargs={"socket_timeout": 2},
+        )
+        return s.master_for(self.topo.master_name, decode_responses=True, socket_timeout=5, **kw)
+
+
+def sentinel_yaml(topo: SentinelTopology) -> str:
+    nodes = ", ".join(f'"{n}"' for n in topo.sentinel_nodes)
+    return f", sentinel: {{master: {topo.master_name}, nodes: [{nodes}]}}"
+
+
+def test_cli_and_clients_through_sentinel(topo: SentinelTopology, tmp_path: Path) -> None:
+    """Producer, status and a burst worker all reach the master by its sentinel name."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "version: 1\npipeline: sent\n"
+        f"redis: {{connect_timeout: 2s, persistence: none{sentinel_yaml(topo)}}}\n"
+        "queues:\n  q: {handler: 'tests.handlers:echo'}\n"
+    )
+    config = load(path)
+    with config.sync_client() as client:
+        ids = client.enqueue_many("q", [(i,) for i in range(20)])
+    run = subprocess.run(
+        [sys.executable, "-m", "rrq_flow", "run", str(path), "--burst"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    with config.sync_client() as client:
+        assert {client.job(i).status for i in ids} == {"done"}
+    status = subprocess.run(
+        [sys.executable, "-m", "rrq_flow", "status", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert status.returncode == 0, status.stderr
+    assert '"done": 20' in status.stdout.replace('"done":20', '"done": 20')
+
+
+def _ended_after(run: FaultRun, t: float) -> bool:
+    return any(e["ev"] == "end" and e["t"] > t for e in read_histories(run.history))
+
+
+def _failover_run(
+    topo: SentinelTopology, procs: Processes, fault_dir: Path, seed: int, name: str
+) -> tuple[FaultRun, list[Any]]:
+    s = Settings()
+    run = FaultRun(
+        name,
+        fault_dir,
+        procs,
+        seed,
+        s,
+        redis_node=SentinelView(topo),
+        appendonly=False,  # the topology runs without AOF: the pipeline says persistence: none
+        redis_extra=sentinel_yaml(topo),
+    )
+    n = fault_jobs()
+    jobs = make_jobs(run.rng, n, seed=seed, mean=mean_duration(n, 2 * s.concurrency, 6.0))
+    workers = [run.start_worker(), run.start_worker()]
+    for w in workers:
+        run.wait_started(w)
+    run.produce(jobs, spread=12.0)
+    return run, workers
+
+
+def _finish(run: FaultRun, workers: list[Any], t0: float, t1: float) -> Any:
+    """Drain, check that no worker exited, run the checker and report its figures."""
+    run.producer.join(90)  # type: ignore[union-attr]
+    run.wait_drained(120)
+    assert [w.alive() for w in workers] == [True, True], run.log_tail()
+    codes = run.stop_workers()
+    assert codes == [0, 0], run.log_tail()
+    rep = check(run)
+    rep.figures.update(switch_seconds=round(t1 - t0, 2), violations=len(rep.violations))
+    report(rep.figures)
+    for v in rep.violations[:20]:
+        print("  ", v)
+    return rep
+
+
+def test_planned_failover_workers_carry_on(
+    topo: SentinelTopology, seed: int, procs: Processes, fault_dir: Path
+) -> None:
+    """SENTINEL FAILOVER mid-run: workers carry on against the new master (bound: 10 s after
+    the switch) and none exits. Sentinel's failover is not coordinated with the old master: it
+    keeps accepting writes until the sentinels demote it (~10 s later), and drops them then.
+    Without ``durability`` those acknowledged writes can be lost: the test reports them
+    (test_durability.py shows that with ``durability`` nothing acknowledged is lost)."""
+    run, workers = _failover_run(topo, procs, fault_dir, seed, "sentinel-failover")
+    time.sleep(run.rng.uniform(1.0, 2.0))
+    t0 = time.time()
+    new_port = topo.failover()
+    t1 = time.time()
+    run.faults.append(Fault("sentinel-failover", t0, t1, None, {"new_master": new_port}))
+    wait_for(lambda: _ended_after(run, t1), 10, "a job finished after the switch")
+    _finish(run, workers, t0, t1)
+
+
+def test_master_killed_workers_carry_on(
+    topo: SentinelTopology, seed: int, procs: Processes, fault_dir: Path
+) -> None:
+    """SIGKILL of the master: the sentinels promote the replica and the workers carry on by
+    themselves. Replication is asynchronous, so what the master acknowledged and had not yet
+    sent to the replica can be lost: the test reports it (docs/scaling.md explains it)."""
+    run, workers = _failover_run(topo, procs, fault_dir, seed, "sentinel-master-kill")
+    time.sleep(run.rng.uniform(1.0, 2.0))
+    old = topo.master_port()
+    t0 = time.time()
+    topo.node(old).kill()
+    new_port = topo.wait_new_master(old, 60)
+    t1 = time.time()
+    run.faults.append(Fault("redis-kill", t0, t1, None, {"new_master": new_port}))
+    wait_for(lambda: _ended_after(run, t1), 20, "a job finished after the switch")
+    _finish(run, workers, t0, t1)
