@@ -19,6 +19,7 @@ from rrq_flow.config.model import PipelineConfig, QueueConfig
 from rrq_flow.errors import (
     ConfigError,
     DataLossDetected,
+    DurabilityError,
     Fatal,
     JobFailed,
     JobNotFound,
@@ -61,6 +62,7 @@ __all__ = [
     "Client",
     "ConfigError",
     "DataLossDetected",
+    "DurabilityError",
     "Fatal",
     "JobContext",
     "JobFailed",

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rrq_flow.config.model import DurabilitySettings
 
 
 class RRQFlowError(Exception):
@@ -122,6 +126,21 @@ class RedisSettingsError(RRQFlowError, ValueError):
 
 class RedisUnavailable(RRQFlowError):
     """Redis could not be reached (at start, or for longer than the caller tolerates)."""
+
+
+class DurabilityError(RRQFlowError):
+    """An enqueue reached fewer replicas than ``redis.durability.replicas`` in time."""
+
+    def __init__(self, job_ids: Sequence[str], acked: int, settings: DurabilitySettings):
+        self.job_ids = tuple(job_ids)
+        self.acked = acked
+        self.replicas = settings.replicas
+        shown = ", ".join(self.job_ids[:10]) + (" ..." if len(self.job_ids) > 10 else "")
+        super().__init__(
+            f"enqueue of {len(self.job_ids)} job(s) reached {acked} of {settings.replicas} "
+            f"replica(s) within {settings.timeout:g}s (redis.durability): a failover may lose "
+            f"them; enqueue them again with the same ids (safe, never twice): {shown}"
+        )
 
 
 class DataLossDetected(RRQFlowError):

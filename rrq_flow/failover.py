@@ -8,18 +8,24 @@ demoted it answers ``READONLY``. Either reply means: this connection points at t
 The clients then drop their connections, so the next one asks the sentinels where the master
 is now, and the call is retried like any other transient error (every script is safe to
 repeat).
+
+Without ``min-replicas-to-write`` nothing tells a client, so under Sentinel every client also
+asks the sentinels where the master is at most every :data:`MASTER_CHECK_INTERVAL` seconds
+(:class:`MasterWatch`) and moves when the answer changed: what it wrote to the old master in
+that second can still be lost (docs/scaling.md), with ``redis.durability`` nothing acknowledged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import Any
 
-STALE_MASTER_PREFIXES = ("READONLY", "NOREPLICAS")
+from rrq_flow.redis_errors import is_stale_master
 
+__all__ = ["MASTER_CHECK_INTERVAL", "MasterWatch", "is_stale_master", "reconnect"]
 
-def is_stale_master(exc: BaseException) -> bool:
-    """True for an error reply saying the node we write to is not (or no longer) a master."""
-    return str(exc).startswith(STALE_MASTER_PREFIXES)
+MASTER_CHECK_INTERVAL = 1.0
 
 
 def reconnect(client: Any) -> None:
@@ -27,3 +33,38 @@ def reconnect(client: Any) -> None:
     pool = getattr(client, "connection_pool", None)
     if pool is not None:
         pool.disconnect()
+
+
+class MasterWatch:
+    """Rate-limited "is the master still where my connections point?" for a Sentinel client
+    (coredis' and redis-py's Sentinel pools drop their connections when the answer changed);
+    a no-op for any other client."""
+
+    def __init__(self, interval: float = MASTER_CHECK_INTERVAL):
+        self.interval = interval
+        self._last = time.monotonic()
+
+    def _due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return False
+        self._last = now
+        return True
+
+    def check_sync(self, client: Any) -> None:
+        """redis-py: ask the sentinels if due (errors are left to the call that follows)."""
+        pool = getattr(client, "connection_pool", None)
+        if hasattr(pool, "get_master_address") and self._due():
+            import redis.exceptions
+
+            with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                pool.get_master_address()  # type: ignore[union-attr]
+
+    async def check_async(self, client: Any) -> None:
+        """coredis: ask the sentinels if due (errors are left to the call that follows)."""
+        pool = getattr(client, "connection_pool", None)
+        if hasattr(pool, "get_primary_location") and self._due():
+            import coredis.exceptions
+
+            with contextlib.suppress(coredis.exceptions.RedisError, OSError, TimeoutError):
+                await pool.get_primary_location()  # type: ignore[union-attr]

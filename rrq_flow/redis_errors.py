@@ -4,10 +4,14 @@ Every failure of a call to Redis is one of:
 
 - ``transient``: Redis is away or momentarily unable to serve and will be back on its own —
   connection loss, timeouts, ``BUSY`` (a long script), ``LOADING``, ``TRYAGAIN``,
-  ``MASTERDOWN``, ``READONLY`` (a failover), ``CLUSTERDOWN``, ``MOVED``/``ASK`` (until Cluster
-  support exists: the Cluster client will then follow redirections itself).
+  ``MASTERDOWN``, ``READONLY`` (a failover), ``CLUSTERDOWN``, ``MOVED``/``ASK`` (the Cluster
+  clients follow redirections themselves; one that still arrives is retried).
 - ``operator``: Redis refuses and will keep refusing until someone acts — ``OOM``, ``MISCONF``,
   ``NOPERM``, ``NOREPLICAS``, ``WRONGPASS``, a script error, anything unknown.
+
+``READONLY`` and ``NOREPLICAS`` are also *stale master* replies (:func:`is_stale_master`): the
+node written to is no master any more, so the client drops its connections and asks Sentinel
+again before the retry (rrq_flow.failover).
 
 Worker loops retry both with capped backoff (every script is safe to repeat); they differ only
 in what is logged: a transient outage is a warning once per outage, an ``operator`` reply is an
@@ -28,6 +32,9 @@ Kind = Literal["transient", "operator"]
 TRANSIENT_CODES = frozenset(
     {"BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "MOVED", "ASK"}
 )
+
+# Replies meaning "this node is not (or no longer) the master": a failover happened.
+STALE_MASTER_CODES = frozenset({"READONLY", "NOREPLICAS"})
 
 # coredis maps some codes to classes and drops the code from the message.
 _TRANSIENT_CLASSES: tuple[type[BaseException], ...] = (
@@ -110,6 +117,11 @@ def classify(exc: BaseException) -> Kind:
     return "operator"
 
 
+def is_stale_master(exc: BaseException) -> bool:
+    """True for a reply saying the node we write to is not (or no longer) a master."""
+    return error_code(exc) in STALE_MASTER_CODES
+
+
 def explain(exc: BaseException) -> str:
     """One line for a log: what failed and, for an ``operator`` reply, what to do."""
     try:
@@ -124,9 +136,11 @@ def explain(exc: BaseException) -> str:
 __all__ = [
     "ADVICE",
     "REDIS_FAILURES",
+    "STALE_MASTER_CODES",
     "TRANSIENT_CODES",
     "Kind",
     "classify",
     "error_code",
     "explain",
+    "is_stale_master",
 ]

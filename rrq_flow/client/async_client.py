@@ -16,9 +16,11 @@ from rrq_flow.client.batch_runs import WALK_FIELDS, DescendantWalk, RunInfo, par
 from rrq_flow.client.jobinfo import JobInfo
 from rrq_flow.config.model import PipelineConfig
 from rrq_flow.connection import open_async_redis
+from rrq_flow.durability import check_enqueue, wait_args
 from rrq_flow.errors import JobFailed, JobNotFound, RunNotFound
+from rrq_flow.failover import MasterWatch
 from rrq_flow.protocol.ops import Call, parse_enqueue
-from rrq_flow.protocol.scripts import call_async
+from rrq_flow.protocol.scripts import call_async, preload_async
 
 
 class Client:
@@ -33,6 +35,8 @@ class Client:
         self._url = url
         self._stack = contextlib.AsyncExitStack()
         self._redis: coredis.Redis[str] | None = None
+        self._scripts_loaded = False
+        self._master_watch = MasterWatch()
 
     @property
     def redis(self) -> coredis.Redis[str]:
@@ -48,6 +52,7 @@ class Client:
             url = self._stack.enter_context(redis_url_for(self.config))
         self._redis = open_async_redis(url, self.config.redis)
         await self._stack.enter_async_context(self._redis)
+        self._master_watch = MasterWatch()
         return self
 
     async def __aexit__(
@@ -60,6 +65,7 @@ class Client:
         self._redis = None
 
     async def _run(self, call: Call) -> Any:
+        await self._master_watch.check_async(self.redis)
         return await call_async(self.redis, call.script, call.keys, call.args)
 
     async def enqueue(
@@ -82,6 +88,8 @@ class Client:
         call = self._core.protocol.enqueue(
             queue, cfg.retry.max_attempts, self._core.generation, [job]
         )
+        if self.config.redis.durability is not None:
+            return parse_enqueue((await self._durable([call]))[0])[0][0]
         return parse_enqueue(await self._run(call))[0][0]
 
     async def enqueue_many(
@@ -100,8 +108,29 @@ class Client:
             call = self._core.protocol.enqueue(
                 queue, cfg.retry.max_attempts, self._core.generation, batch
             )
-            ids += [job_id for job_id, _ in parse_enqueue(await self._run(call))]
+            if self.config.redis.durability is not None:
+                reply = (await self._durable([call]))[0]
+            else:
+                reply = await self._run(call)
+            ids += [job_id for job_id, _ in parse_enqueue(reply)]
         return ids
+
+    async def _durable(self, calls: Sequence[Call]) -> list[Any]:
+        """Enqueue calls then WAIT, in one pipeline (one connection, as WAIT needs); raises
+        DurabilityError when fewer replicas than ``redis.durability`` acknowledged in time."""
+        durability = self.config.redis.durability
+        assert durability is not None
+        if not self._scripts_loaded:
+            await preload_async(self.redis)
+            self._scripts_loaded = True
+        await self._master_watch.check_async(self.redis)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pending = [pipe.evalsha(c.script.sha, keys=c.keys, args=c.args) for c in calls]
+            waited = pipe.wait(*wait_args(durability))
+        replies: list[Any] = [await p for p in pending]
+        ids = [job_id for reply in replies for job_id, _ in parse_enqueue(reply)]
+        check_enqueue(await waited, durability, ids)
+        return replies
 
     async def job(self, job_id: str) -> JobInfo:
         layout = self._core.layout

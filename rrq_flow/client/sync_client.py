@@ -24,7 +24,9 @@ from rrq_flow.client.batch_runs import (
 from rrq_flow.client.jobinfo import JobInfo
 from rrq_flow.config.model import PipelineConfig
 from rrq_flow.connection import open_sync_redis
+from rrq_flow.durability import check_enqueue, wait_args
 from rrq_flow.errors import JobFailed, JobNotFound, RunNotFound
+from rrq_flow.failover import MasterWatch
 from rrq_flow.protocol.ops import Call, parse_enqueue
 from rrq_flow.protocol.scripts import call_sync, pipe_evalsha, preload_sync
 
@@ -50,6 +52,7 @@ class SyncClient:
         extra = {"retry": Retry(NoBackoff(), 0)} if fail_fast else {}
         self.redis: redis.Redis = open_sync_redis(url, config.redis, **extra)
         self._scripts_loaded = False
+        self._master_watch = MasterWatch()
 
     def __enter__(self) -> SyncClient:
         return self
@@ -67,6 +70,7 @@ class SyncClient:
         self._stack.close()
 
     def _run(self, call: Call) -> Any:
+        self._master_watch.check_sync(self.redis)
         return call_sync(self.redis, call.script, call.keys, call.args)
 
     # --- producing ---------------------------------------------------------------------------
@@ -98,6 +102,8 @@ class SyncClient:
         call = self._core.protocol.enqueue(
             queue, cfg.retry.max_attempts, self._core.generation, [job]
         )
+        if self.config.redis.durability is not None:
+            return parse_enqueue(self._send_enqueues([call])[0])[0][0]
         return parse_enqueue(self._run(call))[0][0]
 
     def enqueue_many(
@@ -115,25 +121,39 @@ class SyncClient:
         batches = self._core.build_batches(queue, jobs, batch_size, run)
         if not batches:
             return []
-        if not self._scripts_loaded:
-            preload_sync(self.redis)
-            self._scripts_loaded = True
         calls = [
             self._core.protocol.enqueue(queue, cfg.retry.max_attempts, self._core.generation, b)
             for b in batches
         ]
-        try:
-            replies = self._pipeline(calls)
-        except redis.exceptions.NoScriptError:
-            preload_sync(self.redis)  # the server lost its script cache; enqueue is idempotent
-            replies = self._pipeline(calls)
+        replies = self._send_enqueues(calls)
         return [job_id for reply in replies for job_id, _ in parse_enqueue(reply)]
 
+    def _send_enqueues(self, calls: Sequence[Call]) -> list[Any]:
+        """Enqueue calls in one pipeline (scripts loaded first); with ``redis.durability``
+        followed by WAIT on the same connection (raises DurabilityError when short)."""
+        if not self._scripts_loaded:
+            preload_sync(self.redis)
+            self._scripts_loaded = True
+        self._master_watch.check_sync(self.redis)
+        try:
+            return self._pipeline(calls)
+        except redis.exceptions.NoScriptError:
+            preload_sync(self.redis)  # the server lost its script cache; enqueue is idempotent
+            return self._pipeline(calls)
+
     def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
+        durability = self.config.redis.durability
         pipe = self.redis.pipeline(transaction=False)
         for c in calls:
             pipe_evalsha(pipe, c.script, c.keys, c.args)
-        return list(pipe.execute())
+        if durability is not None:
+            pipe.execute_command("WAIT", *wait_args(durability))  # type: ignore[no-untyped-call]
+        replies = list(pipe.execute())
+        if durability is not None:
+            acked = replies.pop()
+            ids = [job_id for reply in replies for job_id, _ in parse_enqueue(reply)]
+            check_enqueue(acked, durability, ids)
+        return replies
 
     # --- reading -----------------------------------------------------------------------------
 

@@ -122,6 +122,12 @@ def _topology_problems(doc: Document) -> Iterator[Problem]:
             ("redis", "sentinel"),
             "give either sentinel or cluster: a Redis Cluster fails over by itself",
         )
+    if redis.get("durability") and redis.get("cluster") is True:
+        yield doc.problem(
+            ("redis", "durability"),
+            "durability (WAIT) is not supported on a Redis Cluster yet: leave it out, or use "
+            "a master with replicas under Sentinel",
+        )
     if redis.get("nodes") and redis.get("cluster") is not True:
         yield doc.problem(
             ("redis", "nodes"),

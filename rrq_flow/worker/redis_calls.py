@@ -16,10 +16,15 @@ from typing import Any
 import coredis
 import trio
 
+from rrq_flow.config.model import DurabilitySettings
+from rrq_flow.durability import wait_args
 from rrq_flow.failover import is_stale_master, reconnect
 from rrq_flow.protocol.ops import Call
-from rrq_flow.protocol.scripts import call_async
+from rrq_flow.protocol.scripts import call_async, preload_async
 from rrq_flow.redis_errors import REDIS_FAILURES, classify, error_code, explain
+
+# Scripts after which redis.durability waits for the replicas (terminal outcomes and hand-offs).
+DURABLE_SCRIPTS = ("complete", "fail")
 
 log = logging.getLogger("rrq_flow.worker")
 
@@ -70,16 +75,24 @@ class RedisCaller:
         redis: coredis.Redis[str],
         timeout: float,
         on_error: Callable[[], None] | None = None,
+        durability: DurabilitySettings | None = None,
     ):
         self.redis = redis
         self.timeout = timeout
         self.outage = Outage(on_error)
+        self.durability = durability
+        self.short_waits = 0  # completion batches fewer replicas acknowledged than asked
 
     async def once(self, call: Call) -> Any:
         """One attempt, shielded, bounded by the command timeout; raises any Redis failure."""
+        durable = self.durability is not None and call.script.name in DURABLE_SCRIPTS
+        budget = self.timeout + (self.durability.timeout if self.durability else 0.0)
         try:
-            with trio.CancelScope(shield=True), trio.fail_after(self.timeout):
-                result = await call_async(self.redis, call.script, call.keys, call.args)
+            with trio.CancelScope(shield=True), trio.fail_after(budget):
+                if durable:
+                    result = await self._then_wait(call)
+                else:
+                    result = await call_async(self.redis, call.script, call.keys, call.args)
         except coredis.exceptions.ResponseError as exc:
             if not is_stale_master(exc):
                 raise
@@ -90,6 +103,34 @@ class RedisCaller:
             self.outage.failed(exc)
             raise
         self.outage.ok()
+        return result
+
+    async def _then_wait(self, call: Call) -> Any:
+        """``call`` then WAIT on the same connection (redis.durability); a short count is
+        logged, not raised: the outcome stands on the master, and if a failover loses it the
+        job runs again (it is never lost)."""
+        assert self.durability is not None
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pending = pipe.evalsha(call.script.sha, keys=call.keys, args=call.args)
+                waited = pipe.wait(*wait_args(self.durability))
+        except coredis.exceptions.NoScriptError:
+            await preload_async(self.redis)  # Redis forgot the scripts; they are safe to repeat
+            return await self._then_wait(call)
+        result = await pending
+        acked = await waited
+        if acked < self.durability.replicas:
+            self.short_waits += 1
+            if self.short_waits == 1 or self.short_waits % 100 == 0:
+                log.warning(
+                    "%s batch reached %d of %d replica(s) within %gs (redis.durability); "
+                    "%d such batch(es) so far",
+                    call.script.name,
+                    acked,
+                    self.durability.replicas,
+                    self.durability.timeout,
+                    self.short_waits,
+                )
         return result
 
     async def until_done(self, call: Call) -> Any:

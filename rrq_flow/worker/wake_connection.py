@@ -156,6 +156,8 @@ class WakeConnection:
         Raises coredis' ConnectionError (a TRANSIENT error of the worker) when the connection
         breaks, NoScriptError when Redis lost the script, ReplyError for any other error reply.
         """
+        if self._stream is not None and await self.locator.changed():
+            await self.aclose()  # Sentinel names another master now
         try:
             stream = self._stream or await self._connect()
             await stream.send_all(

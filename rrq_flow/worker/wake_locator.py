@@ -26,6 +26,7 @@ from rrq_flow.connection import (
     data_location,
     parse_host_port,
 )
+from rrq_flow.failover import MASTER_CHECK_INTERVAL
 
 Address = tuple[str, int]
 
@@ -39,6 +40,10 @@ class Locator(Protocol):
 
     def moved(self, address: Address) -> None:
         """Redis said MOVED: the slot lives at ``address`` now."""
+
+    async def changed(self) -> bool:
+        """True when the location should be looked up again before the next call (Sentinel
+        named another master since the connection was made)."""
 
 
 class FixedLocator:
@@ -55,6 +60,9 @@ class FixedLocator:
 
     def moved(self, address: Address) -> None:
         pass
+
+    async def changed(self) -> bool:
+        return False
 
 
 async def query(
@@ -99,9 +107,11 @@ class SentinelLocator:
         self.timeout = settings.connect_timeout
         self.sentinels = [parse_host_port(n) for n in settings.sentinel.nodes]
         self._current: RedisLocation | None = None
+        self._checked = 0.0
 
     async def locate(self) -> RedisLocation:
         if self._current is None:
+            self._checked = trio.current_time()
             host, port = await self.master_address()
             self._current = replace(self.base, host=host, port=port, unix_socket=None)
         return self._current
@@ -133,6 +143,21 @@ class SentinelLocator:
 
     def moved(self, address: Address) -> None:
         self._current = None
+
+    async def changed(self) -> bool:
+        """Ask the sentinels again at most every MASTER_CHECK_INTERVAL seconds."""
+        current = self._current
+        if current is None or trio.current_time() - self._checked < MASTER_CHECK_INTERVAL:
+            return False
+        self._checked = trio.current_time()
+        try:
+            address = await self.master_address()
+        except coredis.exceptions.ConnectionError:
+            return False  # the sentinels are away; the connection itself may still be right
+        if address == (current.host, current.port):
+            return False
+        self._current = None
+        return True
 
 
 class ClusterLocator:
@@ -183,6 +208,9 @@ class ClusterLocator:
 
     def moved(self, address: Address) -> None:
         self._current = replace(self.base, host=address[0], port=address[1], db=0)
+
+    async def changed(self) -> bool:
+        return False  # a Cluster says MOVED itself
 
 
 def locator_for(url: str, settings: RedisSettings, key: str) -> Locator:

@@ -42,6 +42,7 @@ from rrq_flow.errors import (
     RedisSettingsError,
     RedisUnavailable,
 )
+from rrq_flow.failover import MasterWatch
 from rrq_flow.logs import worker_id_var
 from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import Protocol, ms
@@ -262,6 +263,7 @@ class Worker:
                 self._redis,
                 self.config.redis.command_timeout,
                 on_error=lambda: self.notify("redis_error"),
+                durability=self.config.redis.durability,
             )
             await self._start()
             self.runners = [
@@ -278,6 +280,8 @@ class Worker:
                     if signals is not None:
                         nursery.start_soon(self._signals, signals)
                     nursery.start_soon(self._heartbeat)
+                    if self.config.redis.sentinel is not None:
+                        nursery.start_soon(self._watch_master)
                     nursery.start_soon(self._shutdown)
                     if self.burst:
                         nursery.start_soon(self._burst_monitor)
@@ -327,6 +331,15 @@ class Worker:
         # Deadlines handed to handlers are on the server's clock, like every time in Redis.
         self._clock_offset = server_now - trio.current_time()
         self.server_offset = server_now - time.time()
+
+    async def _watch_master(self) -> None:
+        """Under Sentinel: move this worker's connections when the sentinels name another
+        master (a failover leaves the old one writable for a while; see rrq_flow.failover)."""
+        watch = MasterWatch()
+        while True:
+            await trio.sleep(watch.interval)
+            with trio.move_on_after(self.config.redis.connect_timeout * 2):
+                await watch.check_async(self.redis)
 
     async def _signals(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:

@@ -38,6 +38,7 @@ from rrq_flow.client.sync_client import SyncClient
 from rrq_flow.config import load
 from rrq_flow.config.model import PipelineConfig
 from rrq_flow.connection import open_sync_redis
+from rrq_flow.errors import DurabilityError
 from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.redis_server import RedisServerProcess, free_port, start_redis_server
 from tests.faults.probe import HISTORY_ENV
@@ -457,7 +458,8 @@ class Producer:
                 else:
                     specs = [JobSpec(kwargs=j.kwargs, job_id=j.id) for j in chunk]
                     client.enqueue_many(QUEUE, specs)
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except (redis.exceptions.RedisError, OSError, DurabilityError) as exc:
+                # DurabilityError (redis.durability): sent, maybe kept: unknown, like a lost reply
                 text = f"{type(exc).__name__}: {exc}"
                 if "connecting to" not in str(exc):
                     status = "unknown"

@@ -126,7 +126,7 @@ class SentinelTopology:
                 self.procs, base / "n1", [*extra, "--replicaof", "127.0.0.1", str(master.port)]
             )
             self.nodes.append(replica)
-            wait_for(lambda: self._replicas_online(master) >= 1, 30, "replica in sync")
+            wait_for(lambda: self.replicas_online(master) >= 1, 30, "replica in sync")
             for i in range(3):
                 self.sentinels.append(_Sentinel(base / f"s{i}", master.port, down_after_ms))
             wait_for(self._sentinels_agree, 30, "sentinels see the replica and each other")
@@ -135,7 +135,7 @@ class SentinelTopology:
             raise
 
     @staticmethod
-    def _replicas_online(node: RedisNode) -> int:
+    def replicas_online(node: RedisNode) -> int:
         with node.client() as r:
             info = r.info("replication")
         return sum(
