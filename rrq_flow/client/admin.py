@@ -21,7 +21,7 @@ from rrq_flow.config.model import DEFAULT_RESULT_TTL
 from rrq_flow.errors import JobNotFound
 from rrq_flow.flow import FOREVER, FlowState, flow_state
 from rrq_flow.protocol.ops import Call, ms
-from rrq_flow.protocol.scripts import call_sync, pipe_evalsha, preload_sync
+from rrq_flow.protocol.scripts import call_sync, pipe_evalsha, pipe_time, preload_sync
 from rrq_flow.schedules import ScheduleState
 from rrq_flow.schedules import states as schedule_states
 
@@ -285,7 +285,7 @@ class Admin:
     def _status_pipeline(self, names: list[str]) -> list[Any]:
         drained = self.protocol.drained(names, with_total=True)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.time()
+        pipe_time(pipe, self.layout.meta)
         pipe_evalsha(pipe, drained.script, drained.keys, drained.args)
         for name in names:
             q = self.layout.queue(name)
@@ -326,7 +326,7 @@ class Admin:
     def workers(self) -> list[WorkerInfo]:
         """Every worker in the heartbeat index (alive or stale), oldest first."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
+        pipe_time(pipe, self.layout.meta)
         pipe.zrange(self.layout.workers, 0, -1, withscores=True)
         now_reply, index = pipe.execute()
         if not index:
@@ -350,7 +350,7 @@ class Admin:
         child index; ``info.children`` is the count) and owning worker; raises JobNotFound."""
         layout = self.layout
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
+        pipe_time(pipe, self.layout.meta)
         pipe.hgetall(layout.job(job_id))
         pipe.lrange(layout.job_errors(job_id), 0, -1)
         pipe.lrange(layout.job_children(job_id), 0, max(children, 1) - 1)

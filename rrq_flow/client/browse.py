@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from rrq_flow.client.admin import Admin, _error_dict, _int, _server_ms, ring_buckets
+from rrq_flow.protocol.scripts import pipe_time
 
 # The states a queue page lists, each with the index that holds it. ``done``, ``failed`` and
 # ``cancelled`` jobs are in no index (their records only wait to expire), so they are not listed.
@@ -129,7 +130,7 @@ def throughput(admin: Admin) -> tuple[float, dict[str, dict[int, int]]]:
     covers the last 80 s; the dashboard keeps what it has seen for an hour)."""
     names = list(admin.config.queues)
     pipe = admin.redis.pipeline(transaction=False)
-    pipe.time()
+    pipe_time(pipe, admin.layout.meta)
     for name in names:
         pipe.hgetall(admin.layout.queue(name).tput)
     now, *rings = pipe.execute()

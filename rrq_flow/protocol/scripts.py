@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -86,6 +86,39 @@ def pipe_evalsha(pipe: Any, s: Script, keys: Sequence[str], args: Sequence[Scrip
     """Queue an EVALSHA of ``s`` on a redis-py pipeline (a cluster pipeline refuses ``evalsha()``
     but routes the raw command by its keys)."""
     pipe.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)
+
+
+def pipe_time(pipe: Any, key: str) -> None:
+    """Queue the server's TIME on a redis-py pipeline. A Cluster pipeline cannot route a keyless
+    command, so there it is asked through a one-line EVAL on ``key`` (the pipeline's own node:
+    the same clock as the rest of the snapshot)."""
+    from redis.cluster import ClusterPipeline
+
+    if isinstance(pipe, ClusterPipeline):
+        pipe.execute_command("EVAL", "return redis.call('TIME')", 1, key)  # type: ignore[no-untyped-call]
+    else:
+        pipe.time()
+
+
+def pipe_server_ms(pipe: Any, key: str, cluster: bool) -> Callable[[], Awaitable[int]]:
+    """Queue the server's TIME on a coredis pipeline; returns an async getter of it in ms
+    (after the pipeline ran). On a Cluster it is asked through a one-line EVAL on ``key``, as
+    in :func:`pipe_time`."""
+    if cluster:
+        request = pipe.eval("return redis.call('TIME')", keys=[key])
+
+        async def from_eval() -> int:
+            sec, usec = await request
+            return int(sec) * 1000 + int(usec) // 1000
+
+        return from_eval
+    clock = pipe.time()
+
+    async def from_time() -> int:
+        seconds: float = (await clock).timestamp()
+        return round(seconds * 1000)
+
+    return from_time
 
 
 def preload_sync(client: Any) -> None:

@@ -26,7 +26,7 @@ from rrq_flow.connection import open_async_redis
 from rrq_flow.flow import FOREVER
 from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import Protocol
-from rrq_flow.protocol.scripts import call_async
+from rrq_flow.protocol.scripts import call_async, pipe_server_ms
 from rrq_flow.worker.live_display import LiveBlock
 from rrq_flow.worker.redis_calls import TRANSIENT
 
@@ -129,11 +129,11 @@ class Progress:
                     pauses = [
                         pipe.hget(self.layout.queue(q).flow, "paused_until") for q in self.queues
                     ]
-                    clock = pipe.time()
+                    clock = pipe_server_ms(pipe, self.layout.meta, self.config.redis.cluster)
                 left = await call_async(redis, drained.script, drained.keys, drained.args)
                 counters = [[int(v or 0) for v in await s] for s in stats]
                 until = [int(await u or 0) for u in pauses]
-                now_ms = round((await clock).timestamp() * 1000)
+                now_ms = await clock()
         except TRANSIENT:
             return False
         if self._baseline is None:

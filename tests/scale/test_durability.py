@@ -25,7 +25,7 @@ from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.worker.worker import Worker
 from tests.scale.topology import SentinelTopology, sentinel_topology, wait_for
 
-pytestmark = [pytest.mark.sentinel, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.sentinel, pytest.mark.timeout(1500)]
 
 
 @pytest.fixture

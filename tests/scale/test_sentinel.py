@@ -16,7 +16,6 @@ import redis
 import redis.sentinel
 
 from rrq_flow.config import load
-from tests.faults.checker import check
 from tests.faults.harness import (
     Fault,
     FaultRun,
@@ -25,10 +24,9 @@ from tests.faults.harness import (
     fault_jobs,
     make_jobs,
     mean_duration,
-    read_histories,
-    report,
     scenario_timeout,
 )
+from tests.scale.scenario import cli, ended_after, finish
 from tests.scale.topology import SentinelTopology, sentinel_topology, wait_for
 
 pytestmark = [pytest.mark.sentinel, pytest.mark.timeout(scenario_timeout(180))]
@@ -63,9 +61,6 @@ def sentinel_yaml(topo: SentinelTopology) -> str:
 
 def test_cli_and_clients_through_sentinel(topo: SentinelTopology, tmp_path: Path) -> None:
     """Producer, status and a burst worker all reach the master by its sentinel name."""
-    import subprocess
-    import sys
-
     path = tmp_path / "p.yaml"
     path.write_text(
         "version: 1\npipeline: sent\n"
@@ -75,29 +70,13 @@ def test_cli_and_clients_through_sentinel(topo: SentinelTopology, tmp_path: Path
     config = load(path)
     with config.sync_client() as client:
         ids = client.enqueue_many("q", [(i,) for i in range(20)])
-    run = subprocess.run(
-        [sys.executable, "-m", "rrq_flow", "run", str(path), "--burst"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=Path(__file__).resolve().parents[2],
-    )
+    run = cli("run", str(path), "--burst")
     assert run.returncode == 0, run.stderr[-2000:]
     with config.sync_client() as client:
         assert {client.job(i).status for i in ids} == {"done"}
-    status = subprocess.run(
-        [sys.executable, "-m", "rrq_flow", "status", str(path), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).resolve().parents[2],
-    )
+    status = cli("status", str(path), "--json")
     assert status.returncode == 0, status.stderr
     assert '"done": 20' in status.stdout.replace('"done":20', '"done": 20')
-
-
-def _ended_after(run: FaultRun, t: float) -> bool:
-    return any(e["ev"] == "end" and e["t"] > t for e in read_histories(run.history))
 
 
 def _failover_run(
@@ -128,21 +107,6 @@ def _failover_run(
     return run, workers
 
 
-def _finish(run: FaultRun, workers: list[Any], t0: float, t1: float) -> Any:
-    """Drain, check that no worker exited, run the checker and report its figures."""
-    run.producer.join(90)  # type: ignore[union-attr]
-    run.wait_drained(120)
-    assert [w.alive() for w in workers] == [True, True], run.log_tail()
-    codes = run.stop_workers()
-    assert codes == [0, 0], run.log_tail()
-    rep = check(run)
-    rep.figures.update(switch_seconds=round(t1 - t0, 2), violations=len(rep.violations))
-    report(rep.figures)
-    for v in rep.violations[:20]:
-        print("  ", v)
-    return rep
-
-
 def test_planned_failover_workers_carry_on(
     topo: SentinelTopology, seed: int, procs: Processes, fault_dir: Path
 ) -> None:
@@ -157,8 +121,8 @@ def test_planned_failover_workers_carry_on(
     new_port = topo.failover()
     t1 = time.time()
     run.faults.append(Fault("sentinel-failover", t0, t1, None, {"new_master": new_port}))
-    wait_for(lambda: _ended_after(run, t1), 10, "a job finished after the switch")
-    _finish(run, workers, t0, t1)
+    wait_for(lambda: ended_after(run, t1), 10, "a job finished after the switch")
+    finish(run, workers, switch_seconds=round(t1 - t0, 2))
 
 
 def test_planned_failover_with_durability_loses_nothing(
@@ -183,7 +147,7 @@ def test_planned_failover_with_durability_loses_nothing(
     new_port = topo.failover()
     t1 = time.time()
     run.faults.append(Fault("sentinel-failover", t0, t1, None, {"new_master": new_port}))
-    rep = _finish(run, workers, t0, t1)
+    rep = finish(run, workers, switch_seconds=round(t1 - t0, 2))
     assert rep.figures["lost"] == 0, rep.violations[:20]
     unknown = {e.job.id for e in run.producer.log if e.status != "ok"}  # type: ignore[union-attr]
     for v in rep.violations:
@@ -211,5 +175,5 @@ def test_master_killed_workers_carry_on(
     new_port = topo.wait_new_master(old, 60)
     t1 = time.time()
     run.faults.append(Fault("redis-kill", t0, t1, None, {"new_master": new_port}))
-    wait_for(lambda: _ended_after(run, t1), 20, "a job finished after the switch")
-    _finish(run, workers, t0, t1)
+    wait_for(lambda: ended_after(run, t1), 20, "a job finished after the switch")
+    finish(run, workers, switch_seconds=round(t1 - t0, 2))
