@@ -299,7 +299,7 @@ class Admin:
     def schedules(self) -> list[ScheduleState]:
         """Every cron schedule with its next tick and the last tick enqueued (server clock)."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
+        pipe_time(pipe, self.layout.schedules)
         pipe.hgetall(self.layout.schedules)
         now_reply, stored = pipe.execute()
         return schedule_states(self.config, stored, _server_ms(now_reply))

@@ -121,6 +121,16 @@ def pipe_server_ms(pipe: Any, key: str, cluster: bool) -> Callable[[], Awaitable
     return from_time
 
 
+async def server_seconds(client: Any, key: str, cluster: bool) -> float:
+    """The server's clock (Unix seconds) from a coredis client; on a Cluster from the node
+    owning ``key`` (a keyless TIME cannot be routed there)."""
+    if cluster:
+        sec, usec = await client.eval("return redis.call('TIME')", keys=[key])
+        return int(sec) + int(usec) / 1e6
+    seconds: float = (await client.time()).timestamp()
+    return seconds
+
+
 def preload_sync(client: Any) -> None:
     """Load every script (one pipelined round trip) so that pipelines may use EVALSHA.
 

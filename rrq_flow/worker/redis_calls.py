@@ -93,14 +93,11 @@ class RedisCaller:
                     result = await self._then_wait(call)
                 else:
                     result = await call_async(self.redis, call.script, call.keys, call.args)
-        except coredis.exceptions.ResponseError as exc:
-            if not is_stale_master(exc):
-                raise
-            reconnect(self.redis)  # a failover: the next connection asks Sentinel again
-            self.outage.failed(exc)
-            raise coredis.exceptions.ConnectionError(str(exc)) from exc
         except TRANSIENT as exc:
             self.outage.failed(exc)
+            if is_stale_master(exc):
+                reconnect(self.redis)  # a failover: the next connection asks Sentinel again
+                raise coredis.exceptions.ConnectionError(str(exc)) from exc
             raise
         self.outage.ok()
         return result

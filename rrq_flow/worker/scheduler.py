@@ -16,6 +16,7 @@ import trio
 from rrq_flow.client._core import encode_payload
 from rrq_flow.errors import PayloadError
 from rrq_flow.protocol.ops import NewJob, parse_enqueue
+from rrq_flow.protocol.scripts import pipe_server_ms
 from rrq_flow.schedules import MAX_SLEEP, job_id, next_tick, plan
 from rrq_flow.worker.redis_calls import TRANSIENT
 
@@ -51,9 +52,9 @@ async def run_schedules(worker: Worker) -> None:
 async def _pass(worker: Worker, key: str, payloads: dict[str, tuple[str, str]]) -> float:
     """Enqueue what is due now; return the seconds until the next tick (at most MAX_SLEEP)."""
     async with worker.redis.pipeline(transaction=False) as pipe:
-        clock = pipe.time()
+        clock = pipe_server_ms(pipe, key, worker.config.redis.cluster)
         read = pipe.hgetall(key)
-    now = round((await clock).timestamp() * 1000)
+    now = await clock()
     stored = {str(k): str(v) for k, v in (await read).items()}
     wake = now + round(MAX_SLEEP * 1000)
     updates: dict[str, str | int] = {}

@@ -46,7 +46,7 @@ from rrq_flow.failover import MasterWatch
 from rrq_flow.logs import worker_id_var
 from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import Protocol, ms
-from rrq_flow.protocol.scripts import preload_async
+from rrq_flow.protocol.scripts import preload_async, server_seconds
 from rrq_flow.worker.handoff import Handoff
 from rrq_flow.worker.observer import WorkerObserver
 from rrq_flow.worker.queue_runner import QueueRunner
@@ -315,7 +315,9 @@ class Worker:
                 await self.redis.hsetnx(self.layout.meta, "created_at", str(int(time.time())))
                 self.generation = str(await self.redis.hget(self.layout.meta, "generation"))
                 await preload_async(self.redis)
-                server_now = (await self.redis.time()).timestamp()
+                server_now = await server_seconds(
+                    self.redis, self.layout.meta, self.config.redis.cluster
+                )
                 missing = await missing_commands_async(self.redis, self.config.pipeline)
         except (*TRANSIENT, coredis.exceptions.RedisError, ssl.SSLError) as exc:  # type: ignore[misc]
             raise RedisUnavailable(explain(exc, self.url)) from None
