@@ -154,7 +154,8 @@ def missing_commands_sync(client: Any, pipeline: str) -> list[str]:
     client.eval("return 1", 0)
     client.execute_command("BLPOP", probe_key(pipeline) + "l", "0.01")  # blpop() rounds to 0
     transaction = client.pipeline(transaction=True)
-    transaction.ping()
+    # A keyed command: a Redis Cluster's transaction must name the slot it runs in.
+    transaction.exists(probe_key(pipeline))
     transaction.execute()
     return _missing(probe_reply_sync(client, pipeline))
 
