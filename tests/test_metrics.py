@@ -123,13 +123,21 @@ queues:
         # process sees the same Redis: 5 slow jobs, one running per process.
         with SyncClient(load(path)) as client:
             client.enqueue_many("slow", [[30] for _ in range(5)])
-        time.sleep(2.5)  # one sampling period
-        samples = scrape(port)
-        depth = {
-            (dict(lb)["queue"], dict(lb)["state"]): v
-            for (n, lb), v in samples.items()
-            if n == "rrq_flow_queue_jobs"
-        }
+        # Sampled every 2 s; on a loaded machine the next sample (and the claims) can come late.
+        deadline = time.monotonic() + 60
+        while True:
+            time.sleep(0.5)
+            samples = scrape(port)
+            depth = {
+                (dict(lb)["queue"], dict(lb)["state"]): v
+                for (n, lb), v in samples.items()
+                if n == "rrq_flow_queue_jobs"
+            }
+            in_flight = values(samples, "rrq_flow_jobs_in_flight", "queue")
+            busy = in_flight.get("slow") == processes
+            settled = busy and depth.get(("slow", "active")) == processes
+            if settled or time.monotonic() > deadline:
+                break
         assert len(depth) == 3 * 3
         assert depth[("slow", "active")] == processes
         assert depth[("slow", "ready")] == 5 - processes

@@ -181,7 +181,7 @@ def test_second_sigterm_cancels_at_once(
     time.sleep(0.3)
     sup.signal(signal.SIGTERM)
     assert sup.wait(10) == 0, sup.stderr()[-3000:]
-    assert time.monotonic() - t0 < 3.0
+    assert time.monotonic() - t0 < 10  # far below the 20 s grace
     assert not any(pid_alive(w) for w in workers)
     assert states(sync_redis, ids) == [("queued", "0")] * 4  # released, no attempt used
     assert "again: workers cancel in-flight jobs now" in sup.stderr()

@@ -36,7 +36,9 @@ from tests.faults.harness import (
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(scenario_timeout())]
 
-MARGIN = 1.5  # seconds past the grace period a worker may take to exit on a busy machine
+# Seconds past the grace period a worker may take to exit on a busy machine. Generous: which jobs
+# were cancelled at the grace period is checked from the outcomes below, not from this clock.
+MARGIN = 6.0
 
 
 def job_states(run: FaultRun, ids: list[str]) -> dict[str, tuple[str, int, bool]]:
