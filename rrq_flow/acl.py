@@ -28,6 +28,7 @@ PIPELINE_COMMANDS: tuple[str, ...] = (
     "hget",
     "hgetall",
     "hincrby",
+    "hkeys",  # run records (protocol/lua/fragments/runs.lua)
     "hkeys",  # a batch run's per-queue job lists, when the run ends (fragments/runs.lua)
     "hmget",
     "hset",
@@ -45,7 +46,9 @@ PIPELINE_COMMANDS: tuple[str, ...] = (
     "script|load",
     "set",
     "time",
-    "type",  # scripts check key types before their first write
+    "type",
+    "unwatch",  # WATCH/MULTI/EXEC: the dashboard's checked updates (rrq_flow/client/browse.py)
+    "watch",  # scripts check key types before their first write
     "zadd",
     "zcard",
     "zcount",
@@ -53,6 +56,7 @@ PIPELINE_COMMANDS: tuple[str, ...] = (
     "zrangebyscore",
     "zrem",
     "zremrangebyrank",  # only the newest 1000 runs stay listed (fragments/runs.lua)
+    "zremrangebyrank",  # runs index trimming (protocol/lua/fragments/runs.lua)
     "zremrangebyscore",
     "zrevrange",
     "zrevrangebyscore",  # the dashboard's dead-letter pages (rrq_flow/client/browse.py)
@@ -73,8 +77,10 @@ def acl_rule(pipeline: str, password: str = "<password>") -> str:
 
 # Sent at top level only (Redis refuses them inside a script); the check exercises them by
 # how it runs: a trivial EVAL, a BLPOP of 10 ms on a scratch key, SCRIPT LOAD of the probe,
-# EVALSHA of it (and, from the sync client, a MULTI/EXEC around a PING).
-TOP_LEVEL_ONLY = frozenset({"blpop", "eval", "evalsha", "exec", "multi", "script|load"})
+# EVALSHA of it (and, from the sync client, WATCH/MULTI/EXEC around a PING, and UNWATCH).
+TOP_LEVEL_ONLY = frozenset(
+    {"blpop", "eval", "evalsha", "exec", "multi", "script|load", "unwatch", "watch"}
+)
 
 # The probe: each command that may run in a script, called through redis.pcall with valid
 # arguments on scratch keys of the pipeline (deleted again before the script ends, so nobody
@@ -94,7 +100,7 @@ local probes = {
   zcard = {z}, zcount = {z, '-inf', '+inf'}, zrange = {z, '0', '-1'},
   zrangebyscore = {z, '-inf', '+inf'}, zrem = {z, 'm'}, zremrangebyscore = {z, '2', '3'},
   zremrangebyrank = {z, '5', '6'}, zrevrange = {z, '0', '-1'}, zscore = {z, 'm'}, type = {s},
-  zrevrangebyscore = {z, '+inf', '-inf'},
+  zrevrangebyscore = {z, '+inf', '-inf'}, hkeys = {h}, zremrangebyrank = {z, '5', '6'},
 }
 local denied, unknown, unscriptable = {}, {}, {}
 for _, name in ipairs(ARGV) do
