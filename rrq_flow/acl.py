@@ -46,9 +46,10 @@ PIPELINE_COMMANDS: tuple[str, ...] = (
     "script|load",
     "set",
     "time",
-    "type",
+    "type",  # scripts check key types before their first write
+    "unlink",  # a big fan-out's staging list of an attempt that did not commit (common.lua)
     "unwatch",  # WATCH/MULTI/EXEC: the dashboard's checked updates (rrq_flow/client/browse.py)
-    "watch",  # scripts check key types before their first write
+    "watch",
     "zadd",
     "zcard",
     "zcount",
@@ -101,6 +102,7 @@ local probes = {
   zrangebyscore = {z, '-inf', '+inf'}, zrem = {z, 'm'}, zremrangebyscore = {z, '2', '3'},
   zremrangebyrank = {z, '5', '6'}, zrevrange = {z, '0', '-1'}, zscore = {z, 'm'}, type = {s},
   zrevrangebyscore = {z, '+inf', '-inf'}, hkeys = {h}, zremrangebyrank = {z, '5', '6'},
+  unlink = {s},
 }
 local denied, unknown, unscriptable = {}, {}, {}
 for _, name in ipairs(ARGV) do

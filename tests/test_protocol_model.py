@@ -30,7 +30,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from rrq_flow.protocol.ops import ChildJob, Completion, Failure, NewJob
+from rrq_flow.protocol.ops import ChildJob, Completion, Failure, NewJob, parse_expand
 from tests.test_protocol_scripts import GEN, Proto
 
 EXAMPLES = int(os.environ.get("RRQ_MODEL_EXAMPLES", "60"))
@@ -79,6 +79,7 @@ class MJob:
     cancel_requested: bool = False
     has_errors: bool = False
     children: list[str] = field(default_factory=list)  # the child index of a done parent
+    pending: list[ChildJob] = field(default_factory=list)  # staged, not yet created (expanding)
     expired: bool = False  # its active score was rewritten into the past
     due: bool = False  # scheduled, and its queue score was rewritten into the past
     claims: list[tuple[str, int]] = field(default_factory=list)
@@ -248,6 +249,48 @@ class ProtocolMachine(RuleBasedStateMachine):
         self._finish(j, "done")
         j.settled = "complete"
         self.stats[j.queue]["done"] += 1
+
+    @_has("active")
+    @rule(data=st.data(), nchildren=st.integers(1, 4), split=st.integers(0, 4))
+    def complete_staged(self, data: st.DataObject, nchildren: int, split: int) -> None:
+        """A big fan-out: stage the children in two calls, commit: the parent is expanding."""
+        j = self._pick(data, "active")
+        assert j.owner is not None
+        cq = QUEUE_NAMES[(QUEUE_NAMES.index(j.queue) + 1) % len(QUEUE_NAMES)]
+        children = [
+            ChildJob(cq, f"{j.id}:{cq}:{k}", f'["{j.id}",{k}]', "{}", QUEUES[cq].max_attempts)
+            for k in range(nchildren)
+        ]
+        cut = min(split, nchildren)
+        for offset, chunk in ((0, children[:cut]), (cut, children[cut:])):
+            if chunk:
+                call = self.p.p.stage(j.queue, j.owner, j.id, j.epoch, offset, LEASE_MS, chunk)
+                assert self.p.run(call) == "OK"
+        done = Completion(j.id, j.epoch, "null", (), staged=nchildren)
+        assert self.p.complete(j.owner, [done], queue=j.queue, ttl=TTL_MS) == ["OK"]
+        j.state, j.settled, j.pending, j.children = "expanding", "complete", children, []
+
+    @_has("expanding")
+    @rule(data=st.data(), limit=st.integers(1, 3), by_id=st.booleans())
+    def expand(self, data: st.DataObject, limit: int, by_id: bool) -> None:
+        """Any worker creates the next chunk; the last one makes the parent done."""
+        j = self._pick(data, "expanding")
+        if not by_id:  # a takeover: the one idle longest (the oldest expanding of its queue)
+            oldest = self.r.zrange(self.p.q(j.queue).expanding, 0, 0)
+            j = self.jobs[oldest[0]]
+        call = self.p.p.expand(j.queue, j.id if by_id else "", limit, TTL_MS, 0)
+        reply = parse_expand(self.p.run(call))
+        chunk, j.pending = j.pending[:limit], j.pending[limit:]
+        for ch in chunk:
+            self._add(ch.queue, ch.id, ch.args_json, "", "", j.id)
+        j.children += [ch.id for ch in chunk]
+        assert (reply.parent, reply.created) == (j.id, len(chunk))
+        if j.pending:
+            assert reply.state == "MORE"
+        else:
+            assert reply.state == "DONE"
+            self._finish(j, "done")
+            self.stats[j.queue]["done"] += 1
 
     def _fail(self, data: st.DataObject, action: str) -> None:
         j = self._pick(data, "active")
@@ -487,8 +530,8 @@ class ProtocolMachine(RuleBasedStateMachine):
             # A done parent counts its children and lists them in its index, expiring with it.
             assert children == j.children
             assert int(rec.get("children", "0")) == len(j.children)
-            if j.children:
-                assert children_ttl > 0
+            if j.children:  # the index expires with the record once the parent is done
+                assert (children_ttl > 0) == (j.state == "done")
 
         # Each job is in exactly the one index its state implies.
         for name in QUEUE_NAMES:
@@ -499,6 +542,7 @@ class ProtocolMachine(RuleBasedStateMachine):
                 q.retry: {j.id for j in mine if j.state == "retrying"},
                 q.active: {j.id for j in mine if j.state == "active"},
                 q.dead: {j.id for j in mine if j.state == "dead"},
+                q.expanding: {j.id for j in mine if j.state == "expanding"},
             }
             for key, expected in index.items():
                 assert set(self.r.zrange(key, 0, -1)) == expected, key
@@ -513,7 +557,8 @@ class ProtocolMachine(RuleBasedStateMachine):
         expected_jobs = {layout.job(i) for i in ids}
         expected_jobs |= {layout.job_errors(i) for i in ids if self.jobs[i].has_errors}
         expected_jobs |= {layout.job_children(i) for i in ids if self.jobs[i].children}
-        per_job = tuple(layout.prefix + t for t in ("job:", "errors:", "children:"))
+        expected_jobs |= {layout.fanout(i, self.jobs[i].epoch) for i in ids if self.jobs[i].pending}
+        per_job = tuple(layout.prefix + t for t in ("job:", "errors:", "children:", "fanout:"))
         assert {k for k in keys if k.startswith(per_job)} == expected_jobs
         held = {k: self.r.get(k) for k in keys if k.startswith(layout.prefix + "unique:")}
         assert held == {layout.unique(u): i for u, i in self.uniques.items()}
@@ -521,6 +566,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         for name in QUEUE_NAMES:
             q = self.p.q(name)
             queue_keys |= {q.ready, q.retry, q.active, q.dead, q.wake, q.stats, q.tput}
+            queue_keys |= {q.expanding}
         assert keys - expected_jobs - set(held) <= queue_keys
 
 

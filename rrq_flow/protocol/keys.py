@@ -19,6 +19,7 @@ class QueueKeys:
     retry: str  # ZSET job id -> retry due time ms (jobs in backoff)
     active: str  # ZSET job id -> lease deadline ms (claimed jobs)
     dead: str  # ZSET job id -> time dead-lettered ms
+    expanding: str  # ZSET parent id -> time of its expansion's last progress ms (fan-out)
     wake: str  # LIST of wake-up tokens an idle worker blocks on
     stats: str  # HASH of counters: enqueued done dead failed retried released reaped ...
     tput: str  # HASH ring of finished-job counts per 10 s bucket
@@ -88,6 +89,10 @@ class KeyLayout:
         """HASH of an open fan-in group (fragments/groups.lua); gone once its join exists."""
         return f"{self.prefix}group:{group_id}"
 
+    def fanout(self, job_id: str, epoch: int) -> str:
+        """LIST of a big fan-out's staged children (attempt ``epoch``), consumed by expand.lua."""
+        return f"{self.prefix}fanout:{epoch}:{job_id}"
+
     def unique(self, key: str) -> str:
         return f"{self.prefix}unique:{key}"
 
@@ -98,6 +103,7 @@ class KeyLayout:
             retry=base + ":retry",
             active=base + ":active",
             dead=base + ":dead",
+            expanding=base + ":expanding",
             wake=base + ":wake",
             stats=base + ":stats",
             tput=base + ":tput",

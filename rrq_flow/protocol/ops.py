@@ -13,6 +13,13 @@ from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.scripts import Script, ScriptArg, script
 
 ERRORS_KEPT = 10  # attempt errors kept per job
+# Fan-out in bounded steps (docs/protocol.md): every script call creates at most this many jobs,
+# so no call holds Redis for long (about 20 ms for 500 on a loaded 2-core machine).
+CHILDREN_PER_CALL = 200
+INLINE_CHILDREN = 100  # a completion with more children is staged, then expanded
+EXPAND_CHUNK = 100  # children created per expand.lua call (~15 ms on a loaded 2-core machine)
+STAGE_CHUNK = 1000  # staged children per stage.lua call
+STAGE_BYTES = 512 << 10  # and at most about this many bytes of arguments per stage call
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +87,14 @@ class GroupSpec:
 
 @dataclass(frozen=True, slots=True)
 class Completion:
+    """A successful attempt: its children inline, or ``staged`` children already staged."""
+
     id: str
     epoch: int
     result_json: str
     children: Sequence[ChildJob] = ()
     group: GroupSpec | None = None
+    staged: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +140,13 @@ class ClaimReply:
     jobs: list[ClaimedJob] = field(default_factory=list)
     # Why ready jobs were left: '' (none were, or this worker is full), 'paused', 'rate', 'cap'.
     held: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ExpandReply:
+    state: str  # 'NONE' | 'MORE' | 'DONE'
+    parent: str = ""
+    created: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +233,7 @@ class Protocol:
         args: list[ScriptArg] = [self.prefix, worker, result_ttl_ms, len(done)]
         for c in done:
             group = c.group.as_json() if c.group is not None else ""
-            args += [c.id, c.epoch, c.result_json, group, len(c.children)]
+            args += [c.id, c.epoch, c.result_json, group, c.staged, len(c.children)]
             for ch in c.children:
                 args += [
                     ch.queue,
@@ -230,7 +247,36 @@ class Protocol:
                     ch.kind,
                     ch.branch,
                 ]
-        return Call(script("complete"), [q.active, q.stats, q.tput, q.flow, q.wake], args)
+        return Call(
+            script("complete"), [q.active, q.stats, q.tput, q.flow, q.wake, q.expanding], args
+        )
+
+    def stage(
+        self,
+        queue: str,
+        worker: str,
+        job_id: str,
+        epoch: int,
+        offset: int,
+        lease_ms: int,
+        children: Sequence[ChildJob],
+    ) -> Call:
+        """Append ``children`` to the attempt's staging list (they follow ``offset`` others)."""
+        args: list[ScriptArg] = [self.prefix, worker, job_id, epoch, offset, lease_ms]
+        args += [staged_entry(ch) for ch in children]
+        return Call(script("stage"), [self.layout.queue(queue).active], args)
+
+    def expand(
+        self, queue: str, parent_id: str, limit: int, result_ttl_ms: int, idle_ms: int
+    ) -> Call:
+        """Create up to ``limit`` children of an expanding parent of ``queue`` ('' : take over
+        the one idle longest, if idle for ``idle_ms``)."""
+        q = self.layout.queue(queue)
+        return Call(
+            script("expand"),
+            [q.expanding, q.stats, q.tput],
+            [self.prefix, parent_id, limit, result_ttl_ms, idle_ms],
+        )
 
     def fail(
         self,
@@ -332,7 +378,7 @@ class Protocol:
         keys: list[str] = []
         for name in queues:
             q = self.layout.queue(name)
-            keys += [q.ready, q.retry, q.active]
+            keys += [q.ready, q.retry, q.active, q.expanding]
         return Call(script("drained"), keys, [self.prefix, "1" if with_total else "0"])
 
 
@@ -366,6 +412,21 @@ def parse_claim(reply: Sequence[Any]) -> ClaimReply:
         )
     held = str(reply[4 + count * 9]) if len(reply) > 4 + count * 9 else ""
     return ClaimReply(False, "", now, None if next_due < 0 else next_due, jobs, held)
+
+
+def staged_entry(ch: ChildJob) -> str:
+    """One staged child: its fields joined by NUL (never inside JSON text or a valid id)."""
+    prio = "" if ch.priority is None else str(ch.priority)
+    fields = (ch.queue, ch.id, str(ch.max_attempts), ch.when, ch.unique_key, prio, ch.kind)
+    if any("\0" in f for f in fields):
+        raise ValueError(f"child {ch.id!r}: a NUL character in its queue, id, when or unique key")
+    return "\0".join((*fields, ch.args_json, ch.kwargs_json))
+
+
+def parse_expand(reply: Sequence[Any]) -> ExpandReply:
+    if reply[0] == "NONE":
+        return ExpandReply("NONE")
+    return ExpandReply(str(reply[0]), str(reply[1]), int(reply[2]))
 
 
 def parse_reap(reply: Sequence[Any]) -> ReapReply:

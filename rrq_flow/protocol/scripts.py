@@ -57,6 +57,8 @@ SCRIPT_NAMES = (
     "heartbeat",
     "drained",
     "purge",
+    "stage",
+    "expand",
 )
 
 

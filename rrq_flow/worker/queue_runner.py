@@ -33,6 +33,7 @@ from rrq_flow.errors import DataLossDetected
 from rrq_flow.flow import flow_limits
 from rrq_flow.logs import job_id_var, queue_var
 from rrq_flow.protocol.ops import (
+    CHILDREN_PER_CALL,
     Call,
     ChildJob,
     ClaimedJob,
@@ -46,6 +47,7 @@ from rrq_flow.protocol.ops import (
 )
 from rrq_flow.worker.context import GroupInfo, JobContext, reset_current, set_current
 from rrq_flow.worker.executor import make_runner, resolve_executor, start_process_pool
+from rrq_flow.worker.fanout import Expander, stage_and_commit, stageable
 from rrq_flow.worker.outcome import (
     UnstorableResult,
     cap_bytes,
@@ -156,6 +158,9 @@ class QueueRunner:
         self._lease_ms = ms(cfg.initial_lease)
         self._hard_ms = ms(cfg.hard_lease)
         self.result_ttl_ms = ms(cfg.result_ttl)
+        self.expander = Expander(
+            worker, cfg.name, self.result_ttl_ms, ms(cfg.lock_extension), reap_interval(cfg)
+        )
 
     # --- the queue's task tree ---------------------------------------------------------------
 
@@ -165,6 +170,7 @@ class QueueRunner:
         async with trio.open_nursery() as support:
             support.start_soon(self._acker)
             support.start_soon(self._reaper)
+            support.start_soon(self.expander.run)
             support.start_soon(self._unblock_on_stop)
             if self.cfg.lock_refresh or self.prefetch:
                 support.start_soon(self._lease_refresher)
@@ -518,7 +524,9 @@ class QueueRunner:
             self._fail(failure, duration)
             return
         try:
-            result_json = encode_result(result, cfg.max_result_bytes)
+            # A fan-out's items live on as its children; the parent keeps no copy of the list.
+            stored = None if cfg.fan_out and cfg.next else result
+            result_json = encode_result(stored, cfg.max_result_bytes)
             completion = self.worker.handoff.completion(
                 cfg, job.id, job.epoch, result, result_json, ctx.outbox
             )
@@ -598,12 +606,21 @@ class QueueRunner:
         releases, acks.releases = acks.releases, []
         acks.sending = True
         try:
-            if completions:
+            for batch in _complete_batches(completions):
                 call = w.protocol.complete(
-                    self.name, w.worker_id, self.result_ttl_ms, [c for c, _ in completions]
+                    self.name, w.worker_id, self.result_ttl_ms, [c for c, _ in batch]
                 )
                 verdicts = await w.caller.until_done(call)
-                for (c, duration), verdict in zip(completions, verdicts, strict=True):
+                for (c, duration), verdict in zip(batch, verdicts, strict=True):
+                    self.held.pop((c.id, c.epoch), None)
+                    self._count(verdict, duration, c.id)
+            for c, duration in completions:
+                if stageable(c):  # a big fan-out: in bounded steps
+                    verdict = await stage_and_commit(
+                        w, self.name, self._lease_ms, self.result_ttl_ms, c
+                    )
+                    if verdict in ("OK", "ALREADY_DONE"):
+                        self.expander.add(c.id)
                     self.held.pop((c.id, c.epoch), None)
                     self._count(verdict, duration, c.id)
             if failures:
@@ -787,6 +804,27 @@ def outage_grace(heartbeat_interval: float) -> float:
     """How long a lease that expired during such a silence waits for its owner to show up
     (renew it, or at least send a heartbeat) before the reaper decides it was a stall."""
     return 3 * heartbeat_interval + 1.0
+
+
+def _complete_batches(
+    completions: list[tuple[Completion, float]],
+) -> list[list[tuple[Completion, float]]]:
+    """The completions with inline children, in calls of at most CHILDREN_PER_CALL children."""
+    batches: list[list[tuple[Completion, float]]] = []
+    current: list[tuple[Completion, float]] = []
+    size = 0
+    for item in completions:
+        n = len(item[0].children)
+        if stageable(item[0]):
+            continue
+        if current and size + n > CHILDREN_PER_CALL:
+            batches.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += n
+    if current:
+        batches.append(current)
+    return batches
 
 
 def reap_interval(cfg: QueueConfig) -> float:

@@ -3,11 +3,14 @@
 
   KEYS[1] active ZSET    KEYS[2] queue stats HASH    KEYS[3] finished-jobs ring HASH (tput)
   KEYS[4] flow HASH      KEYS[5] wake LIST (a worker waiting at max_running is woken)
+  KEYS[6] expanding ZSET (parents whose staged children are being created)
   ARGV[1] key prefix     ARGV[2] worker id     ARGV[3] result ttl ms
   ARGV[4] number of jobs N, then per job:
           id, epoch, result JSON,
           group spec: "" or JSON {size, queue, join_id, max_attempts, max_bytes, on_failure} when
             this job is a fan-out whose items lead to a join (it opens group:<id>),
+          staged count S (children stage.lua staged for this epoch; then C is 0 and there is
+            no group spec: the job becomes `expanding`, expand.lua creates them in chunks),
           number of children C, then C groups of 10:
           child queue, child id, args JSON, kwargs JSON, max attempts, when, unique key,
           priority ('' : the parent's),
@@ -40,11 +43,26 @@ check_type(KEYS[2], 'hash')
 check_type(KEYS[3], 'hash')
 check_type(KEYS[4], 'hash')
 check_type(KEYS[5], 'list')
+check_type(KEYS[6], 'zset')
 local p = 5
 for _ = 1, n do
-  local nchildren = check_num(p + 4, 'number of children')
+  local staged, nchildren = check_num(p + 4, 'staged count'), check_num(p + 5, 'children')
   local jk = check_job(ARGV[p])
   local gspec = ARGV[p + 3]
+  if staged > 0 then
+    if nchildren > 0 or gspec ~= '' then
+      refuse('job ' .. ARGV[p] .. ': staged children with inline ones or a group')
+    end
+    local _, verdict = check_owner(jk, ARGV[p + 1], worker, 'complete')
+    if not verdict then
+      local fk = fanout_key(ARGV[p], ARGV[p + 1])
+      check_type(fk, 'list')
+      local have = rcall('LLEN', fk)
+      if have ~= staged then
+        refuse('job ' .. ARGV[p] .. ': ' .. fk .. ' holds ' .. have .. ' staged, not ' .. staged)
+      end
+    end
+  end
   if gspec ~= '' then
     local ok, spec = pcall(cjson.decode, gspec)
     if not ok or type(spec) ~= 'table' or not spec.queue or not spec.join_id then
@@ -55,29 +73,39 @@ for _ = 1, n do
   end
   local parent_prio = rcall('HGET', jk, 'priority') or '0'
   for c = 0, nchildren - 1 do
-    local b = p + 5 + c * 10
+    local b = p + 6 + c * 10
     if b + 9 > #ARGV then refuse('arguments end inside the children of job ' .. ARGV[p]) end
     local cprio = ARGV[b + 7]
     if cprio == '' then cprio = parent_prio end
     check_add(ARGV[b], ARGV[b + 1], ARGV[b + 5], ARGV[b + 6], ARGV[b + 4], cprio)
   end
-  p = p + 5 + nchildren * 10
+  p = p + 6 + nchildren * 10
 end
 if p ~= #ARGV + 1 then refuse('expected ' .. (p - 1) .. ' arguments, got ' .. #ARGV) end
 
 local now = now_ms()
 local out = {}
-local done = 0
+local done, freed = 0, false
 p = 5
 for _ = 1, n do
   local id, epoch, result, gspec = ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 3]
-  local nchildren = tonumber(ARGV[p + 4])
-  local cbase = p + 5
+  local staged, nchildren = tonumber(ARGV[p + 4]), tonumber(ARGV[p + 5])
+  local cbase = p + 6
   p = cbase + nchildren * 10
   local jk = job_key(id)
   local _, verdict = check_owner(jk, epoch, worker, 'complete')
   if verdict then
     out[#out + 1] = verdict
+  elseif staged > 0 then
+    -- A big fan-out: any worker's expand.lua now creates the staged children in chunks. The job
+    -- keeps its group token and stays unfinished in its run until the last chunk.
+    rcall('DEL', children_key(id))
+    rcall('HSET', jk, 'status', 'expanding', 'result', result, 'settled', 'complete',
+      'children', 0, 'fanout_total', staged)
+    rcall('ZREM', KEYS[1], id)
+    rcall('ZADD', KEYS[6], now, id)
+    freed = true
+    out[#out + 1] = 'OK'
   else
     local children = {}
     local woken = {}
@@ -137,6 +165,6 @@ end
 if done > 0 then
   rcall('HINCRBY', KEYS[2], 'done', done)
   count_finished(KEYS[3], now, done)
-  slot_freed(KEYS[4], KEYS[5])
 end
+if done > 0 or freed then slot_freed(KEYS[4], KEYS[5]) end
 return out

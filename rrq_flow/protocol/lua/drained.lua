@@ -1,7 +1,8 @@
 --[[
   Is there any work left in these queues? Burst mode asks before it stops.
 
-  KEYS    per queue, 3 keys: queue ZSET (with its priority levels), retry ZSET, active ZSET
+  KEYS    per queue, 4 keys: queue ZSET (with its priority levels), retry ZSET, active ZSET,
+          expanding ZSET (parents whose fan-out is being created count as active)
   ARGV[1] key prefix     ARGV[2] '1': also the queue's total of queued and scheduled jobs
 
   Returns: flat array per queue: jobs ready now, jobs in retry backoff, active jobs (and with
@@ -15,7 +16,7 @@
 
 local now = now_ms()
 local out = {}
-for i = 1, #KEYS, 3 do
+for i = 1, #KEYS, 4 do
   local ready, total = 0, 0
   for _, level in ipairs(ready_levels(KEYS[i])) do
     ready = ready + rcall('ZCOUNT', level, '-inf', now)
@@ -23,7 +24,7 @@ for i = 1, #KEYS, 3 do
   end
   out[#out + 1] = ready
   out[#out + 1] = rcall('ZCARD', KEYS[i + 1])
-  out[#out + 1] = rcall('ZCARD', KEYS[i + 2])
+  out[#out + 1] = rcall('ZCARD', KEYS[i + 2]) + rcall('ZCARD', KEYS[i + 3])
   if ARGV[2] == '1' then out[#out + 1] = total end
 end
 return out

@@ -58,6 +58,7 @@ for i = 6, #ARGV, 5 do
     out[#out + 1] = verdict
   else
     local ek = errors_key(id)
+    drop_staging(jk, id)
     freed = true
     rcall('ZREM', KEYS[1], id)
     rcall('HSET', jk, 'error', err, 'settled', 'fail')

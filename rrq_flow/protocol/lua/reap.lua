@@ -82,6 +82,7 @@ for i = 1, #expired, 2 do
   end
   if not wait then rcall('ZREM', KEYS[2], id) end
   if f[1] == 'active' and not wait then
+    drop_staging(jk, id)
     rcall('HINCRBY', jk, 'epoch', 1)
     local stalls, err = tonumber(rcall('HGET', jk, 'stalls') or '0'), nil
     if outage then

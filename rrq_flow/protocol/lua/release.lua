@@ -38,6 +38,7 @@ for i = 4, #ARGV, 2 do
     out[#out + 1] = verdict
   else
     rcall('ZREM', KEYS[2], id)
+    drop_staging(jk, id)
     if rcall('HGET', jk, 'cancel_requested') == '1' then
       release_unique(jk, id)
       rcall('HSET', jk, 'status', 'cancelled', 'settled', 'release', 'finished_at', now)

@@ -4,7 +4,8 @@
   Every key a script touches either comes in KEYS or is built here from the pipeline prefix
   ARGV[1] = "rrq:{<pipeline>}:". The braces are a Redis Cluster hash tag, so derived keys live in
   the same slot as the declared ones. Per-job keys put their type before the id ("job:<id>",
-  "errors:<id>", "children:<id>", "fanout:<epoch>:<id>"), so no job id can name another job's key.
+  "errors:<id>", "children:<id>", "fanout:<epoch>:<id>"), so no job id can name another job's key
+  (an epoch is digits only, so "fanout:<epoch>:" ends at its first colon).
 
   Check before the first write: Redis does not roll a script back, so every script first reads and
   checks everything it will touch (key types, ARGV) with the `check_*` helpers below, which raise
@@ -22,6 +23,7 @@ end
 local function job_key(id) return PREFIX .. 'job:' .. id end
 local function errors_key(id) return PREFIX .. 'errors:' .. id end
 local function children_key(id) return PREFIX .. 'children:' .. id end
+local function fanout_key(id, epoch) return PREFIX .. 'fanout:' .. epoch .. ':' .. id end
 local function unique_key(ukey) return PREFIX .. 'unique:' .. ukey end
 local function queue_key(queue) return PREFIX .. 'q:' .. queue end
 local function wake_key(queue) return PREFIX .. 'q:' .. queue .. ':wake' end
@@ -151,6 +153,27 @@ local function push_all(key, items)
   for i = 1, #items, 1000 do
     rcall('RPUSH', key, unpack(items, i, math.min(i + 999, #items)))
   end
+end
+
+-- The staged children of a big fan-out's attempt: one "\0"-joined string per child (stage.lua):
+-- queue, id, max attempts, when, unique key, priority, kind (next | out), args JSON, kwargs JSON.
+-- Nil when malformed.
+local function split_child(entry)
+  local out, pos = {}, 1
+  for _ = 1, 8 do
+    local z = string.find(entry, '\0', pos, true)
+    if not z then return nil end
+    out[#out + 1] = string.sub(entry, pos, z - 1)
+    pos = z + 1
+  end
+  out[9] = string.sub(entry, pos)
+  return out
+end
+
+-- An attempt that ends without committing its fan-out leaves no staged children behind.
+local function drop_staging(jk, id)
+  local epoch = rcall('HGET', jk, 'epoch')
+  if epoch then rcall('UNLINK', fanout_key(id, epoch)) end
 end
 
 -- A finished job's keys expire together after the result TTL.
