@@ -75,14 +75,20 @@ def test_every_second_with_three_processes_one_job_per_tick(
             assert time.monotonic() < deadline and all(x.poll() is None for x in procs)
             time.sleep(0.1)
 
-    wait_for_workers(3)
-    time.sleep(3)
-    _stop(procs[0])  # a worker restarts in between: nothing changes
-    procs[0] = _start(p)
-    wait_for_workers(3)
-    time.sleep(3)
-    for proc in procs:
-        _stop(proc)
+    try:
+        wait_for_workers(3)
+        time.sleep(3)
+        _stop(procs[0])  # a worker restarts in between: nothing changes
+        procs[0] = _start(p)
+        wait_for_workers(3)
+        time.sleep(3)
+        for proc in procs:
+            _stop(proc)
+    finally:  # a failed check must not leave workers running
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     ticks = _ticks(sync_redis, "t", "tick")
     assert len(ticks) >= 6
     assert ticks == list(range(ticks[0], ticks[-1] + 1))  # none missing
