@@ -64,14 +64,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
-def setup_logging(fmt: LogFormat = "text", level: str = "INFO") -> None:
-    """Configure the root logger for a worker or supervisor process (stderr)."""
+JOBS_LOGGER = "rrq_flow.jobs"
+"""One INFO line per finished job (id, queue, outcome, duration), as RQ's worker logs them: shown
+when the level is asked for explicitly (``--log-level INFO``), quiet by default."""
+
+
+def setup_logging(fmt: LogFormat = "text", level: str | None = None) -> None:
+    """Configure the root logger for a worker or supervisor process (stderr).
+
+    ``level`` None means the default: INFO, except the per-job lines of :data:`JOBS_LOGGER`.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel((level or "INFO").upper())
+    logging.getLogger(JOBS_LOGGER).setLevel(logging.WARNING if level is None else logging.NOTSET)
     # coredis logs each connection retry (INFO) and each failed handshake (ERROR, with the
     # server's address but no cause); rrq-flow reports connection problems itself, once, with
     # the cause (authentication, permission, certificate) and the URL's password hidden.

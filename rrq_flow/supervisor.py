@@ -63,7 +63,7 @@ class Supervisor:
         max_jobs: int | None = None,
         max_duration: float | None = None,
         log_format: str = "text",
-        log_level: str = "INFO",
+        log_level: str | None = None,
         progress: Progress | None = None,
     ):
         if config.source is None:
@@ -121,9 +121,9 @@ class Supervisor:
             str(self._lifeline_r),
             "--log-format",
             self.log_format,
-            "--log-level",
-            self.log_level,
         ]
+        if self.log_level is not None:
+            cmd += ["--log-level", self.log_level]
         for q in self.queues or ():
             cmd += ["--queue", q]
         if self.burst:

@@ -250,3 +250,19 @@ def test_enqueue_refuses_bad_job_ids_with_exit_2(
     assert f"{lines}:2: job id must not contain whitespace" in out.stderr
     assert f"{lines}:3: job id must be a string" in out.stderr
     assert sync_redis.zcard(KeyLayout("t").queue("q").ready) == 0
+
+
+def test_one_line_per_finished_job_only_when_info_is_asked_for(
+    tmp_path: Path, redis_url: str
+) -> None:
+    p = write_pipeline(tmp_path, redis_url, "  q: {handler: 'tests.handlers:echo'}")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(f"[{i}]\n" for i in range(5)))
+    quiet = cli("run", str(p), "--burst", "--input", f"q={jobs}")
+    assert quiet.returncode == 0, quiet.stderr
+    assert " done: queue q, " not in quiet.stderr  # the default stays quiet
+    loud = cli("run", str(p), "--burst", "--log-level", "INFO", "--input", f"q={jobs}")
+    assert loud.returncode == 0, loud.stderr
+    lines = [line for line in loud.stderr.splitlines() if " done: queue q, " in line]
+    assert len(lines) == 5, loud.stderr
+    assert all(" INFO " in line and "[worker=" in line for line in lines)

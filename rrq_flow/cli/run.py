@@ -86,7 +86,13 @@ def register(subparsers: Any) -> None:
         "--processes", type=int, metavar="N", help="worker processes (default: workers.processes)"
     )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
-    p.add_argument("--log-level", default="INFO", metavar="LEVEL", help="DEBUG, INFO, WARNING...")
+    p.add_argument(
+        "--log-level",
+        default=None,
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING... (default INFO without the one line per finished job; "
+        "give --log-level INFO to see those lines too)",
+    )
     p.add_argument(
         "--progress",
         choices=("auto", "on", "off"),

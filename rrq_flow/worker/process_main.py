@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stats-file", type=Path)
     p.add_argument("--lifeline-fd", type=int)
     p.add_argument("--log-format", default="text")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default=None)
     p.add_argument("--no-metrics-server", action="store_true")
     return p.parse_args(argv)
 

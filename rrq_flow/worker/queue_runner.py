@@ -31,7 +31,7 @@ from rrq_flow.config.model import QueueConfig
 from rrq_flow.connection import MAX_BLOCK_SECONDS
 from rrq_flow.errors import DataLossDetected
 from rrq_flow.flow import flow_limits
-from rrq_flow.logs import job_id_var, queue_var
+from rrq_flow.logs import JOBS_LOGGER, job_id_var, queue_var
 from rrq_flow.protocol.ops import (
     CHILDREN_PER_CALL,
     Call,
@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from rrq_flow.worker.worker import Worker
 
 log = logging.getLogger("rrq_flow.worker")
+job_log = logging.getLogger(JOBS_LOGGER)
 
 MAX_CLAIM = 500  # jobs per claim call
 STOP_TOKEN_TTL_MS = 10_000  # a stop token nobody took is gone after this
@@ -669,7 +670,9 @@ class QueueRunner:
             return
         else:  # ALREADY_DONE: a repeated call after a lost reply; counted the first time
             return
-        log.info("job %s %s: queue %s, %.3fs", job_id, OUTCOME_WORDS[verdict], self.name, duration)
+        job_log.info(
+            "job %s %s: queue %s, %.3fs", job_id, OUTCOME_WORDS[verdict], self.name, duration
+        )
         t.durations.append(duration)
         self.worker.notify("job_finished", self.name, verdict, duration)
 
