@@ -159,8 +159,10 @@ class QueueRunner:
         self._lease_ms = ms(cfg.initial_lease)
         self._hard_ms = ms(cfg.hard_lease)
         self.result_ttl_ms = ms(cfg.result_ttl)
+        # Takeovers are looked for once per lock_extension: a stalled expansion waits that long
+        # anyway, and an idle queue pays one cheap call per lease period, not per reap.
         self.expander = Expander(
-            worker, cfg.name, self.result_ttl_ms, ms(cfg.lock_extension), reap_interval(cfg)
+            worker, cfg.name, self.result_ttl_ms, ms(cfg.lock_extension), cfg.lock_extension
         )
 
     # --- the queue's task tree ---------------------------------------------------------------
