@@ -95,9 +95,7 @@ def write_report(analyses: list[dict[str, Any]]) -> str:
     """The join: write out/report.md whole from every analysis (paragraph order), atomically."""
     group = rrq_flow.current_job().group
     lines = ["| document | paragraph | words | top words |", "|---|---|---|---|"]
-    lines += [
-        f"| {a['doc']} | {a['n']} | {a['words']} | {', '.join(a['top'])} |" for a in analyses
-    ]
+    lines += [f"| {a['doc']} | {a['n']} | {a['words']} | {', '.join(a['top'])} |" for a in analyses]
     if group is not None and group.failed:
         lines += ["", f"{len(group.failed)} paragraph(s) could not be analysed:"]
         lines += [f"- {f['id']}: {f['state']}" for f in group.failed]
