@@ -543,4 +543,7 @@ async def test_same_worker_reclaiming_a_job_whose_old_attempt_still_runs(
     starts = [(int(epoch), job) for kind, job, epoch, *_ in read_lines(history) if kind == "start"]
     assert starts == [(1, job_id), (3, job_id)]  # reaped (epoch 2), claimed again (epoch 3)
     assert info.status == "done" and info.epoch == 3 and info.stalls == 1
-    assert worker.stats.queues["q"].lost == 1 and worker.stats.queues["q"].done == 1
+    # The old attempt's outcome is dropped exactly once: as "lost" when its refresher sees the
+    # lease gone first, as "stale" when its acknowledgement reaches the fence first (a race).
+    stats = worker.stats.queues["q"]
+    assert stats.done == 1 and stats.lost + stats.stale == 1, stats
