@@ -150,13 +150,18 @@ def test_planned_failover_with_durability_loses_nothing(
     rep = finish(run, workers, switch_seconds=round(t1 - t0, 2))
     assert rep.figures["lost"] == 0, rep.violations[:20]
     unknown = {e.job.id for e in run.producer.log if e.status != "ok"}  # type: ignore[union-attr]
+    # A job run twice under one epoch (the accepted case below) can also leave a result whose
+    # (epoch, pid) the checker matches to neither execution: the same cause, reported twice.
+    same_epoch = {v.split()[1].rstrip(":") for v in rep.violations if "with one epoch" in v}
     for v in rep.violations:
         # What the old master did in the second before the clients moved, and then dropped: a
         # claim (the job runs again under the same epoch on the new master: at least once), or
         # an enqueue its producer was told had failed (DurabilityError) that a worker ran.
         job = v.split()[1].rstrip(":")
-        explained = ("two executions with one epoch" in v or "observed starts" in v) or (
-            "ran but has no record" in v and job in unknown
+        explained = (
+            ("two executions with one epoch" in v or "observed starts" in v)
+            or ("ran but has no record" in v and job in unknown)
+            or ("matches no finished execution" in v and job in same_epoch)
         )
         assert explained, v
 
