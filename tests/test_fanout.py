@@ -21,7 +21,7 @@ import trio
 
 from rrq_flow.config import load
 from rrq_flow.protocol.keys import KeyLayout
-from rrq_flow.protocol.ops import ChildJob, Completion, parse_expand
+from rrq_flow.protocol.ops import ChildJob, Completion, GroupSpec, parse_expand
 from rrq_flow.redis_server import start_redis_server
 from rrq_flow.worker.worker import Worker
 from tests.conftest import make_pipeline, make_queue
@@ -151,6 +151,35 @@ def test_expand_checks_every_child_before_writing(p: Proto) -> None:
     with pytest.raises(redis.ResponseError, match="nothing was written"):
         expand(p, "a")
     assert p.snapshot() == snap
+
+
+def test_a_staged_group_opens_at_commit_and_closes_only_after_the_last_chunk(p: Proto) -> None:
+    """A group-opening fan-out in bounded steps: children of kind 'join' arrive chunk by chunk,
+    yet the join is created only by the last expand call, once, with the values in order."""
+    p.enqueue("a")
+    epoch = p.claim_one("a").epoch
+    values = [
+        ChildJob("j", f"a:j:{i}", f"{i * 3}", "{}", 3, kind="join", branch=i) for i in range(250)
+    ]
+    spec = GroupSpec(250, "j", "a:j:join", 3, 1_000_000, "run")
+    assert stage(p, "w1", "a", epoch, 0, values) == "OK"
+    done = p.complete("w1", [Completion("a", epoch, "null", (), spec, staged=250)])
+    assert done == ["OK"]
+    group = p.layout.prefix + "group:a"
+    assert p.r.hget(group, "pending") == "1" and p.job("a")["group_join"] == "a:j:join"
+    assert [expand(p, "a", limit=100).state for _ in range(2)] == ["MORE", "MORE"]
+    assert p.r.zcard(group + ":values") == 200 and not p.r.exists(p.layout.job("a:j:join"))
+    p.r.set(group + ":failed", "x")  # a wrong-typed group key: the last chunk writes nothing
+    snap = p.snapshot()
+    with pytest.raises(redis.ResponseError, match="nothing was written"):
+        expand(p, "a", limit=100)
+    assert p.snapshot() == snap
+    p.r.delete(group + ":failed")
+    assert expand(p, "a", limit=100).state == "DONE"
+    join = p.job("a:j:join")
+    assert join["args"] == "[[" + ",".join(str(i * 3) for i in range(250)) + "]]"
+    assert p.job("a")["status"] == "done" and not p.r.exists(group)
+    assert expand(p, "a").state == "NONE"
 
 
 # --- a real worker ------------------------------------------------------------------------------

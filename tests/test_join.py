@@ -28,14 +28,19 @@ def _joins(cfg: PipelineConfig, queue: str) -> list[Any]:
         return [r for r in client.results("join-test", queue)]
 
 
-def test_a_fan_out_of_500_joins_once_with_every_value_in_order(redis_url: str) -> None:
-    cfg = make_pipeline(
+def _fan_work_join(redis_url: str) -> PipelineConfig:
+    """gen fans out to work, whose results go to the join gather."""
+    return make_pipeline(
         redis_url,
         make_queue("gen", f"{J}:items", next=("work",), fan_out=True),
         make_queue("work", f"{J}:work", next=("gather",), concurrency=20),
         make_queue("gather", f"{J}:gather", join=True),
         name="join",
     )
+
+
+def test_a_fan_out_of_500_joins_once_with_every_value_in_order(redis_url: str) -> None:
+    cfg = _fan_work_join(redis_url)
     root = _run(cfg, "gen", 500)
     joins = _joins(cfg, "gather")
     assert len(joins) == 1 and joins[0]["status"] == "done"
@@ -193,3 +198,53 @@ def test_a_process_join_sees_its_group(redis_url: str) -> None:
     )
     _run(cfg, "gen", 3)
     assert _joins(cfg, "gather")[0]["result"] == {"values": [0, 2, 4], "size": 3}
+
+
+def test_a_staged_fan_out_of_1000_joins_once_in_fan_out_order(redis_url: str) -> None:
+    """More than INLINE_CHILDREN items: the group opens at the commit, the expand chunks create
+    the branches, and only the last chunk lets the group close (issue 10, fan-out size)."""
+    cfg = _fan_work_join(redis_url)
+    root = _run(cfg, "gen", 1000)
+    [join] = _joins(cfg, "gather")
+    assert join["status"] == "done"
+    assert join["result"]["values"] == [x * 2 for x in range(1000)]
+    assert join["result"]["group"] == {
+        "id": root,
+        "size": 1000,
+        "arrived": 1000,
+        "failed": [],
+        "failed_count": 0,
+    }
+    with cfg.sync_client() as client:
+        parent = client.job(root)
+        assert parent.status == "done" and parent.children == 1000
+        # it went through the bounded steps (stage, commit, expand), not one complete.lua call
+        assert client.redis.hget(f"rrq:{{join}}:job:{root}", "fanout_total") == "1000"
+        assert client.wait(root, timeout=10, descendants=True) == {"done": 1002}
+        assert not client.redis.keys("rrq:{join}:group:*")
+        assert not client.redis.keys("rrq:{join}:fanout:*")
+
+
+def test_a_staged_fan_out_straight_into_a_join_keeps_every_value(redis_url: str) -> None:
+    """The items themselves are the join's values (children of kind 'join', staged)."""
+    cfg = make_pipeline(
+        redis_url,
+        make_queue("gen", f"{J}:items", next=("gather",), fan_out=True),
+        make_queue("gather", f"{J}:gather", join=True),
+        name="join",
+    )
+    root = _run(cfg, "gen", 1000)
+    [join] = _joins(cfg, "gather")
+    assert join["result"]["values"] == list(range(1000))
+    assert join["result"]["group"]["size"] == 1000 and join["result"]["group"]["id"] == root
+
+
+def test_a_staged_fan_out_with_dead_branches_joins_once_with_the_rest(redis_url: str) -> None:
+    cfg = _failing(redis_url, "run")
+    _run(cfg, "gen", 1000)
+    [join] = _joins(cfg, "gather")
+    out = join["result"]
+    assert out["values"] == [x * 2 for x in range(1000) if x % 50 != 7]
+    group = out["group"]
+    assert group["size"] == 1000 and group["arrived"] == 980 and group["failed_count"] == 20
+    assert {f["state"] for f in group["failed"]} == {"dead"}

@@ -417,7 +417,16 @@ def parse_claim(reply: Sequence[Any]) -> ClaimReply:
 def staged_entry(ch: ChildJob) -> str:
     """One staged child: its fields joined by NUL (never inside JSON text or a valid id)."""
     prio = "" if ch.priority is None else str(ch.priority)
-    fields = (ch.queue, ch.id, str(ch.max_attempts), ch.when, ch.unique_key, prio, ch.kind)
+    fields = (
+        ch.queue,
+        ch.id,
+        str(ch.max_attempts),
+        ch.when,
+        ch.unique_key,
+        prio,
+        ch.kind,
+        str(ch.branch),
+    )
     if any("\0" in f for f in fields):
         raise ValueError(f"child {ch.id!r}: a NUL character in its queue, id, when or unique key")
     return "\0".join((*fields, ch.args_json, ch.kwargs_json))

@@ -41,13 +41,10 @@ log = logging.getLogger("rrq_flow.worker")
 
 
 def stageable(c: Completion) -> bool:
-    """Whether this completion's children go through the bounded steps: more than fit one call,
-    and not a fan-out that opens a join group (that stays one complete.lua call for now)."""
-    return (
-        len(c.children) > INLINE_CHILDREN
-        and c.group is None
-        and all(ch.kind != "join" for ch in c.children)
-    )
+    """Whether this completion's children go through the bounded steps: more than fit one call.
+    A fan-out that opens a join group is staged too: its group opens at the commit and closes no
+    earlier than the last expand chunk (docs/protocol.md, "Groups (join)")."""
+    return len(c.children) > INLINE_CHILDREN
 
 
 def stage_chunks(children: Sequence[ChildJob]) -> list[Sequence[ChildJob]]:
@@ -75,7 +72,7 @@ async def stage_and_commit(
         if verdict == "STALE":
             return verdict
         offset += len(chunk)
-    commit = Completion(c.id, c.epoch, c.result_json, (), staged=offset)
+    commit = Completion(c.id, c.epoch, c.result_json, (), c.group, staged=offset)
     call = w.protocol.complete(queue, w.worker_id, result_ttl_ms, [commit])
     (verdict,) = await w.caller.until_done(call)
     return str(verdict)

@@ -9,8 +9,9 @@
           id, epoch, result JSON,
           group spec: "" or JSON {size, queue, join_id, max_attempts, max_bytes, on_failure} when
             this job is a fan-out whose items lead to a join (it opens group:<id>),
-          staged count S (children stage.lua staged for this epoch; then C is 0 and there is
-            no group spec: the job becomes `expanding`, expand.lua creates them in chunks),
+          staged count S (children stage.lua staged for this epoch; then C is 0: the job becomes
+            `expanding` and opens its group, if any; expand.lua creates the children in chunks
+            and its last chunk releases the opener's group token),
           number of children C, then C groups of 10:
           child queue, child id, args JSON, kwargs JSON, max attempts, when, unique key,
           priority ('' : the parent's),
@@ -50,8 +51,8 @@ for _ = 1, n do
   local jk = check_job(ARGV[p])
   local gspec = ARGV[p + 3]
   if staged > 0 then
-    if nchildren > 0 or gspec ~= '' then
-      refuse('job ' .. ARGV[p] .. ': staged children with inline ones or a group')
+    if nchildren > 0 then
+      refuse('job ' .. ARGV[p] .. ': staged children with inline ones')
     end
     local _, verdict = check_owner(jk, ARGV[p + 1], worker, 'complete')
     if not verdict then
@@ -98,7 +99,14 @@ for _ = 1, n do
     out[#out + 1] = verdict
   elseif staged > 0 then
     -- A big fan-out: any worker's expand.lua now creates the staged children in chunks. The job
-    -- keeps its group token and stays unfinished in its run until the last chunk.
+    -- keeps its group token and stays unfinished in its run until the last chunk. A group it
+    -- opens opens now (the opener's token holds it open until that last chunk).
+    if gspec ~= '' then
+      local spec = cjson.decode(gspec)
+      local f = rcall('HMGET', jk, 'run', 'grp')
+      group_open(id, spec, stack_encode(stack_decode(f[2])), f[1] or '', now)
+      rcall('HSET', jk, 'group_join', spec.join_id)
+    end
     rcall('DEL', children_key(id))
     rcall('HSET', jk, 'status', 'expanding', 'result', result, 'settled', 'complete',
       'children', 0, 'fanout_total', staged)

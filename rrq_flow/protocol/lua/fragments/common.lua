@@ -156,17 +156,18 @@ local function push_all(key, items)
 end
 
 -- The staged children of a big fan-out's attempt: one "\0"-joined string per child (stage.lua):
--- queue, id, max attempts, when, unique key, priority, kind (next | out), args JSON, kwargs JSON.
+-- queue, id, max attempts, when, unique key, priority, kind (next | join | out), branch index,
+-- args JSON (for kind join: the value), kwargs JSON.
 -- Nil when malformed.
 local function split_child(entry)
   local out, pos = {}, 1
-  for _ = 1, 8 do
+  for _ = 1, 9 do
     local z = string.find(entry, '\0', pos, true)
     if not z then return nil end
     out[#out + 1] = string.sub(entry, pos, z - 1)
     pos = z + 1
   end
-  out[9] = string.sub(entry, pos)
+  out[10] = string.sub(entry, pos)
   return out
 end
 
