@@ -10,10 +10,12 @@
 #   python3.11 -m venv "$PEERBENCH_VENVS/venv-rrqflow"
 #   "$PEERBENCH_VENVS/venv-rrqflow/bin/pip" install -e /path/to/rrq-flow hiredis==3.5.0
 # (hiredis, as in the peers' venvs: it speeds up the redis-py producer.)
+# RRQFLOW_VENV=/path/to/venv overrides that venv, e.g. a worktree's own .venv (an editable
+# install of that tree, with hiredis==3.5.0), to compare that tree against the peers in one run.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 VENVS="${PEERBENCH_VENVS:-${TMPDIR:-/tmp}/peerbench}"
-VENV="$VENVS/venv-rrqflow"
+VENV="${RRQFLOW_VENV:-$VENVS/venv-rrqflow}"
 [ -x "$VENV/bin/rrq-flow" ] || { echo "no $VENV/bin/rrq-flow: create the venv (see $0)" >&2; exit 1; }
 cmd="${1:?info|enqueue|work}"; shift
 
@@ -37,13 +39,17 @@ work)
   done
   # The same text as rrqflow_enqueue.pipeline_yaml(); written here in bash so that no extra
   # Python start-up sits between the launch and the exec (it would count as worker startup).
+  # One file per Redis URL: runs on other ports (other helpers, same $PEERBENCH_VENVS) do not
+  # overwrite each other's file between the write and the exec.
   dir="$VENVS/rrqflow"; mkdir -p "$dir"
-  cfg="$dir/bench-c${conc}.yaml"; tmp="$cfg.$$.tmp"
+  tag="$(printf '%s' "${REDIS_URL:?REDIS_URL is not set}" | tr -c 'A-Za-z0-9' '_')"
+  cfg="$dir/bench-${tag}-c${conc}.yaml"; tmp="$cfg.$$.tmp"
   cat > "$tmp" <<YAML
 version: 1
 pipeline: peerbench
 redis:
   url: ${REDIS_URL:?REDIS_URL is not set}
+  persistence: none      # the harness' Redis runs without AOF, on purpose
 queues:
   bench:
     handler: benchjob:trio_job

@@ -35,6 +35,7 @@ def pipeline_yaml(url: str, concurrency: int) -> str:
         f"pipeline: {PIPELINE}\n"
         "redis:\n"
         f"  url: {url}\n"
+        "  persistence: none\n"  # the harness' Redis runs without AOF, on purpose
         "queues:\n"
         f"  {QUEUE}:\n"
         f"    handler: {HANDLER}\n"
