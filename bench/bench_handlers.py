@@ -28,3 +28,13 @@ async def job(t0: float, sleep_s: float = 0.0) -> int:
         await trio.sleep(sleep_s)
     os.write(_fd(), b"%.6f %.6f %.6f\n" % (t0, start, time.time()))
     return 1
+
+
+def noop(x: int) -> int:
+    """A no-op ``def`` handler (bench/process_overhead.py: ``executor: process``)."""
+    return x
+
+
+async def async_noop(x: int) -> int:
+    """The same as a coroutine (the ``executor: async`` comparison)."""
+    return x
