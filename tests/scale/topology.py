@@ -109,7 +109,9 @@ class SentinelTopology:
 
     master_name = SENTINEL_MASTER
 
-    def __init__(self, base: Path, *, down_after_ms: int = 1000, min_replicas: int = 0):
+    def __init__(self, base: Path, *, down_after_ms: int = 3000, min_replicas: int = 0):
+        # down-after 3 s, not 1 s: on a loaded machine a sentinel missed a freshly promoted
+        # master's first PONG within 1 s, called it down and failed over straight back.
         self.base = base
         extra = ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]
         if min_replicas:
@@ -130,6 +132,7 @@ class SentinelTopology:
             for i in range(3):
                 self.sentinels.append(_Sentinel(base / f"s{i}", master.port, down_after_ms))
             wait_for(self._sentinels_agree, 30, "sentinels see the replica and each other")
+            self.wait_replica_ready(replica.port, master.port)
         except BaseException:
             self.close()
             raise
@@ -197,12 +200,124 @@ class SentinelTopology:
             with node_client(port) as r:
                 return port if r.info("replication")["role"] == "master" else None
 
-        return int(wait_for(switched, timeout, "sentinel failover"))
+        return int(self._wait(switched, timeout, "sentinel failover"))
+
+    def restart_as_replica(self, port: int, timeout: float = 60.0) -> None:
+        """Start the (killed) node on ``port`` again, explicitly as a replica of the master the
+        sentinels name now, and wait until it is a failover candidate again
+        (:meth:`wait_replica_ready`).
+
+        Started as it was (without ``--replicaof``, or pointing at a node that is no master any
+        more) it would come up as an empty master that the sentinels demote only some 10-20 s
+        later (``+convert-to-slave``), and nothing at all while a sentinel is in TILT."""
+        master = self.master_port()
+        node = self.node(port)
+        node.extra = [*_without_replicaof(node.extra), "--replicaof", "127.0.0.1", str(master)]
+        # Back empty, like a replaced machine: the RDB a full sync left on disk is an old copy,
+        # and a node that loads it is a failover candidate with stale data until its sync ends
+        # (seen: a flapping sentinel promoted such a node and the newer master synced from it).
+        (node.data_dir / "dump.rdb").unlink(missing_ok=True)
+        node.start()
+        self.wait_replica_ready(port, master, timeout)
+
+    def wait_replica_ready(self, port: int, master: int, timeout: float = 60.0) -> None:
+        """Until the node on ``port`` replicates ``master`` (link up, no sync in progress, the
+        master lists it online) and every sentinel sees it as a healthy replica of ``master``
+        (flags exactly ``slave``, master link ok) and is out of TILT.
+
+        A sentinel only promotes a replica it considers healthy: killing the master while a
+        sentinel still marks its replica down (it was restarted a second ago) ends in
+        ``-failover-abort-no-good-slave``, and every sentinel that voted then waits
+        2 x failover-timeout before trying again (the flaky repetitions of
+        test_master_kill_loses_no_acknowledged_enqueue)."""
+
+        def ready() -> bool:
+            with node_client(port) as r:
+                info = r.info("replication")
+            if not (
+                info.get("role") == "slave"
+                and int(info.get("master_port", 0)) == master
+                and info.get("master_link_status") == "up"
+                and int(info.get("master_sync_in_progress", 1)) == 0
+            ):
+                return False
+            with node_client(master) as r:
+                minfo = r.info("replication")
+            if not any(
+                isinstance(v, dict) and int(v.get("port", 0)) == port and v.get("state") == "online"
+                for k, v in minfo.items()
+                if k.startswith("slave")
+            ):
+                return False
+            for s in self.sentinels:
+                with s.client() as r:
+                    if int(r.info("sentinel").get("sentinel_tilt", 1)) != 0:
+                        return False
+                    _h, mport = r.execute_command(
+                        "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name
+                    )
+                    if int(mport) != master:
+                        return False
+                    replicas = [
+                        _pairs(raw)
+                        for raw in r.execute_command("SENTINEL", "REPLICAS", self.master_name)
+                    ]
+                if not any(
+                    int(f.get("port", 0)) == port
+                    and f.get("flags") == "slave"
+                    and f.get("master-link-status") == "ok"
+                    and int(f.get("master-port", 0)) == master
+                    for f in replicas
+                ):
+                    return False
+            return True
+
+        self._wait(ready, timeout, f"node {port} a healthy replica of {master}", interval=0.2)
+
+    def _wait(self, pred: Callable[[], Any], timeout: float, what: str, **kw: Any) -> Any:
+        """:func:`wait_for`, with the logs' tails in the failure (to see why, afterwards)."""
+        try:
+            return wait_for(pred, timeout, what, **kw)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.log_tail()}") from None
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last lines of every sentinel's and server's log (for a failing set-up step)."""
+        out = []
+        logs = [self.base / f"s{i}" / "sentinel.log" for i in range(len(self.sentinels))]
+        logs += [n.data_dir / "redis.log" for n in self.nodes]
+        for log in logs:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            tail = "\n".join(text.splitlines()[-lines:])
+            out.append(f"--- {log.parent.name}/{log.name}\n{tail}")
+        return "\n".join(out)
 
     def close(self) -> None:
         for s in self.sentinels:
             s.kill()
         self.procs.cleanup()
+
+
+def _without_replicaof(args: list[str]) -> list[str]:
+    """``args`` without a ``--replicaof HOST PORT`` triple."""
+    out: list[str] = []
+    skip = 0
+    for a in args:
+        if skip:
+            skip -= 1
+        elif a == "--replicaof":
+            skip = 2
+        else:
+            out.append(a)
+    return out
+
+
+def _pairs(raw: Any) -> dict[str, str]:
+    """A SENTINEL REPLICAS entry as str -> str (redis-py may have parsed it into a dict
+    already; otherwise it is a flat ``[key, value, ...]`` list)."""
+    if isinstance(raw, dict):
+        return {str(k): str(v) for k, v in raw.items()}
+    return {str(raw[i]): str(raw[i + 1]) for i in range(0, len(raw) - 1, 2)}
 
 
 class ClusterTopology:
@@ -318,9 +433,12 @@ def sentinel_topology(**kw: Any) -> Iterator[SentinelTopology]:
         yield topo
     finally:
         topo.close()
+        import os
         import shutil
 
-        shutil.rmtree(base, ignore_errors=True)
+        # RRQ_KEEP_TOPOLOGY=1 keeps the servers' and sentinels' logs for a post-mortem.
+        if not os.environ.get("RRQ_KEEP_TOPOLOGY"):
+            shutil.rmtree(base, ignore_errors=True)
 
 
 @contextlib.contextmanager
