@@ -280,10 +280,9 @@ def _no_client_commands() -> dict[str, Any]:
     return kwargs
 
 
-def open_sync_redis(url: str, settings: RedisSettings, **extra: Any) -> redis.Redis:
-    """A redis-py client (decoded str replies)."""
-    import redis  # here, not at module level: workers never need redis-py (6 MiB of RSS)
-
+def sync_redis_kwargs(url: str, settings: RedisSettings, **extra: Any) -> dict[str, Any]:
+    """redis-py's connection arguments for the pipeline's data nodes (credentials, database,
+    timeouts, TLS) without the address; ``extra`` overrides."""
     loc = data_location(url, settings)
     common: dict[str, Any] = dict(
         db=loc.db,
@@ -295,9 +294,7 @@ def open_sync_redis(url: str, settings: RedisSettings, **extra: Any) -> redis.Re
         **_no_client_commands(),
     )
     common.update(extra)
-    if loc.unix_socket is not None:
-        return redis.Redis(unix_socket_path=loc.unix_socket, **common)
-    if loc.ssl:
+    if loc.unix_socket is None and loc.ssl:
         tls = settings.tls
         tls_context(tls)  # fail early, with our message, on a file that cannot be loaded
         common.update(
@@ -308,6 +305,37 @@ def open_sync_redis(url: str, settings: RedisSettings, **extra: Any) -> redis.Re
             ssl_cert_reqs="required" if tls.verify else "none",
             ssl_check_hostname=tls.verify and tls.check_hostname,
         )
+    return common
+
+
+def sync_sentinel_manager(settings: RedisSettings, common: dict[str, Any]) -> Any:
+    """redis-py's ``Sentinel`` for ``redis.sentinel`` (its ``sentinels`` speak to each one,
+    with the sentinels' password and the data nodes' TLS); ``common`` from
+    :func:`sync_redis_kwargs`."""
+    from redis.sentinel import Sentinel
+
+    s = settings.sentinel
+    assert s is not None
+    tls_kwargs = {k: v for k, v in common.items() if k.startswith("ssl")}
+    return Sentinel(  # type: ignore[no-untyped-call]
+        [parse_host_port(n) for n in s.nodes],
+        sentinel_kwargs=dict(
+            password=s.sentinel_password,
+            socket_connect_timeout=settings.connect_timeout,
+            socket_timeout=settings.connect_timeout,
+            **tls_kwargs,
+        ),
+    )
+
+
+def open_sync_redis(url: str, settings: RedisSettings, **extra: Any) -> redis.Redis:
+    """A redis-py client (decoded str replies)."""
+    import redis  # here, not at module level: workers never need redis-py (6 MiB of RSS)
+
+    loc = data_location(url, settings)
+    common = sync_redis_kwargs(url, settings, **extra)
+    if loc.unix_socket is not None:
+        return redis.Redis(unix_socket_path=loc.unix_socket, **common)
     if settings.cluster:
         from redis.cluster import ClusterNode, RedisCluster
 
@@ -317,21 +345,9 @@ def open_sync_redis(url: str, settings: RedisSettings, **extra: Any) -> redis.Re
         cluster: Any = RedisCluster(startup_nodes=nodes, **common)
         return cluster  # type: ignore[no-any-return]
     if settings.sentinel is not None:
-        from redis.sentinel import Sentinel
-
-        s = settings.sentinel
-        tls_kwargs = {k: v for k, v in common.items() if k.startswith("ssl")}
-        manager = Sentinel(  # type: ignore[no-untyped-call]
-            [parse_host_port(n) for n in s.nodes],
-            sentinel_kwargs=dict(
-                password=s.sentinel_password,
-                socket_connect_timeout=settings.connect_timeout,
-                socket_timeout=settings.connect_timeout,
-                **tls_kwargs,
-            ),
-        )
-        master: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
-            s.master, connection_class=_sentinel_connection_class(), **common
+        manager = sync_sentinel_manager(settings, common)
+        master: redis.Redis = manager.master_for(
+            settings.sentinel.master, connection_class=_sentinel_connection_class(), **common
         )
         return master
     return redis.Redis(host=loc.host or "localhost", port=loc.port or 6379, **common)

@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "dashboard",
     "pause",
     "schedules",
+    "failover",
 )
 
 EPILOG = """\

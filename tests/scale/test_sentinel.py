@@ -6,6 +6,8 @@ Run with ``pytest -m sentinel`` (kept out of the default run; sized by ``RRQ_FAU
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ from tests.faults.harness import (
     mean_duration,
     scenario_timeout,
 )
-from tests.scale.scenario import cli, ended_after, finish
+from tests.scale.scenario import ROOT, cli, ended_after, finish
 from tests.scale.topology import SentinelTopology, sentinel_topology, wait_for
 
 pytestmark = [pytest.mark.sentinel, pytest.mark.timeout(scenario_timeout(180))]
@@ -182,3 +184,49 @@ def test_master_killed_workers_carry_on(
     run.faults.append(Fault("redis-kill", t0, t1, None, {"new_master": new_port}))
     wait_for(lambda: ended_after(run, t1), 20, "a job finished after the switch")
     finish(run, workers, switch_seconds=round(t1 - t0, 2))
+
+
+def test_rrq_flow_failover_loses_nothing_without_durability(
+    topo: SentinelTopology, seed: int, procs: Processes, fault_dir: Path
+) -> None:
+    """``rrq-flow failover`` mid-run, without ``durability``: writes are paused on the master
+    until the replica has them all, then the sentinels promote it and the old master becomes
+    its replica before writes resume. Nothing the old master acknowledged is dropped, so the
+    checker finds nothing at all: no lost job, no job run twice under one epoch."""
+    run, workers = _failover_run(topo, procs, fault_dir, seed, "rrq-flow-failover")
+    # The command's own start-up (a second or more under load) comes on top of this sleep.
+    time.sleep(run.rng.uniform(0.0, 1.0))
+    old = topo.master_port()
+    t0 = time.time()
+    command = subprocess.Popen(
+        [sys.executable, "-m", "rrq_flow", "failover", str(run.pipeline), "--json"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: topo.master_port() != old, 60, "the sentinels name a new master")
+    t1 = time.time()
+    stdout, stderr = command.communicate(timeout=120)
+    done = subprocess.CompletedProcess(command.args, command.returncode, stdout, stderr)
+    assert done.returncode == 0, done.stderr
+    new_port = topo.master_port()
+    assert new_port != old and f":{new_port}" in done.stdout, done.stdout
+    with topo.node(old).client() as r:
+        assert r.info("replication")["role"] == "slave"  # demoted before writes resumed
+    run.faults.append(Fault("rrq-flow-failover", t0, t1, None, {"new_master": new_port}))
+    wait_for(lambda: ended_after(run, t1), 10, "a job finished after the switch")
+    rep = finish(run, workers, switch_seconds=round(t1 - t0, 2))
+    assert rep.figures["lost"] == 0, rep.violations[:20]
+    assert rep.violations == []
+
+
+def test_rrq_flow_failover_refuses_a_pipeline_without_sentinel(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "version: 1\npipeline: plain\nredis: {url: 'redis://127.0.0.1:1/0'}\n"
+        "queues:\n  q: {handler: 'tests.handlers:echo'}\n"
+    )
+    done = cli("failover", str(path))
+    assert done.returncode == 2
+    assert "needs redis.sentinel" in done.stderr and "Traceback" not in done.stderr

