@@ -211,7 +211,8 @@ DURATION = (
             [
                 "6:5: queues.a.colour: unknown key; expected one of: handler, next, concurrency, "
                 "prefetch, "
-                "timeout, lock_extension, lock_refresh, retry, dead_letter, result_ttl, executor, "
+                "timeout, lock_extension, lock_refresh, retry, dead_letter, result_ttl, keep_args, "
+                "executor, "
                 "fan_out, join, join_on_failure, max_stalls, max_payload_bytes, max_result_bytes, "
                 "max_error_bytes, rate_limit, rate_burst, max_running, priority"
             ],

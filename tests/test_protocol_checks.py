@@ -111,10 +111,25 @@ def test_claim_checks_the_records_it_would_take(p: Proto) -> None:
 def test_complete_checks_every_job_and_child_before_writing(p: Proto) -> None:
     e = active(p, "a", "b")
     done = [Completion("a", e["a"], "1"), Completion("b", e["b"], "2")]
-    plant(p, p.layout.job_children("b"), "string")
-    refused(p, lambda: p.complete("w1", done))
-    p.r.delete(p.layout.job_children("b"))
     kids = [ChildJob("next", f"a:next:{i}", "[]", "{}", 3) for i in range(2)]
+    # The child index of a job that creates children (a completion without any leaves the key
+    # alone, so it needs no check).
+    plant(p, p.layout.job_children("a"), "string")
+    refused(p, lambda: p.complete("w1", [Completion("a", e["a"], "1", kids), done[1]]))
+    p.r.delete(p.layout.job_children("a"))
+    # The record itself, read with what the completion needs in one checked HMGET.
+    plant(p, p.layout.job("b"), "string")
+    refused(p, lambda: p.complete("w1", done))
+    p.r.delete(p.layout.job("b"))
+    p.enqueue("b")
+    e["b"] = p.claim("w1", 1).jobs[0].epoch
+    # The error list of a job with an earlier attempt: it expires with the record.
+    p.fail("w1", [Failure("b", e["b"], "{}", "retry", 0)])
+    e["b"] = p.claim("w1", 1).jobs[0].epoch
+    plant(p, p.layout.job_errors("b"), "string")
+    refused(p, lambda: p.complete("w1", [Completion("b", e["b"], "2")]))
+    p.r.delete(p.layout.job_errors("b"))
+    assert p.complete("w1", [Completion("b", e["b"], "2")]) == ["OK"]
     plant(p, p.layout.job("a:next:1"), "zset")
     refused(p, lambda: p.complete("w1", [Completion("a", e["a"], "1", kids)]))
     p.r.delete(p.layout.job("a:next:1"))

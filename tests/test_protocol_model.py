@@ -30,7 +30,15 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from rrq_flow.protocol.ops import ChildJob, Completion, Failure, NewJob, parse_expand
+from rrq_flow.protocol.ops import (
+    ChildJob,
+    Completion,
+    Failure,
+    NewJob,
+    Protocol,
+    parse_expand,
+    split_args,
+)
 from tests.test_protocol_scripts import GEN, Proto
 
 EXAMPLES = int(os.environ.get("RRQ_MODEL_EXAMPLES", "60"))
@@ -51,11 +59,12 @@ class QCfg:
     max_attempts: int
     max_stalls: int
     dead_letter: bool
+    keep_args: bool  # a done job keeps its args:<id> (always kept in every other state)
 
 
 QUEUES = {
-    "a": QCfg(max_attempts=2, max_stalls=0, dead_letter=True),
-    "b": QCfg(max_attempts=3, max_stalls=1, dead_letter=False),
+    "a": QCfg(max_attempts=2, max_stalls=0, dead_letter=True, keep_args=False),
+    "b": QCfg(max_attempts=3, max_stalls=1, dead_letter=False, keep_args=True),
 }
 QUEUE_NAMES = sorted(QUEUES)
 # Job ids, including ones that look like other jobs' keys (``j0:errors`` once broke ``j0``).
@@ -96,6 +105,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         r.flushall()
         self.r = r
         self.p = Proto(r)
+        self.p.p = Protocol(self.p.layout, frozenset(n for n, q in QUEUES.items() if q.keep_args))
         # The generation a worker writes at start (HSETNX, as enqueue does): claims may come first.
         r.hset(self.p.layout.meta, "generation", GEN)
         self.jobs: dict[str, MJob] = {}
@@ -135,6 +145,10 @@ class ProtocolMachine(RuleBasedStateMachine):
             self.uniques[unique] = job_id
         self.stats[queue]["enqueued"] += 1
         return job_id, "new"
+
+    @staticmethod
+    def _args_kept(j: MJob) -> bool:
+        return j.state != "done" or QUEUES[j.queue].keep_args
 
     def _finish(self, j: MJob, state: str) -> None:
         j.state = state
@@ -503,10 +517,14 @@ class ProtocolMachine(RuleBasedStateMachine):
             pipe.pttl(layout.job_errors(i))
             pipe.lrange(layout.job_children(i), 0, -1)
             pipe.pttl(layout.job_children(i))
+            pipe.get(layout.job_args(i))
+            pipe.pttl(layout.job_args(i))
         replies = pipe.execute()
         for n, i in enumerate(ids):
             j = self.jobs[i]
-            rec, ttl, errors_ttl, children, children_ttl = replies[5 * n : 5 * n + 5]
+            rec, ttl, errors_ttl, children, children_ttl, blob, args_ttl = replies[
+                7 * n : 7 * n + 7
+            ]
             assert rec, f"job {i} lost its record"
             assert rec["status"] == j.state, (i, rec, j)
             assert rec["queue"] == j.queue
@@ -515,7 +533,13 @@ class ProtocolMachine(RuleBasedStateMachine):
             self.seen_epoch[i] = epoch
             assert int(rec["attempts"]) == j.attempts, (i, rec, j)
             assert 0 <= j.attempts <= j.max_attempts
-            assert int(rec["stalls"]) == j.stalls
+            assert int(rec.get("stalls", 0)) == j.stalls
+            # The arguments live in args:<id>; a done job drops them unless its queue keeps them.
+            if self._args_kept(j):
+                assert split_args(blob) == (j.args, "{}"), (i, blob)
+                assert (args_ttl > 0) == (j.state in EXPIRING)
+            else:
+                assert blob is None, (i, blob)
             assert rec.get("owner") == j.owner
             assert rec.get("settled") == j.settled
             assert (rec.get("cancel_requested") == "1") == j.cancel_requested
@@ -557,8 +581,11 @@ class ProtocolMachine(RuleBasedStateMachine):
         expected_jobs = {layout.job(i) for i in ids}
         expected_jobs |= {layout.job_errors(i) for i in ids if self.jobs[i].has_errors}
         expected_jobs |= {layout.job_children(i) for i in ids if self.jobs[i].children}
+        expected_jobs |= {layout.job_args(i) for i in ids if self._args_kept(self.jobs[i])}
         expected_jobs |= {layout.fanout(i, self.jobs[i].epoch) for i in ids if self.jobs[i].pending}
-        per_job = tuple(layout.prefix + t for t in ("job:", "errors:", "children:", "fanout:"))
+        per_job = tuple(
+            layout.prefix + t for t in ("job:", "errors:", "children:", "fanout:", "args:")
+        )
         assert {k for k in keys if k.startswith(per_job)} == expected_jobs
         held = {k: self.r.get(k) for k in keys if k.startswith(layout.prefix + "unique:")}
         assert held == {layout.unique(u): i for u, i in self.uniques.items()}

@@ -29,6 +29,7 @@ from rrq_flow.protocol.ops import (
     parse_claim,
     parse_enqueue,
     parse_reap,
+    split_args,
 )
 from rrq_flow.protocol.scripts import call_sync
 
@@ -126,7 +127,12 @@ class Proto:
     # --- reading -----------------------------------------------------------------------------
 
     def job(self, job_id: str) -> dict[str, str]:
-        return self.r.hgetall(self.layout.job(job_id))
+        """The record, with ``args``/``kwargs`` from ``args:<id>`` while that key exists."""
+        record = self.r.hgetall(self.layout.job(job_id))
+        blob = self.r.get(self.layout.job_args(job_id))
+        if record and blob is not None:
+            record["args"], record["kwargs"] = split_args(blob)
+        return record
 
     def q(self, queue: str = "q"):
         return self.layout.queue(queue)
@@ -507,7 +513,7 @@ def test_complete_stores_result_with_ttl(p: Proto) -> None:
     assert p.complete("w1", [Completion("a", c.epoch, '{"r":1}')], ttl=5000) == ["OK"]
     rec = p.job("a")
     assert rec["status"] == "done" and rec["result"] == '{"r":1}'
-    assert rec["children"] == "0"
+    assert "children" not in rec  # none: no count stored (read as 0)
     assert 0 < p.r.pttl(p.layout.job("a")) <= 5000
     assert p.r.zcard(p.q().active) == 0
     assert p.r.hget(p.q().stats, "done") == "1"

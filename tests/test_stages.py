@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import redis
 
 from rrq_flow.client.sync_client import SyncClient
@@ -86,12 +88,16 @@ async def test_outbox_of_a_failing_attempt_never_appears_and_of_the_retry_once(
     cfg = make_pipeline(
         redis_url,
         make_queue("route", "tests.stage_handlers:route_with_outbox", retry=FAST),
-        make_queue("side", "tests.stage_handlers:sink"),
+        make_queue("side", "tests.stage_handlers:sink", keep_args=True),
     )
     with SyncClient(cfg) as client:
         parent = client.enqueue("route", 7)
         _, code = await run_burst(cfg)
-        side = [j for j in all_jobs(sync_redis).values() if j["queue"] == "side"]
+        side = [
+            {"kwargs": json.dumps(client.job(i).kwargs, separators=(",", ":")), **j}
+            for i, j in all_jobs(sync_redis).items()
+            if j["queue"] == "side"
+        ]
         assert client.job(parent).attempts == 2
     assert code == EXIT_OK
     assert len(side) == 1

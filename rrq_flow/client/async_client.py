@@ -138,7 +138,10 @@ class Client:
         if not record:
             raise JobNotFound(job_id)
         errors = await self.redis.lrange(layout.job_errors(job_id), 0, -1)
-        return JobInfo.from_record(dict(record), list(errors))
+        args_blob = await self.redis.get(layout.job_args(job_id))
+        return JobInfo.from_record(
+            dict(record), list(errors), job_id=job_id, args_blob=args_blob and str(args_blob)
+        )
 
     async def children(self, job_id: str, start: int = 0, stop: int = -1) -> list[str]:
         """Ids of the children the job created (see SyncClient.children)."""

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from rrq_flow.protocol.ops import split_args
+
 TERMINAL_STATES = frozenset({"done", "dead", "failed", "cancelled"})
 
 
@@ -72,22 +74,34 @@ class JobInfo:
 
     @classmethod
     def from_record(
-        cls, record: dict[str, str], errors: list[str] | None = None, now: float | None = None
+        cls,
+        record: dict[str, str],
+        errors: list[str] | None = None,
+        now: float | None = None,
+        *,
+        job_id: str = "",
+        args_blob: str | None = None,
     ) -> JobInfo:
+        """The job from its record, its error list and ``args_blob``, the value of its
+        ``args:<id>`` key (None when gone: a done job of a queue without ``keep_args``)."""
         status = record.get("status", "")
+        if "args" in record:  # a record written by an older rrq-flow kept them inline
+            args_json, kwargs_json = record["args"], record.get("kwargs", "{}")
+        else:
+            args_json, kwargs_json = split_args(args_blob)
         ready_at = _ms_to_s(record.get("ready_at"))
         if status == "scheduled" and ready_at is not None and ready_at <= (now or time.time()):
             status = "queued"
         active = status == "active"
         return cls(
-            id=record["id"],
+            id=job_id or record.get("id", ""),
             queue=record.get("queue", ""),
             status=status,
             attempts=int(record.get("attempts", 0)),
             max_attempts=int(record.get("max_attempts", 0)),
             epoch=int(record.get("epoch", 0)),
-            args=_json(record.get("args")) or [],
-            kwargs=_json(record.get("kwargs")) or {},
+            args=_json(args_json) or [],
+            kwargs=_json(kwargs_json) or {},
             enqueued_at=_ms_to_s(record.get("enqueued_at")),
             ready_at=ready_at,
             started_at=_ms_to_s(record.get("started_at")),

@@ -113,6 +113,9 @@ class QueueConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     dead_letter: bool = True
     result_ttl: float = DEFAULT_RESULT_TTL
+    # Keep a done job's arguments for result_ttl beside its result (dead, failed and cancelled
+    # jobs always keep them); off, a success drops them and its record stays small.
+    keep_args: bool = False
     # None: async for coroutine functions, thread otherwise (decided when the handler is imported).
     executor: ExecutorKind | None = None
     next: tuple[str, ...] = ()
@@ -222,6 +225,11 @@ class PipelineConfig:
             from rrq_flow.errors import UnknownQueueError
 
             raise UnknownQueueError(name, tuple(self.queues)) from None
+
+    @property
+    def keep_args_queues(self) -> frozenset[str]:
+        """The queues with ``keep_args: true`` (``rrq_flow.protocol.ops.Protocol.keep_args``)."""
+        return frozenset(name for name, q in self.queues.items() if q.keep_args)
 
     @property
     def state_dir(self) -> Path:

@@ -2,7 +2,8 @@
 
 Every key starts with ``rrq:{<pipeline>}:``; the braces are a Redis Cluster hash tag, so all keys
 of one pipeline share a slot and every script may touch any of them. Per-job keys are
-``<type>:<id>`` (``job:``, ``errors:``, ``children:``), so ids never collide with each other's keys.
+``<type>:<id>`` (``job:``, ``args:``, ``errors:``, ``children:``), so ids never collide with each
+other's keys.
 The Lua side builds the same names in ``lua/fragments/common.lua``. See docs/protocol.md.
 """
 
@@ -67,6 +68,12 @@ class KeyLayout:
     def job_errors(self, job_id: str) -> str:
         """LIST of the job's attempt errors, newest first, bounded."""
         return f"{self.prefix}errors:{job_id}"
+
+    def job_args(self, job_id: str) -> str:
+        """STRING: the job's arguments, ``<bytes of args>:<args JSON><kwargs JSON>`` (see
+        :func:`rrq_flow.protocol.ops.split_args`); kept beside the record so that the record stays
+        small, and deleted when the job is done (unless the queue has ``keep_args``)."""
+        return f"{self.prefix}args:{job_id}"
 
     def job_children(self, job_id: str) -> str:
         """LIST of the ids of the children a job created, in creation order (the child index)."""

@@ -158,9 +158,11 @@ class ReapReply:
 
 @dataclass(frozen=True, slots=True)
 class Protocol:
-    """Script calls for one pipeline's key layout."""
+    """Script calls for one pipeline's key layout. ``keep_args``: the queues whose done jobs
+    keep their arguments (``keep_args: true``); every other queue's done jobs drop them."""
 
     layout: KeyLayout
+    keep_args: frozenset[str] = frozenset()
 
     @property
     def prefix(self) -> str:
@@ -227,10 +229,24 @@ class Protocol:
         return Call(script("refresh"), [self.layout.queue(queue).active], args)
 
     def complete(
-        self, queue: str, worker: str, result_ttl_ms: int, done: Sequence[Completion]
+        self,
+        queue: str,
+        worker: str,
+        result_ttl_ms: int,
+        done: Sequence[Completion],
+        *,
+        keep_args: bool | None = None,
     ) -> Call:
+        """``keep_args`` None: as the queue is configured (``self.keep_args``)."""
         q = self.layout.queue(queue)
-        args: list[ScriptArg] = [self.prefix, worker, result_ttl_ms, len(done)]
+        keep = queue in self.keep_args if keep_args is None else keep_args
+        args: list[ScriptArg] = [
+            self.prefix,
+            worker,
+            result_ttl_ms,
+            "1" if keep else "0",
+            len(done),
+        ]
         for c in done:
             group = c.group.as_json() if c.group is not None else ""
             args += [c.id, c.epoch, c.result_json, group, c.staged, len(c.children)]
@@ -272,10 +288,11 @@ class Protocol:
         """Create up to ``limit`` children of an expanding parent of ``queue`` ('' : take over
         the one idle longest, if idle for ``idle_ms``)."""
         q = self.layout.queue(queue)
+        keep = "1" if queue in self.keep_args else "0"
         return Call(
             script("expand"),
             [q.expanding, q.stats, q.tput],
-            [self.prefix, parent_id, limit, result_ttl_ms, idle_ms],
+            [self.prefix, parent_id, limit, result_ttl_ms, idle_ms, keep],
         )
 
     def fail(
@@ -412,6 +429,18 @@ def parse_claim(reply: Sequence[Any]) -> ClaimReply:
         )
     held = str(reply[4 + count * 9]) if len(reply) > 4 + count * 9 else ""
     return ClaimReply(False, "", now, None if next_due < 0 else next_due, jobs, held)
+
+
+def split_args(blob: str | None) -> tuple[str, str]:
+    """(args JSON, kwargs JSON) from the value of ``args:<id>`` (``<n>:<args><kwargs>``, n the
+    UTF-8 length of the args JSON); ('[]', '{}') when the key is gone (a done job's arguments
+    are dropped unless its queue has ``keep_args``)."""
+    if not blob:
+        return "[]", "{}"
+    head, _, rest = blob.partition(":")
+    data = rest.encode()
+    n = int(head)
+    return data[:n].decode(), data[n:].decode()
 
 
 def staged_entry(ch: ChildJob) -> str:

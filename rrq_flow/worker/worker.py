@@ -131,7 +131,7 @@ class Worker:
             self.fatal_types = {name: () for name in self.queue_names}
         self.handlers = handlers
         self.layout = KeyLayout(config.pipeline)
-        self.protocol = Protocol(self.layout)
+        self.protocol = Protocol(self.layout, config.keep_args_queues)
         self.handoff = Handoff(config)
         self.stats = RunStats()
         for name in self.queue_names:

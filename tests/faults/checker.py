@@ -128,7 +128,7 @@ def check(
     finally:
         r.close()
 
-    infos = {i: JobInfo.from_record(rec) for i, rec in records.items() if rec}
+    infos = {i: JobInfo.from_record(rec, job_id=i) for i, rec in records.items() if rec}
     rep.records = infos
     present = set(infos)
 

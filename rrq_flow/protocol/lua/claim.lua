@@ -51,12 +51,34 @@ local WAITING = { queued = true, scheduled = true, retrying = true }
 
 -- Check the records this call can touch: the due retries (and the level each goes back to),
 -- and in each priority level the due entries up to the want-th claimable one (the claim below
--- visits a prefix of each level, so it never reaches past these).
+-- visits a prefix of each level, so it never reaches past these). Each check reads, in the same
+-- call, what the claim needs of the record (and its arguments, for a job it may claim).
+local recs, blobs = {}, {}
+local function check_candidate(id)
+  local f = recs[id]
+  if f then return f end
+  local jk = job_key(id)
+  f = check_hmget(jk, 'status', 'epoch', 'attempts', 'claims', 'max_attempts', 'enqueued_at',
+    'parent', 'priority')
+  recs[id] = f
+  if WAITING[f[1]] then
+    local ak = args_key(id)
+    local blob = redis.pcall('GET', ak)
+    if type(blob) == 'table' and blob['err'] then refuse('key ' .. ak .. ' is not a string') end
+    if not blob then
+      -- A record written by an older rrq-flow keeps its arguments in the record itself.
+      local old = rcall('HMGET', jk, 'args', 'kwargs')
+      blob = pack_args(old[1] or '[]', old[2] or '{}')
+    elseif not tonumber(string.match(blob, '^(%d+):')) then
+      refuse('key ' .. ak .. ' does not hold job arguments')
+    end
+    blobs[id] = blob
+  end
+  return f
+end
 local due = rcall('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
 for i = 1, #due, 2 do
-  local jk = job_key(due[i])
-  check_type(jk, 'hash')
-  check_ready(KEYS[2], rcall('HGET', jk, 'priority'))
+  check_ready(KEYS[2], check_candidate(due[i])[8])
 end
 for _, level in ipairs(ready_levels(KEYS[2])) do
   check_type(level, 'zset')
@@ -67,8 +89,7 @@ for _, level in ipairs(ready_levels(KEYS[2])) do
     if #ids == 0 then break end
     offset = offset + #ids
     for _, id in ipairs(ids) do
-      check_type(job_key(id), 'hash')
-      if WAITING[rcall('HGET', job_key(id), 'status')] then claimable = claimable + 1 end
+      if WAITING[check_candidate(id)[1]] then claimable = claimable + 1 end
     end
   end
 end
@@ -105,10 +126,11 @@ want = allowed
 for i = 1, #due, 2 do
   -- Only a job still waiting for its retry moves; a stray entry (record gone or the job already
   -- settled elsewhere) is just dropped: an HSET here would create a phantom job record.
-  local jk = job_key(due[i])
-  if rcall('HGET', jk, 'status') == 'retrying' then
-    add_ready(KEYS[2], rcall('HGET', jk, 'priority'), due[i + 1], due[i])
-    rcall('HSET', jk, 'status', 'queued')
+  local f = recs[due[i]]
+  if f[1] == 'retrying' then
+    add_ready(KEYS[2], f[8], due[i + 1], due[i])
+    rcall('HSET', job_key(due[i]), 'status', 'queued')
+    f[1] = 'queued'
   end
 end
 if #due > 0 then
@@ -120,6 +142,7 @@ end
 local out = { 'OK', now, -1, 0 }
 local count = 0
 local rounds = 0
+local leases = {} -- the active entries, added at once
 -- Highest priority first; within a level, by ready time (FIFO).
 local levels = ready_levels(KEYS[2])
 for _, level in ipairs(levels) do
@@ -129,34 +152,36 @@ for _, level in ipairs(levels) do
     if #ids == 0 then break end
     rcall('ZREM', level, unpack(ids))
     for _, id in ipairs(ids) do
-      local jk = job_key(id)
-      local status = rcall('HGET', jk, 'status')
+      local f = check_candidate(id) -- read above (see the checks): no call here
       -- A missing record (expired, purged) or a finished job is dropped, never blocks the rest.
-      if WAITING[status] then
-        local epoch = rcall('HINCRBY', jk, 'epoch', 1)
-        local attempt = rcall('HINCRBY', jk, 'attempts', 1)
-        rcall('HINCRBY', jk, 'claims', 1)
+      if WAITING[f[1]] then
+        local epoch = tonumber(f[2] or '0') + 1
+        local attempt = tonumber(f[3] or '0') + 1
         local start_at = now
         if interval > 0 then start_at = math.max(now, math.ceil(tat + count * interval - tau)) end
         local lease = start_at + lease_ms
-        rcall('HSET', jk, 'status', 'active', 'owner', worker, 'started_at', start_at, 'lease',
-          lease, 'hard_deadline', start_at + hard_ms, 'settled', '')
-        rcall('ZADD', KEYS[4], lease, id)
-        local f = rcall('HMGET', jk, 'max_attempts', 'args', 'kwargs', 'enqueued_at', 'parent')
+        rcall('HSET', job_key(id), 'status', 'active', 'epoch', epoch, 'attempts', attempt,
+          'claims', tonumber(f[4] or '0') + 1, 'owner', worker, 'started_at', start_at,
+          'lease', lease, 'hard_deadline', start_at + hard_ms, 'settled', '')
+        f[1] = 'active'
+        leases[#leases + 1] = lease
+        leases[#leases + 1] = id
+        local args, kwargs = unpack_args(blobs[id])
         out[#out + 1] = id
         out[#out + 1] = epoch
         out[#out + 1] = attempt
-        out[#out + 1] = f[1]
-        out[#out + 1] = f[2]
-        out[#out + 1] = f[3]
-        out[#out + 1] = f[4]
-        out[#out + 1] = f[5] or ''
+        out[#out + 1] = f[5]
+        out[#out + 1] = args
+        out[#out + 1] = kwargs
+        out[#out + 1] = f[6]
+        out[#out + 1] = f[7] or ''
         out[#out + 1] = start_at
         count = count + 1
       end
     end
   end
 end
+call_chunked('ZADD', KEYS[4], leases)
 out[4] = count
 if interval > 0 and count > 0 then
   rcall('HSET', KEYS[6], 'tat', string.format('%.3f', tat + count * interval))

@@ -5,7 +5,8 @@
   KEYS[4] flow HASH      KEYS[5] wake LIST (a worker waiting at max_running is woken)
   KEYS[6] expanding ZSET (parents whose staged children are being created)
   ARGV[1] key prefix     ARGV[2] worker id     ARGV[3] result ttl ms
-  ARGV[4] number of jobs N, then per job:
+  ARGV[4] keep args "1" | "0" (the queue's keep_args: "0" deletes a done job's args:<id>)
+  ARGV[5] number of jobs N, then per job:
           id, epoch, result JSON,
           group spec: "" or JSON {size, queue, join_id, max_attempts, max_bytes, on_failure} when
             this job is a fan-out whose items lead to a join (it opens group:<id>),
@@ -21,9 +22,9 @@
   Returns: one verdict per job: 'OK' | 'STALE' (someone else owns it now: nothing changed) |
   'ALREADY_DONE' (this owner and epoch completed it before; a retry after a lost reply).
   Checks before the first write: the argument layout and numbers, the declared keys' types, and
-  for every job its record, error list, child index and unique key, and every key each child
-  (and the join job of a group it opens) would touch (check_add); an error reply means nothing
-  was written.
+  for every job its record (read once, with everything the write needs), the error list and
+  child index it will expire or fill, its unique key, and every key each child (and the join job
+  of a group it opens) would touch (check_add); an error reply means nothing was written.
   A child carries its parent's run id (and is counted in that run) and its group stack
   (fragments/groups.lua); a value for a join queue is kept in its group, and the group's join job
   is created in the same step as the end of its last branch.
@@ -37,45 +38,56 @@
 -- #include add_job
 -- #include groups
 
-local worker = ARGV[2]
-local ttl_ms, n = check_num(3, 'result ttl ms'), check_num(4, 'number of jobs')
+local worker, keep_args = ARGV[2], ARGV[4] == '1'
+local ttl_ms, n = check_num(3, 'result ttl ms'), check_num(5, 'number of jobs')
 check_type(KEYS[1], 'zset')
 check_type(KEYS[2], 'hash')
 check_type(KEYS[3], 'hash')
 check_type(KEYS[4], 'hash')
 check_type(KEYS[5], 'list')
 check_type(KEYS[6], 'zset')
-local p = 5
-for _ = 1, n do
+-- Per job (by position): its record's fields and the verdict they give.
+local recs, verdicts = {}, {}
+local p = 6
+for j = 1, n do
+  local id, epoch = ARGV[p], ARGV[p + 1]
   local staged, nchildren = check_num(p + 4, 'staged count'), check_num(p + 5, 'children')
-  local jk = check_job(ARGV[p])
+  local f = check_hmget(job_key(id), 'status', 'epoch', 'owner', 'settled', 'unique_key', 'run',
+    'grp', 'priority', 'claims', 'queue')
+  local verdict = owner_verdict(f, epoch, worker, 'complete')
+  recs[j], verdicts[j] = f, verdict or false
+  if not verdict then
+    if f[5] and f[5] ~= '' then check_type(unique_key(f[5]), 'string') end
+    -- An earlier attempt may have left errors: they expire with the record.
+    if tonumber(f[9] or '0') > 1 then check_type(errors_key(id), 'list') end
+    if nchildren > 0 or staged > 0 then check_type(children_key(id), 'list') end
+  end
   local gspec = ARGV[p + 3]
   if staged > 0 then
     if nchildren > 0 then
-      refuse('job ' .. ARGV[p] .. ': staged children with inline ones')
+      refuse('job ' .. id .. ': staged children with inline ones')
     end
-    local _, verdict = check_owner(jk, ARGV[p + 1], worker, 'complete')
     if not verdict then
-      local fk = fanout_key(ARGV[p], ARGV[p + 1])
+      local fk = fanout_key(id, epoch)
       check_type(fk, 'list')
       local have = rcall('LLEN', fk)
       if have ~= staged then
-        refuse('job ' .. ARGV[p] .. ': ' .. fk .. ' holds ' .. have .. ' staged, not ' .. staged)
+        refuse('job ' .. id .. ': ' .. fk .. ' holds ' .. have .. ' staged, not ' .. staged)
       end
     end
   end
   if gspec ~= '' then
     local ok, spec = pcall(cjson.decode, gspec)
     if not ok or type(spec) ~= 'table' or not spec.queue or not spec.join_id then
-      refuse('bad group spec for job ' .. ARGV[p])
+      refuse('bad group spec for job ' .. id)
     end
     check_add(spec.queue, spec.join_id, '', '', spec.max_attempts, '')
-    check_type(group_key(ARGV[p]), 'hash')
+    check_type(group_key(id), 'hash')
   end
-  local parent_prio = rcall('HGET', jk, 'priority') or '0'
+  local parent_prio = f[8] or '0'
   for c = 0, nchildren - 1 do
     local b = p + 6 + c * 10
-    if b + 9 > #ARGV then refuse('arguments end inside the children of job ' .. ARGV[p]) end
+    if b + 9 > #ARGV then refuse('arguments end inside the children of job ' .. id) end
     local cprio = ARGV[b + 7]
     if cprio == '' then cprio = parent_prio end
     check_add(ARGV[b], ARGV[b + 1], ARGV[b + 5], ARGV[b + 6], ARGV[b + 4], cprio)
@@ -87,14 +99,18 @@ if p ~= #ARGV + 1 then refuse('expected ' .. (p - 1) .. ' arguments, got ' .. #A
 local now = now_ms()
 local out = {}
 local done, freed = 0, false
-p = 5
-for _ = 1, n do
+local settled = {} -- id -> epoch of the jobs this call completed (an id twice is completed once)
+local left = {}    -- ids that leave `active`
+local drop = {}    -- arguments of done jobs (keep_args off)
+p = 6
+for j = 1, n do
   local id, epoch, result, gspec = ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 3]
   local staged, nchildren = tonumber(ARGV[p + 4]), tonumber(ARGV[p + 5])
   local cbase = p + 6
   p = cbase + nchildren * 10
   local jk = job_key(id)
-  local _, verdict = check_owner(jk, epoch, worker, 'complete')
+  local f, verdict = recs[j], verdicts[j]
+  if settled[id] then verdict = settled[id] == epoch and 'ALREADY_DONE' or 'STALE' end
   if verdict then
     out[#out + 1] = verdict
   elseif staged > 0 then
@@ -103,22 +119,21 @@ for _ = 1, n do
     -- opens opens now (the opener's token holds it open until that last chunk).
     if gspec ~= '' then
       local spec = cjson.decode(gspec)
-      local f = rcall('HMGET', jk, 'run', 'grp')
-      group_open(id, spec, stack_encode(stack_decode(f[2])), f[1] or '', now)
+      group_open(id, spec, stack_encode(stack_decode(f[7])), f[6] or '', now)
       rcall('HSET', jk, 'group_join', spec.join_id)
     end
     rcall('DEL', children_key(id))
     rcall('HSET', jk, 'status', 'expanding', 'result', result, 'settled', 'complete',
       'children', 0, 'fanout_total', staged)
-    rcall('ZREM', KEYS[1], id)
+    left[#left + 1] = id
     rcall('ZADD', KEYS[6], now, id)
+    settled[id] = epoch
     freed = true
     out[#out + 1] = 'OK'
   else
     local children = {}
     local woken = {}
-    local f = rcall('HMGET', jk, 'run', 'grp', 'priority')
-    local run, stack, parent_prio = f[1] or '', stack_decode(f[2]), f[3] or '0'
+    local run, stack, parent_prio = f[6] or '', stack_decode(f[7]), f[8] or '0'
     local opened = gspec ~= ''
     if opened then
       local spec = cjson.decode(gspec)
@@ -150,14 +165,29 @@ for _ = 1, n do
         end
       end
     end
-    local ck = children_key(id)
-    rcall('DEL', ck) -- an index left by an earlier attempt is rebuilt, never appended to twice
-    push_all(ck, children)
-    rcall('HSET', jk, 'status', 'done', 'result', result, 'finished_at', now, 'settled', 'complete',
-      'children', #children)
-    rcall('ZREM', KEYS[1], id)
-    expire_job(jk, id, ttl_ms)
-    release_unique(jk, id)
+    if #children > 0 then
+      local ck = children_key(id)
+      rcall('DEL', ck) -- an index left by an earlier attempt is rebuilt, never appended to twice
+      push_all(ck, children)
+      rcall('PEXPIRE', ck, ttl_ms)
+      rcall('HSET', jk, 'status', 'done', 'result', result, 'finished_at', now, 'settled',
+        'complete', 'children', #children)
+    else
+      rcall('HSET', jk, 'status', 'done', 'result', result, 'finished_at', now, 'settled',
+        'complete')
+    end
+    left[#left + 1] = id
+    rcall('PEXPIRE', jk, ttl_ms)
+    if tonumber(f[9] or '0') > 1 then rcall('PEXPIRE', errors_key(id), ttl_ms) end
+    if keep_args then
+      rcall('PEXPIRE', args_key(id), ttl_ms)
+    else
+      drop[#drop + 1] = args_key(id)
+    end
+    if f[5] and f[5] ~= '' then
+      local uk = unique_key(f[5])
+      if rcall('GET', uk) == id then rcall('DEL', uk) end
+    end
     -- Tokens last: a group closed here makes its join after every value above arrived. An opener
     -- hands its own token to the join of the group it opened (that join continues its branch).
     if opened then
@@ -165,11 +195,14 @@ for _ = 1, n do
     else
       group_token(stack, tokens - 1, now, ttl_ms)
     end
-    run_job_ended(jk, 'done', now, ttl_ms)
+    run_ended(run, f[10], 'done', now, ttl_ms)
+    settled[id] = epoch
     done = done + 1
     out[#out + 1] = 'OK'
   end
 end
+call_chunked('ZREM', KEYS[1], left)
+del_all(drop)
 if done > 0 then
   rcall('HINCRBY', KEYS[2], 'done', done)
   count_finished(KEYS[3], now, done)

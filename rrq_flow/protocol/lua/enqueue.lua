@@ -39,14 +39,16 @@ rcall('HSETNX', KEYS[1], 'generation', ARGV[4])
 local now = now_ms()
 local out = {}
 local any_ready = false
+local sink = {} -- the queue entries and count, written at once below
 for i = 0, n - 1 do
   local b = 6 + i * 8
   local id, verdict = add_job(queue, ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
-    ARGV[b + 4], ARGV[b + 5], max_attempts, now, ARGV[b + 6], ARGV[b + 7])
+    ARGV[b + 4], ARGV[b + 5], max_attempts, now, ARGV[b + 6], ARGV[b + 7], sink)
   out[#out + 1] = id
   out[#out + 1] = verdict
   if verdict == 'new' then any_ready = true end
 end
+flush_added(queue, sink)
 -- Deferred jobs wake an idle worker too, so it can shorten its wait to their due time.
 if any_ready then wake(KEYS[3]) end
 return out

@@ -4,8 +4,8 @@
   KEYS[1] dead ZSET      KEYS[2] queue stats HASH
   ARGV[1] key prefix     ARGV[2] max jobs this call
 
-  Returns: {purged, left}: jobs whose record and error list were deleted, and how many entries
-  the dead set still holds (call again while left > 0).
+  Returns: {purged, left}: jobs whose record, error list, child index and arguments were
+  deleted, and how many entries the dead set still holds (call again while left > 0).
   Checks before the first write: the limit, the declared keys' types and each listed job's record;
   an error reply means nothing was written.
   Invariant: only a job that is still dead loses its record, in the same step as it leaves the
@@ -25,7 +25,7 @@ for _, id in ipairs(ids) do
   local jk = job_key(id)
   rcall('ZREM', KEYS[1], id)
   if rcall('HGET', jk, 'status') == 'dead' then
-    rcall('DEL', jk, errors_key(id), children_key(id))
+    rcall('DEL', jk, errors_key(id), children_key(id), args_key(id))
     purged = purged + 1
   end
 end

@@ -3,12 +3,18 @@
   children (complete, expand). Needs common and runs (a job of a run is counted in it).
 
   check_add (before the script's first write) checks the keys add_job will read or write, the
-  `when` field and the priority; add_job then cannot fail half-way.
+  `when` field and the priority; add_job then cannot fail half-way. (The arguments key args:<id>
+  is only ever SET here, which no type can make fail.)
+
+  The record is sparse: fields that are empty or 0 (unique_key, parent, run, priority, stalls,
+  claims) are left out and read as such, so that it stays small and in Redis' listpack encoding.
 
   Returns (id, verdict): 'new'; 'exists' when a job with this id is known (the same id twice never
   makes a second job, so a retried enqueue is harmless); 'unique' with the id of the unfinished
   job that holds the unique key. Third return: true when the job is ready now. ``prio``: the
-  job's priority as a string ('' or '0': the default level).
+  job's priority as a string ('' or '0': the default level). ``sink`` (optional, enqueue.lua):
+  a table that collects the queue entries and the count instead of writing them one by one; the
+  caller writes them with flush_added(sink) before it returns.
 ]]
 local TERMINAL = { done = true, dead = true, failed = true, cancelled = true }
 
@@ -30,9 +36,21 @@ local function check_add(queue, id, when, ukey, max_attempts, prio)
   check_ready(queue_key(queue), prio)
 end
 
-local function add_job(queue, id, args, kwargs, when, ukey, parent, max_attempts, now, prio, run)
+-- Jobs this script created (an id twice in one call is one job).
+local created = {}
+
+-- Whether job `id`'s record exists: known from check_add's type check, or asked.
+local function job_exists(id, jk)
+  if created[id] then return true end
+  local t = checked[jk]
+  if t == nil then return rcall('EXISTS', jk) == 1 end
+  return t ~= 'none'
+end
+
+local function add_job(queue, id, args, kwargs, when, ukey, parent, max_attempts, now, prio, run,
+                       sink)
   local jk = job_key(id)
-  if rcall('EXISTS', jk) == 1 then return id, 'exists', false end
+  if job_exists(id, jk) then return id, 'exists', false end
   local uk
   if ukey ~= '' then
     uk = unique_key(ukey)
@@ -49,14 +67,45 @@ local function add_job(queue, id, args, kwargs, when, ukey, parent, max_attempts
     if kind == '+' then ready_at = now + ms else ready_at = ms end
     if ready_at > now then status = 'scheduled' end
   end
-  rcall('HSET', jk, 'id', id, 'queue', queue, 'args', args, 'kwargs', kwargs, 'status', status,
-    'attempts', 0, 'claims', 0, 'max_attempts', max_attempts, 'epoch', 0, 'stalls', 0,
-    'enqueued_at', now, 'ready_at', ready_at, 'unique_key', ukey, 'parent', parent,
-    'run', run or '')
-  if prio ~= nil and prio ~= '' and prio ~= '0' then rcall('HSET', jk, 'priority', prio) end
+  local rec = { 'queue', queue, 'status', status, 'attempts', 0, 'max_attempts', max_attempts,
+    'epoch', 0, 'enqueued_at', now, 'ready_at', ready_at }
+  if ukey ~= '' then
+    rec[#rec + 1] = 'unique_key'
+    rec[#rec + 1] = ukey
+  end
+  if parent ~= '' then
+    rec[#rec + 1] = 'parent'
+    rec[#rec + 1] = parent
+  end
+  if run and run ~= '' then
+    rec[#rec + 1] = 'run'
+    rec[#rec + 1] = run
+  end
+  local level = ready_key_for(queue_key(queue), prio)
+  if level ~= queue_key(queue) then
+    rec[#rec + 1] = 'priority'
+    rec[#rec + 1] = prio
+  end
+  rcall('HSET', jk, unpack(rec))
+  rcall('SET', args_key(id), pack_args(args, kwargs))
+  created[id] = true
   if uk then rcall('SET', uk, id) end
-  add_ready(queue_key(queue), prio, ready_at, id)
-  rcall('HINCRBY', stats_key(queue), 'enqueued', 1)
+  if sink and level == queue_key(queue) then
+    sink[#sink + 1] = ready_at
+    sink[#sink + 1] = id
+  else
+    add_ready(queue_key(queue), prio, ready_at, id)
+    if sink then sink.count = (sink.count or 0) + 1 end
+  end
+  if not sink then rcall('HINCRBY', stats_key(queue), 'enqueued', 1) end
   run_job_added(run, queue, id, now)
   return id, 'new', ready_at <= now
+end
+
+-- Write what add_job collected in `sink` for queue `queue`: the entries of its priority-0 level
+-- (one ZADD) and the count of new jobs.
+local function flush_added(queue, sink)
+  local n = (sink.count or 0) + #sink / 2
+  call_chunked('ZADD', queue_key(queue), sink)
+  if n > 0 then rcall('HINCRBY', stats_key(queue), 'enqueued', n) end
 end

@@ -4,7 +4,7 @@
   Every key a script touches either comes in KEYS or is built here from the pipeline prefix
   ARGV[1] = "rrq:{<pipeline>}:". The braces are a Redis Cluster hash tag, so derived keys live in
   the same slot as the declared ones. Per-job keys put their type before the id ("job:<id>",
-  "errors:<id>", "children:<id>", "fanout:<epoch>:<id>"), so no job id can name another job's key
+  "errors:<id>", "children:<id>", "args:<id>", "fanout:<epoch>:<id>"), so no job id can name another job's key
   (an epoch is digits only, so "fanout:<epoch>:" ends at its first colon).
 
   Check before the first write: Redis does not roll a script back, so every script first reads and
@@ -21,6 +21,9 @@ local function now_ms()
 end
 
 local function job_key(id) return PREFIX .. 'job:' .. id end
+-- A job's arguments live beside its record, so the record stays small (and in Redis' compact
+-- listpack encoding) and a success can drop them: "<bytes of args>:<args JSON><kwargs JSON>".
+local function args_key(id) return PREFIX .. 'args:' .. id end
 local function errors_key(id) return PREFIX .. 'errors:' .. id end
 local function children_key(id) return PREFIX .. 'children:' .. id end
 local function fanout_key(id, epoch) return PREFIX .. 'fanout:' .. epoch .. ':' .. id end
@@ -69,15 +72,25 @@ local function refuse(msg)
 end
 
 -- The key is missing or of type `want` ('hash', 'list', 'zset', 'string'); else refuse.
+-- Returns 'none' or `want` as it was at the first check of the key in this script.
 local checked = {}
 local function check_type(key, want)
-  if checked[key] then return end
+  local seen = checked[key]
+  if seen then return seen end
   local t = rcall('TYPE', key)['ok']
   if t ~= 'none' and t ~= want then
     refuse('key ' .. key .. ' is a ' .. t .. ', expected a ' .. want ..
       ' (written by something other than rrq-flow?)')
   end
-  checked[key] = true
+  checked[key] = t
+  return t
+end
+
+-- HMGET as a check: a record of the wrong type is refused (one call instead of TYPE + HMGET).
+local function check_hmget(key, ...)
+  local f = redis.pcall('HMGET', key, ...)
+  if f['err'] then refuse('key ' .. key .. ' is not a hash (written by something other than rrq-flow?)') end
+  return f
 end
 
 -- ARGV[i] as a number, or refuse.
@@ -148,11 +161,19 @@ local function release_unique(jk, id)
   end
 end
 
--- RPUSH a Lua list of any length (unpack is limited to a few thousand values).
-local function push_all(key, items)
+-- `cmd key items...` for a Lua list of any length (unpack is limited to a few thousand values),
+-- 1000 at a time (an even number: ZADD's score, member pairs stay together).
+local function call_chunked(cmd, key, items)
   for i = 1, #items, 1000 do
-    rcall('RPUSH', key, unpack(items, i, math.min(i + 999, #items)))
+    rcall(cmd, key, unpack(items, i, math.min(i + 999, #items)))
   end
+end
+
+local function push_all(key, items) call_chunked('RPUSH', key, items) end
+
+-- DEL a Lua list of keys of any length.
+local function del_all(keys)
+  for i = 1, #keys, 1000 do rcall('DEL', unpack(keys, i, math.min(i + 999, #keys))) end
 end
 
 -- The staged children of a big fan-out's attempt: one "\0"-joined string per child (stage.lua):
@@ -177,11 +198,25 @@ local function drop_staging(jk, id)
   if epoch then rcall('UNLINK', fanout_key(id, epoch)) end
 end
 
--- A finished job's keys expire together after the result TTL.
+-- A finished job's keys expire together after the result TTL (its arguments too: a failed or
+-- cancelled job keeps them, like a dead one, so that it can be inspected).
 local function expire_job(jk, id, ttl_ms)
   rcall('PEXPIRE', jk, ttl_ms)
   rcall('PEXPIRE', errors_key(id), ttl_ms)
   rcall('PEXPIRE', children_key(id), ttl_ms)
+  rcall('PEXPIRE', args_key(id), ttl_ms)
+end
+
+-- The stored form of a job's arguments, and back (args JSON, kwargs JSON; '[]', '{}' if none).
+local function pack_args(args, kwargs)
+  return #args .. ':' .. args .. kwargs
+end
+
+local function unpack_args(blob)
+  if not blob then return '[]', '{}' end
+  local colon = string.find(blob, ':', 1, true)
+  local n = tonumber(string.sub(blob, 1, colon - 1))
+  return string.sub(blob, colon + 1, colon + n), string.sub(blob, colon + n + 1)
 end
 
 -- Finished-jobs ring: 8 buckets of 10 s, for "throughput over the last minute" without SCAN.
@@ -195,17 +230,26 @@ local function count_finished(tput_key, now, n)
   rcall('HINCRBY', tput_key, 'c' .. slot, n)
 end
 
--- Fencing check shared by complete / fail / release / refresh. Returns the job's status when the
--- caller still owns the attempt (same epoch and owner, job active), else nil plus a verdict:
--- 'ALREADY_DONE' when this very owner+epoch already settled it with the same operation (a retry
--- after a lost reply), 'STALE' otherwise (someone else owns it now, or it is gone). Read-only.
+-- Fencing check shared by complete / fail / release / refresh, on the record's fields
+-- {status, epoch, owner, settled}. Returns nil when the caller still owns the attempt (same
+-- epoch and owner, job active), else a verdict: 'ALREADY_DONE' when this very owner+epoch
+-- already settled it with the same operation (a retry after a lost reply), 'STALE' otherwise
+-- (someone else owns it now, or it is gone).
+local function owner_verdict(f, epoch, owner, op)
+  if not f[1] then return 'STALE' end
+  if f[2] ~= epoch or f[3] ~= owner then return 'STALE' end
+  if f[1] == 'active' then return nil end
+  if f[4] == op then return 'ALREADY_DONE' end
+  return 'STALE'
+end
+
+-- The same, read from the record. Returns the job's status when the caller owns the attempt,
+-- else nil plus the verdict. Read-only.
 local function check_owner(jk, epoch, owner, op)
   local f = rcall('HMGET', jk, 'status', 'epoch', 'owner', 'settled')
-  if not f[1] then return nil, 'STALE' end
-  if f[2] ~= epoch or f[3] ~= owner then return nil, 'STALE' end
-  if f[1] == 'active' then return f[1], nil end
-  if f[4] == op then return nil, 'ALREADY_DONE' end
-  return nil, 'STALE'
+  local verdict = owner_verdict(f, epoch, owner, op)
+  if verdict then return nil, verdict end
+  return f[1], nil
 end
 
 -- Finish a job that has no attempts left or must not retry: dead-letter it (kept until requeued

@@ -40,11 +40,9 @@ local function run_job_added(run, queue, id, now)
   if rcall('HDEL', rk, 'finished_at') == 1 then run_keys_ttl(rk, nil) end
 end
 
--- The job (record jk, in `queue`) reached the terminal `state`: count it; the run's last job
--- starts the expiry of the run's keys.
-local function run_job_ended(jk, state, now, ttl_ms)
-  local f = rcall('HMGET', jk, 'run', 'queue')
-  local run, queue = f[1], f[2]
+-- A job of `run` in `queue` reached the terminal `state`: count it; the run's last job starts
+-- the expiry of the run's keys.
+local function run_ended(run, queue, state, now, ttl_ms)
   if not run or run == '' then return end
   local rk = run_key(run)
   if rcall('EXISTS', rk) == 0 then return end
@@ -55,6 +53,12 @@ local function run_job_ended(jk, state, now, ttl_ms)
     rcall('HSET', rk, 'finished_at', now)
     run_keys_ttl(rk, ttl_ms)
   end
+end
+
+-- The same for the job whose record is jk.
+local function run_job_ended(jk, state, now, ttl_ms)
+  local f = rcall('HMGET', jk, 'run', 'queue')
+  run_ended(f[1], f[2], state, now, ttl_ms)
 end
 
 -- A dead job of the run was requeued: it is unfinished again.
