@@ -20,9 +20,8 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -43,9 +42,11 @@ MAX_MESSAGE_BYTES = 16 * 1024  # of one log message sent back (a datagram must s
 Outbox = list[tuple[str, tuple[Any, ...], dict[str, Any], str | None]]  # (queue, args, kw, id)
 
 
-@dataclass(frozen=True, slots=True)
-class JobInfo:
-    """What the handler's process needs to know about its attempt (plain, picklable data)."""
+class JobInfo(NamedTuple):
+    """What the handler's process needs to know about its attempt (plain, picklable data).
+
+    A NamedTuple, not a dataclass: it crosses to the pool with every job, and a tuple is built
+    and pickled several times faster (issue 16, the process executor's per-job overhead)."""
 
     id: str
     queue: str
@@ -87,20 +88,26 @@ def _crossable(exc: BaseException) -> BaseException:
 
 
 class _SendBack(logging.Handler):
-    """Sends each record of the job's logger back to the worker."""
+    """Sends each record of the job's logger back to the worker of the attempt running now
+    (``info``; None between attempts: a record logged then, say by a thread the handler left
+    behind, has no attempt to go to and is dropped)."""
 
-    def __init__(self, info: JobInfo, sock: socket.socket):
+    def __init__(self, sock: socket.socket):
         super().__init__()
-        self.info, self.sock = info, sock
+        self.sock = sock
+        self.info: JobInfo | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
+        info = self.info
+        if info is None:
+            return
         try:
             message = record.getMessage()
             if record.exc_info:
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
             _send(
                 self.sock,
-                self.info,
+                info,
                 kind="log",
                 level=record.levelno,
                 name=record.name,
@@ -111,9 +118,42 @@ class _SendBack(logging.Handler):
 
 
 def _send(sock: socket.socket, info: JobInfo, **fields: Any) -> None:
-    data = json.dumps({"job": info.id, "epoch": info.epoch, **fields}).encode()
+    _send_bytes(sock, info, json.dumps({"job": info.id, "epoch": info.epoch, **fields}).encode())
+
+
+def _send_bytes(sock: socket.socket, info: JobInfo, data: bytes) -> None:
     with contextlib.suppress(OSError):  # the worker is gone: nobody to tell
         sock.sendto(data, info.channel)
+
+
+def _start_message(info: JobInfo) -> bytes:
+    """The "start" datagram (the same JSON as ``_send(kind="start")``, built without a dict)."""
+    return b'{"job": %s, "epoch": %d, "kind": "start"}' % (json.dumps(info.id).encode(), info.epoch)
+
+
+class _ProcessState:
+    """What a pool process keeps from one job to the next: the socket to the workers and the
+    job logger with its send-back handler (made once, not per job: a socket, a handler and a
+    ``setLevel``, which clears every logger's cache, cost more than a no-op job itself)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sendback = _SendBack(self.sock)
+        self.logger = logging.getLogger(f"rrq_flow.job.process.{self.pid}")
+        self.logger.propagate = False
+        self.logger.handlers[:] = [self.sendback]
+        self.logger.setLevel(logging.DEBUG)
+
+
+_state: _ProcessState | None = None
+
+
+def _process_state() -> _ProcessState:
+    global _state
+    if _state is None or _state.pid != os.getpid():  # first job, or a forked copy
+        _state = _ProcessState()
+    return _state
 
 
 def run_in_process(
@@ -121,11 +161,8 @@ def run_in_process(
 ) -> tuple[str | UnstorableResult, Outbox]:
     """Runs in the handler's process: announce the start, run with a context, return the
     result as JSON (or why it cannot be stored) and the attempt's outbox."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    logger = logging.getLogger(f"rrq_flow.job.process.{os.getpid()}")
-    logger.propagate = False
-    logger.handlers[:] = [_SendBack(info, sock)]
-    logger.setLevel(logging.DEBUG)
+    state = _process_state()
+    state.sendback.info = info
     ctx = JobContext(
         id=info.id,
         queue=info.queue,
@@ -136,12 +173,12 @@ def run_in_process(
         deadline=time.time() + info.server_offset + info.timeout,
         worker_id=info.worker_id,
         parent=info.parent,
-        logger=logger,
+        logger=state.logger,
         group=info.group,
     )
     token = set_current(ctx)
     try:
-        _send(sock, info, kind="start")
+        _send_bytes(state.sock, info, _start_message(info))
         try:
             result = handler(*args, **kwargs)
         except BaseException as exc:  # SystemExit & co. must not end the pool's process
@@ -152,17 +189,17 @@ def run_in_process(
         except UnstorableResult as exc:
             encoded = exc
         outbox = [(o.queue, o.args, o.kwargs, o.job_id) for o in ctx.outbox]
-        try:
-            pickle.dumps(outbox)
-        except Exception as exc:
-            raise RemoteHandlerError(
-                "TypeError", f"current_job().enqueue() arguments: {describe(exc)}", ""
-            ) from None
+        if outbox:
+            try:
+                pickle.dumps(outbox)
+            except Exception as exc:
+                raise RemoteHandlerError(
+                    "TypeError", f"current_job().enqueue() arguments: {describe(exc)}", ""
+                ) from None
         return encoded, outbox
     finally:
         reset_current(token)
-        logger.handlers.clear()
-        sock.close()
+        state.sendback.info = None
 
 
 def outbox_of(
