@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from typing import Any
 
 from rrq_flow.cli._common import (
@@ -15,7 +13,6 @@ from rrq_flow.cli._common import (
     detail,
     error,
     load_pipeline,
-    open_jobs_file,
     open_sync_client,
     parse_duration_arg,
     parse_run_arg,
@@ -23,6 +20,7 @@ from rrq_flow.cli._common import (
     redis_errors,
     redis_failure,
 )
+from rrq_flow.cli.input_stream import InputFile, check_inputs, enqueue_inputs
 
 HELP = """\
 Run the pipeline's workers. Without --burst they serve until SIGTERM/SIGINT: the first signal
@@ -31,9 +29,10 @@ them and puts them back in their queue (no attempt used); a second signal cancel
 
 With --burst they process until every selected queue has nothing ready, nothing running and no
 retry pending (jobs deferred into the future by a producer do not count), then exit — for cron.
---input QUEUE=FILE enqueues a JSON Lines file first (checked whole first: all or nothing) as
-one batch run: --run NAME names it, otherwise a run id is generated and printed; read its
-results afterwards with `rrq-flow results PIPELINE --run ID`.
+--input QUEUE=FILE enqueues a JSON Lines file first (checked whole first: all or nothing;
+streamed, so memory does not grow with the file) as one batch run: --run NAME names it,
+otherwise a run id is generated and printed; read its results afterwards with
+`rrq-flow results PIPELINE --run ID`.
 
 Before any worker starts, Redis is checked: one without AOF persistence is refused (a crash
 would lose acknowledged jobs without notice) unless the pipeline says redis.persistence: none,
@@ -103,37 +102,6 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=run)
 
 
-def _parse_inputs(items: list[str], config: Any) -> list[tuple[str, list[Any]]]:
-    from rrq_flow.client.jsonl import JsonlError, read_jobs
-    from rrq_flow.errors import UnknownQueueError
-
-    parsed = []
-    for item in items:
-        queue, sep, path = item.partition("=")
-        if not sep or not queue or not path:
-            error(f"--input {item!r}: expected QUEUE=FILE")
-            raise ExitWith(EXIT_USAGE)
-        try:
-            cfg = config.queue(queue)
-        except UnknownQueueError as exc:
-            error(f"--input {item!r}: {exc}")
-            raise ExitWith(EXIT_USAGE) from None
-        try:
-            stream = open_jobs_file(path)
-        except OSError as exc:
-            error(f"--input {item!r}: cannot read {path}: {exc.strerror}")
-            raise ExitWith(EXIT_USAGE) from None
-        try:
-            with stream:
-                specs = read_jobs(stream, path, queue, cfg.max_payload_bytes)
-        except JsonlError as exc:
-            for line in str(exc).splitlines():
-                detail(line)
-            raise ExitWith(EXIT_USAGE) from None
-        parsed.append((queue, specs))
-    return parsed
-
-
 def run(args: argparse.Namespace) -> int:
     from rrq_flow.embedded import redis_url_for
     from rrq_flow.errors import (
@@ -161,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if processes < 1:
         error("--processes must be at least 1")
         return EXIT_USAGE
-    inputs = _parse_inputs(args.input, config)
+    inputs = check_inputs(args.input, config)  # the first pass, before connecting
     if args.run is not None and not inputs:
         error("--run names the batch run of the --input jobs: give --input QUEUE=FILE too")
         return EXIT_USAGE
@@ -240,24 +208,16 @@ def _check_server(config: Any, url: str) -> None:
         raise ExitWith(EXIT_USAGE)
 
 
-def _enqueue_inputs(
-    config: Any, url: str, inputs: list[tuple[str, list[Any]]], run: str | None
-) -> None:
+def _enqueue_inputs(config: Any, url: str, inputs: list[InputFile], run: str | None) -> None:
     from rrq_flow.client.sync_client import SyncClient
 
     client = SyncClient(config, url=url)
     try:
-        for queue, specs in inputs:
-            started = time.perf_counter()
-            client.enqueue_many(queue, specs, run=run)
-            elapsed = time.perf_counter() - started
-            rate = len(specs) / elapsed if elapsed > 0 else 0
-            print(
-                f"rrq-flow: enqueued {len(specs)} job(s) into {queue} ({rate:,.0f}/s), run {run}",
-                file=sys.stderr,
-            )
+        enqueue_inputs(client, inputs, run)
     except redis_errors() as exc:
         error(redis_failure(exc, url))
+        done = ", ".join(f"{f.enqueued} of {f.jobs} from {f.path}" for f in inputs)
+        detail(f"enqueued before the failure: {done} (run {run})")
         raise ExitWith(EXIT_REDIS) from None
     finally:
         client.close()

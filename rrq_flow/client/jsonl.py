@@ -4,7 +4,7 @@ before anything is enqueued, so a bad line means nothing from the file is writte
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +86,54 @@ def _text(raw: str | bytes) -> str:
         ) from None
 
 
+def check_line(
+    raw: str | bytes,
+    queue: str,
+    max_payload_bytes: int,
+    priority: int = 0,
+    check: Callable[[JobSpec], object] | None = None,
+) -> JobSpec | str | None:
+    """One line: None if blank, the JobSpec if good, else the message saying what is wrong.
+
+    ``check``, if given, is run on the spec too (say, encoding it exactly as the enqueue will,
+    ``ClientCore.build_job``); what it raises makes the line bad.
+    """
+    if not raw.strip():
+        return None
+    try:
+        spec = parse_job_line(loads(_text(raw)), priority)
+        if check is None:
+            encode_payload(queue, spec.args, spec.kwargs, max_payload_bytes)
+            when_field(spec.defer, None)
+        else:
+            check(spec)
+    except json.JSONDecodeError as exc:
+        return f"not JSON: {exc.msg} (column {exc.colno})"
+    except JsonLimitError as exc:
+        return str(exc)
+    except (ValueError, PayloadError, TypeError) as exc:
+        return str(exc)
+    return spec
+
+
+class BadLines:
+    """The bad lines of a source: how many, and the first MAX_REPORTED of them."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.errors: list[LineError] = []
+        self.count = 0
+
+    def add(self, line: int, message: str) -> None:
+        self.count += 1
+        if len(self.errors) < MAX_REPORTED:
+            self.errors.append(LineError(line, message))
+
+    def raise_if_any(self) -> None:
+        if self.count:
+            raise JsonlError(self.source, self.errors, self.count)
+
+
 def read_jobs(
     lines: Iterable[str | bytes],
     source: str,
@@ -99,27 +147,12 @@ def read_jobs(
     bad line with its number, not an exception half-way through the file.
     """
     specs: list[JobSpec] = []
-    errors: list[LineError] = []
-    bad = 0
+    bad = BadLines(source)
     for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            spec = parse_job_line(loads(_text(raw)), priority)
-            encode_payload(queue, spec.args, spec.kwargs, max_payload_bytes)
-            when_field(spec.defer, None)
-        except json.JSONDecodeError as exc:
-            message = f"not JSON: {exc.msg} (column {exc.colno})"
-        except JsonLimitError as exc:
-            message = str(exc)
-        except (ValueError, PayloadError, TypeError) as exc:
-            message = str(exc)
-        else:
-            specs.append(spec)
-            continue
-        bad += 1
-        if len(errors) < MAX_REPORTED:
-            errors.append(LineError(number, message))
-    if bad:
-        raise JsonlError(source, errors, bad)
+        result = check_line(raw, queue, max_payload_bytes, priority)
+        if isinstance(result, str):
+            bad.add(number, result)
+        elif result is not None:
+            specs.append(result)
+    bad.raise_if_any()
     return specs

@@ -1,0 +1,146 @@
+"""``rrq-flow run --input`` streams its file (issue 16, target 5): checked whole in a first pass,
+enqueued in bounded batches in a second, all or nothing kept — against a real Redis.
+
+The large test (marked ``slow``) sizes itself with RRQ_INPUT_LINES (default 1,000,000) and checks
+the enqueue side's peak RSS stays under 150 MB whatever the size.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import redis
+
+from rrq_flow.cli import input_stream, main
+from rrq_flow.cli._common import ExitWith
+from rrq_flow.client.sync_client import SyncClient
+from rrq_flow.config import load
+from rrq_flow.redis_server import start_redis_server
+
+ROOT = Path(__file__).resolve().parent.parent
+RSS_LIMIT_MB = 150
+
+
+def _pipeline(tmp_path: Path, url: str, extra: str = "") -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        f"version: 1\npipeline: stream\nredis: {{url: '{url}'{extra}}}\nqueues:\n"
+        "  q: {handler: 'tests.handlers:echo', concurrency: 20}\n"
+    )
+    return path
+
+
+def test_input_is_enqueued_in_batches_and_every_job_runs(
+    tmp_path: Path,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(input_stream, "CHUNK", 7)  # 50 jobs: 8 batches, the last one short
+    p = _pipeline(tmp_path, redis_url)
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(f"[{i}]\n" + ("\n" if i % 10 == 0 else "") for i in range(50)))
+    assert main(["run", str(p), "--burst", "--input", f"q={data}", "--run", "r1"]) == 0
+    assert "enqueued 50 job(s) into q" in capsys.readouterr().err
+    with SyncClient(load(p)) as client:
+        info = client.run("r1")
+        assert info.total == 50 and info.complete
+        assert sorted(r["result"]["args"][0] for r in client.results("r1")) == list(range(50))
+
+
+def test_a_bad_line_after_many_batches_enqueues_nothing(
+    tmp_path: Path,
+    redis_url: str,
+    sync_redis: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(input_stream, "CHUNK", 7)
+    p = _pipeline(tmp_path, redis_url)
+    data = tmp_path / "in.jsonl"
+    # The last line is JSON but its unique_key has a lone surrogate: only encoding it as the
+    # enqueue does (not parsing) finds it.
+    data.write_text("".join(f"[{i}]\n" for i in range(40)) + '{"unique_key": "\\ud800"}\n')
+    assert main(["run", str(p), "--burst", "--input", f"q={data}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}:41:" in err and "nothing was enqueued" in err
+    assert sync_redis.dbsize() == 0
+
+
+def test_a_file_changed_between_the_passes_is_refused(
+    tmp_path: Path, redis_url: str, sync_redis: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = _pipeline(tmp_path, redis_url)
+    data = tmp_path / "in.jsonl"
+    data.write_text("[1]\n[2]\n")
+    config = load(p)
+    checked = input_stream.check_inputs([f"q={data}"], config)
+    assert [f.jobs for f in checked] == [2]
+    with data.open("a") as f:
+        f.write("not json\n")
+    with SyncClient(config) as client, pytest.raises(ExitWith) as exc:
+        input_stream.enqueue_inputs(client, checked, "r")
+    assert exc.value.code == 2
+    assert "changed after it was checked; nothing was enqueued" in capsys.readouterr().err
+    assert sync_redis.dbsize() == 0
+
+
+def test_stdin_is_read_once_and_enqueued(tmp_path: Path, redis_url: str) -> None:
+    p = _pipeline(tmp_path, redis_url)
+    out = subprocess.run(
+        [sys.executable, "-m", "rrq_flow", "run", str(p), "--burst", "--input", "q=-"],
+        input="".join(f"[{i}]\n" for i in range(30)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "enqueued 30 job(s) into q" in out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_a_large_input_streams_in_bounded_memory(tmp_path: Path) -> None:
+    """N lines of ~100-byte payloads through `rrq-flow run --input` (enqueue, then one job):
+    every line enqueued, peak RSS of the process under 150 MB whatever N is."""
+    n = int(os.environ.get("RRQ_INPUT_LINES", "1000000"))
+    data = tmp_path / "big.jsonl"
+    pad = "x" * 90
+    with data.open("w") as f:
+        for start in range(0, n, 10_000):
+            f.write("".join(f'[{i}, "{pad}"]\n' for i in range(start, min(n, start + 10_000))))
+    base = Path(tempfile.mkdtemp(prefix="rrqin-"))
+    server = start_redis_server(base, unix_socket=base / "r.sock", appendonly=False)
+    try:
+        p = _pipeline(tmp_path, server.url, ", persistence: none")
+        cmd = [sys.executable, "-m", "rrq_flow", "run", str(p), "--input", f"q={data}"]
+        cmd += ["--run", "big", "--max-jobs", "1", "--progress", "off"]
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        assert proc.returncode == 0, err[-2000:]
+        assert f"enqueued {n} job(s) into q" in err
+        peak_mb = usage.ru_maxrss / 1024  # KiB on Linux
+        print(f"{n} lines: peak RSS {peak_mb:.1f} MB")
+        assert peak_mb <= RSS_LIMIT_MB, peak_mb
+        with SyncClient(load(p)) as client:
+            assert client.run("big").total == n
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
