@@ -88,6 +88,9 @@ def _classify(exc: BaseException) -> tuple[str, BaseException]:
     return "unreachable", exc
 
 
+_NO_MASTER = re.compile(r"No master found for '[^']*'")  # redis-py's MasterNotFoundError
+
+
 def _is_denial(text: str) -> bool:
     return bool(_NOPERM_COMMAND.search(text) or _SCRIPT_DENIED.search(text))
 
@@ -97,6 +100,10 @@ def _leaf_text(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     text = str(exc) or type(exc).__name__
+    found = _NO_MASTER.match(text)
+    if found:
+        # redis-py appends the repr of each sentinel client it tried (its whole pool).
+        return f"{found.group(0)}: no sentinel answered, or none knows that master"
     cause = exc.__cause__
     if cause is not None and str(cause) and str(cause) not in text:
         text = f"{text} ({cause})"

@@ -219,14 +219,3 @@ def test_rrq_flow_failover_loses_nothing_without_durability(
     rep = finish(run, workers, switch_seconds=round(t1 - t0, 2))
     assert rep.figures["lost"] == 0, rep.violations[:20]
     assert rep.violations == []
-
-
-def test_rrq_flow_failover_refuses_a_pipeline_without_sentinel(tmp_path: Path) -> None:
-    path = tmp_path / "p.yaml"
-    path.write_text(
-        "version: 1\npipeline: plain\nredis: {url: 'redis://127.0.0.1:1/0'}\n"
-        "queues:\n  q: {handler: 'tests.handlers:echo'}\n"
-    )
-    done = cli("failover", str(path))
-    assert done.returncode == 2
-    assert "needs redis.sentinel" in done.stderr and "Traceback" not in done.stderr
