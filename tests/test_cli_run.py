@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 import redis
 
 from rrq_flow.config import load
@@ -187,6 +188,7 @@ def test_two_worker_processes_never_run_one_job_twice(tmp_path: Path, redis_url:
     assert all(d > 0 for d in done), done  # both processes took part
 
 
+@pytest.mark.slow  # SIGKILL at a chosen point of a fan-out (a fault scenario, ~30 s under load)
 def test_sigkill_between_parent_success_and_child_claim_loses_and_duplicates_nothing(
     tmp_path: Path, redis_url: str, sync_redis: redis.Redis
 ) -> None:

@@ -27,7 +27,8 @@ from rrq_flow.worker.progress import Progress
 from tests.conftest import make_pipeline, make_queue, run_burst
 from tests.test_cli_run import CLI, ROOT, _history, cli, write_pipeline
 
-pytestmark = [pytest.mark.flow, pytest.mark.timeout(300)]  # process start-up is slow under load
+# slow: real worker processes for seconds each (~3-4 min in all under load): CI's second step.
+pytestmark = [pytest.mark.flow, pytest.mark.slow, pytest.mark.timeout(300)]
 
 LAYOUT = KeyLayout("t")
 

@@ -598,6 +598,7 @@ class ProtocolMachine(RuleBasedStateMachine):
 
 
 # Its time depends on the machine's load (70 s alone, 120 s+ with 8 test suites on 2 cores).
+@pytest.mark.slow  # 60 x 40 model steps (~35-70 s): CI's second step
 @pytest.mark.timeout(300)
 def test_protocol_matches_model(sync_redis: redis.Redis) -> None:
     run_state_machine_as_test(

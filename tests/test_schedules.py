@@ -57,6 +57,7 @@ SCHEDULED = (
 )
 
 
+@pytest.mark.slow  # three processes for seconds, one restarted: CI's second step
 def test_every_second_with_three_processes_one_job_per_tick(
     tmp_path: Path, redis_url: str, sync_redis: redis.Redis
 ) -> None:
@@ -106,6 +107,7 @@ async def _run_worker(path: Path, url: str, seconds: float) -> None:
         assert await worker.run() == 0
 
 
+@pytest.mark.slow  # waits 5 s three times: CI's second step
 async def test_catch_up_after_five_seconds_without_a_worker(
     tmp_path: Path, redis_url: str, sync_redis: redis.Redis
 ) -> None:

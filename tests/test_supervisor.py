@@ -120,6 +120,7 @@ def test_a_worker_that_dies_is_restarted(
     assert sup.wait(15) == 0
 
 
+@pytest.mark.slow  # five worker deaths (a fault scenario, ~20 s under load): CI's second step
 def test_a_crash_loop_stops_the_supervisor_with_exit_4(
     tmp_path: Path, redis_url: str, procs: Processes
 ) -> None:
@@ -133,6 +134,7 @@ def test_a_crash_loop_stops_the_supervisor_with_exit_4(
     assert not children_of(sup.pid)
 
 
+@pytest.mark.slow  # SIGKILL + lease expiry + a second run (~25 s under load): CI's second step
 def test_sigkill_of_the_supervisor_stops_its_workers_and_the_next_run_recovers(
     tmp_path: Path, redis_url: str, procs: Processes, sync_redis: redis.Redis
 ) -> None:
@@ -187,6 +189,7 @@ def test_second_sigterm_cancels_at_once(
     assert "again: workers cancel in-flight jobs now" in sup.stderr()
 
 
+@pytest.mark.slow  # a signal storm while exiting (a fault scenario, ~17 s under load)
 def test_sigterms_while_the_supervisor_exits_do_not_kill_it(
     tmp_path: Path, redis_url: str, procs: Processes
 ) -> None:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 import trio
 import trio_parallel
@@ -156,6 +157,7 @@ LAYOUT = re.compile(
 )
 
 
+@pytest.mark.slow  # real workers per example (~40 s under load): CI's second step
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
