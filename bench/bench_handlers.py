@@ -38,3 +38,14 @@ def noop(x: int) -> int:
 async def async_noop(x: int) -> int:
     """The same as a coroutine (the ``executor: async`` comparison)."""
     return x
+
+
+async def stage1(i: int, pad: str) -> int:
+    """bench/million.py, first stage: one byte to $BENCH_OUT; ``i`` goes on to stage2."""
+    os.write(_fd(), b"1")
+    return i
+
+
+async def stage2(i: int) -> None:
+    """bench/million.py, second stage: one byte to $BENCH_OUT."""
+    os.write(_fd(), b"2")
