@@ -74,15 +74,20 @@ def _wait(pred: Callable[[], Any], deadline: float, interval: float = 0.05) -> A
         time.sleep(interval)
 
 
+def _online_replicas(master: Any) -> list[dict[str, Any]]:
+    """The master's replicas in state ``online`` (INFO replication's ``slaveN`` fields)."""
+    info = master.info("replication")
+    return [
+        v
+        for k, v in info.items()
+        if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online"
+    ]
+
+
 def _replica_caught_up(master: Any) -> bool:
     """Whether some online replica has acknowledged the master's whole replication offset."""
-    info = master.info("replication")
-    offset = int(info["master_repl_offset"])
-    return any(
-        isinstance(v, dict) and v.get("state") == "online" and int(v.get("offset", -1)) >= offset
-        for k, v in info.items()
-        if k.startswith("slave")
-    )
+    offset = int(master.info("replication")["master_repl_offset"])
+    return any(int(v.get("offset", -1)) >= offset for v in _online_replicas(master))
 
 
 def _master_of(sentinel: Any, name: str) -> tuple[str, int]:
@@ -124,6 +129,8 @@ def planned_failover(url: str, settings: RedisSettings, timeout: float = 30.0) -
     old = _addr(host, port)
     pause_ms = int(timeout * 3 * 1000)  # covers the three waits below
     with redis.Redis(host=host, port=port, **common) as master:
+        if not _online_replicas(master):
+            raise FailoverError(f"{old} has no online replica to fail over to", False)
         master.execute_command("CLIENT", "PAUSE", pause_ms, "WRITE")
         paused = time.monotonic()
         try:

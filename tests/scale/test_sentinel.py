@@ -219,3 +219,27 @@ def test_rrq_flow_failover_loses_nothing_without_durability(
     rep = finish(run, workers, switch_seconds=round(t1 - t0, 2))
     assert rep.figures["lost"] == 0, rep.violations[:20]
     assert rep.violations == []
+
+
+def test_rrq_flow_failover_without_a_replica_changes_nothing(
+    topo: SentinelTopology, tmp_path: Path
+) -> None:
+    """No online replica: exit 1 with the reason, before pausing anything; the master stays
+    where it was and takes writes."""
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "version: 1\npipeline: sent\n"
+        f"redis: {{connect_timeout: 2s, persistence: none{sentinel_yaml(topo)}}}\n"
+        "queues:\n  q: {handler: 'tests.handlers:echo'}\n"
+    )
+    master = topo.master()
+    topo.replica().kill()
+    wait_for(lambda: topo.replicas_online(master) == 0, 30, "the master lost its replica")
+    done = cli("failover", str(path), "--timeout", "5s")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"rrq-flow: 127.0.0.1:{master.port} has no online replica to fail over to"
+    ]
+    assert topo.master_port() == master.port
+    with master.client() as r:
+        assert r.set("still-writable", "1", ex=5)  # no pause left behind
