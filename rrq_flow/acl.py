@@ -66,8 +66,9 @@ PIPELINE_COMMANDS: tuple[str, ...] = (
 
 
 def key_pattern(pipeline: str) -> str:
-    """The ACL key pattern of every key of ``pipeline`` (see rrq_flow/protocol/keys.py)."""
-    return f"~rrq:{{{pipeline}}}:*"
+    """The ACL key patterns of every key of ``pipeline`` (see rrq_flow/protocol/keys.py): its
+    own hash tag and its partitions' (``partitions``; a pipeline name holds no dot)."""
+    return f"~rrq:{{{pipeline}}}:* ~rrq:{{{pipeline}.*}}:*"
 
 
 def acl_rule(pipeline: str, password: str = "<password>") -> str:

@@ -182,10 +182,13 @@ class WorkerMetrics(WorkerObserver):
     async def sample(self) -> None:
         """In-flight jobs from the runners; queue depths from one Redis snapshot."""
         m, p, w = self.metrics, self.pipeline, self.worker
-        for runner in w.runners:
-            m.in_flight.labels(p, runner.name).set(len(runner.running))
+        in_flight = dict.fromkeys(w.queue_names, 0)
+        for runner in w.runners:  # one per queue and partition
+            in_flight[runner.name] += len(runner.running)
+        for name, n in in_flight.items():
+            m.in_flight.labels(p, name).set(n)
         try:
-            counts = await w.caller.once(w.protocol.drained(w.queue_names))
+            counts = await w.drained_counts()
         except TRANSIENT:
             return  # counted through redis_error; the next sample tries again
         for i, q in enumerate(w.queue_names):

@@ -13,7 +13,8 @@ from rrq_flow.config.model import PipelineConfig
 from rrq_flow.errors import PayloadError
 from rrq_flow.protocol.ids import validate_job_id
 from rrq_flow.protocol.keys import KeyLayout
-from rrq_flow.protocol.ops import NewJob, Protocol, encode_json, ms
+from rrq_flow.protocol.ops import Call, NewJob, Protocol, encode_json, ms
+from rrq_flow.protocol.partitions import Partitions
 from rrq_flow.runs import check_run_id
 
 DEFAULT_BATCH = 1000
@@ -101,6 +102,25 @@ def encode_payload(
     return args_json, kwargs_json
 
 
+@dataclass(frozen=True, slots=True)
+class RoutedCall:
+    """An enqueue call to one partition and where its jobs were in the caller's list."""
+
+    call: Call
+    positions: list[int]
+
+
+def in_order(routed: Sequence[RoutedCall], replies: Sequence[Sequence[str]]) -> list[str]:
+    """The job ids of the enqueue ``replies`` to ``routed`` calls, in the caller's order."""
+    from rrq_flow.protocol.ops import parse_enqueue
+
+    ids: dict[int, str] = {}
+    for r, reply in zip(routed, replies, strict=True):
+        for pos, (job_id, _) in zip(r.positions, parse_enqueue(reply), strict=True):
+            ids[pos] = job_id
+    return [ids[i] for i in range(len(ids))]
+
+
 class ClientCore:
     """Pipeline-bound helpers shared by Client and SyncClient."""
 
@@ -108,7 +128,25 @@ class ClientCore:
         self.config = config
         self.layout = KeyLayout(config.pipeline)
         self.protocol = Protocol(self.layout)
+        self.parts = Partitions(config.pipeline, config.partitions)
         self.generation = new_generation()
+
+    def enqueue_calls(self, queue: str, batches: Sequence[Sequence[NewJob]]) -> list[RoutedCall]:
+        """One enqueue call per batch and partition, each with the positions (in the order the
+        jobs were given) of its jobs, so the ids can be put back in that order."""
+        max_attempts = self.config.queue(queue).retry.max_attempts
+        out: list[RoutedCall] = []
+        offset = 0
+        for batch in batches:
+            by_part: dict[int, list[int]] = {}
+            for i, job in enumerate(batch):
+                by_part.setdefault(self.parts.index(job.id, job.unique_key), []).append(i)
+            for k, positions in sorted(by_part.items()):
+                jobs = [batch[i] for i in positions]
+                call = self.parts.protocols[k].enqueue(queue, max_attempts, self.generation, jobs)
+                out.append(RoutedCall(call, [offset + i for i in positions]))
+            offset += len(batch)
+        return out
 
     def build_job(self, queue: str, spec: JobSpec, run: str | None = None) -> NewJob:
         """Encode one job; ``run`` is the batch-run id for a spec that names none."""

@@ -8,6 +8,7 @@ commands whatever the number of jobs. Times are server seconds (Redis ``TIME``),
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -212,7 +213,33 @@ class Admin:
         self.config = client.config
         self.layout = client._core.layout
         self.protocol = client._core.protocol
+        # The pipeline-wide records (workers, schedules); the jobs' keys are in ``layout`` (a
+        # partition's, in the per-partition views below) -- the same with one partition.
+        self.home = client._core.layout
         self._scripts_loaded = False
+
+    # --- partitions (docs/scaling.md): each a complete layout; reads add them up -------------
+
+    @property
+    def _partitioned(self) -> bool:
+        return len(self.client._core.parts.layouts) > 1
+
+    def _views(self) -> list[Admin]:
+        """One view of this Admin per partition (its ``layout`` and ``protocol`` that one's)."""
+        parts = self.client._core.parts
+        views = []
+        for layout, protocol in zip(parts.layouts, parts.protocols, strict=True):
+            view = copy.copy(self)
+            view.layout, view.protocol = layout, protocol
+            views.append(view)
+        return views
+
+    def _view_of(self, job_id: str) -> Admin | None:
+        """The view of the partition holding the job's record (None: no such record)."""
+        layout = self.client._locate(job_id)
+        if layout is None:
+            return None
+        return self._views()[self.client._core.parts.layouts.index(layout)]
 
     def _queues(self, queues: Iterable[str] | None) -> list[str]:
         """The selected queues in config order; raises UnknownQueueError for a bad name."""
@@ -237,7 +264,14 @@ class Admin:
     # --- status ------------------------------------------------------------------------------
 
     def queue_status(self, queues: Iterable[str] | None = None) -> list[QueueStatus]:
-        """Counts per queue, from one MULTI/EXEC round trip (a consistent snapshot)."""
+        """Counts per queue, from one MULTI/EXEC round trip (a consistent snapshot; with
+        partitions, one per partition, added up)."""
+        if self._partitioned:
+            per = [view._queue_status(queues) for view in self._views()]
+            return [merge_status(list(same)) for same in zip(*per, strict=True)]
+        return self._queue_status(queues)
+
+    def _queue_status(self, queues: Iterable[str] | None = None) -> list[QueueStatus]:
         names = self._queues(queues)
         self._ensure_scripts()
         try:
@@ -299,8 +333,8 @@ class Admin:
     def schedules(self) -> list[ScheduleState]:
         """Every cron schedule with its next tick and the last tick enqueued (server clock)."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe_time(pipe, self.layout.schedules)
-        pipe.hgetall(self.layout.schedules)
+        pipe_time(pipe, self.home.schedules)
+        pipe.hgetall(self.home.schedules)
         now_reply, stored = pipe.execute()
         return schedule_states(self.config, stored, _server_ms(now_reply))
 
@@ -310,31 +344,39 @@ class Admin:
         """Pause ``queue`` for ``duration`` seconds (None: until resumed). Running jobs finish;
         nothing new starts. Returns when the pause ends (server Unix seconds; None: no end)."""
         self.config.queue(queue)
-        call = self.protocol.pause(queue, "pause", FOREVER if duration is None else ms(duration))
-        _, until = self._run(call)
+        until = FOREVER
+        for view in self._views():  # every partition of the queue
+            call = view.protocol.pause(
+                queue, "pause", FOREVER if duration is None else ms(duration)
+            )
+            _, until = self._run(call)
         return None if int(until) == FOREVER else int(until) / 1000
 
     def resume(self, queue: str) -> bool:
         """End a pause of ``queue`` now; False if it was not paused."""
         self.config.queue(queue)
-        before = self.redis.hget(self.layout.queue(queue).flow, "paused_until")
-        now, _ = self._run(self.protocol.pause(queue, "resume"))
-        return before is not None and (int(before) == FOREVER or int(before) > int(now))
+        was_paused = False
+        for view in self._views():  # every partition of the queue
+            before = self.redis.hget(view.layout.queue(queue).flow, "paused_until")
+            now, _ = self._run(view.protocol.pause(queue, "resume"))
+            paused = before is not None and (int(before) == FOREVER or int(before) > int(now))
+            was_paused = was_paused or paused
+        return was_paused
 
     # --- workers -----------------------------------------------------------------------------
 
     def workers(self) -> list[WorkerInfo]:
         """Every worker in the heartbeat index (alive or stale), oldest first."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe_time(pipe, self.layout.meta)
-        pipe.zrange(self.layout.workers, 0, -1, withscores=True)
+        pipe_time(pipe, self.home.meta)
+        pipe.zrange(self.home.workers, 0, -1, withscores=True)
         now_reply, index = pipe.execute()
         if not index:
             return []
         now = _server_ms(now_reply)
         pipe = self.redis.pipeline(transaction=False)
         for worker_id, _ in index:
-            pipe.hgetall(self.layout.worker(worker_id))
+            pipe.hgetall(self.home.worker(worker_id))
         records = pipe.execute()
         found = [
             _worker_info(worker_id, int(score), record, now)
@@ -348,6 +390,14 @@ class Admin:
     def job(self, job_id: str, children: int = CHILDREN_SHOWN) -> JobDetail:
         """Everything about one job, with its parent, its first ``children`` children (from the
         child index; ``info.children`` is the count) and owning worker; raises JobNotFound."""
+        if self._partitioned:
+            view = self._view_of(job_id)
+            if view is None:
+                raise JobNotFound(job_id)
+            return view._job(job_id, children)
+        return self._job(job_id, children)
+
+    def _job(self, job_id: str, children: int) -> JobDetail:
         layout = self.layout
         pipe = self.redis.pipeline(transaction=False)
         pipe_time(pipe, self.layout.meta)
@@ -370,8 +420,8 @@ class Admin:
         for rid in related:
             pipe.hmget(layout.job(rid), ["queue", "status"])
         if owner_id:
-            pipe.hgetall(layout.worker(owner_id))
-            pipe.zscore(layout.workers, owner_id)
+            pipe.hgetall(self.home.worker(owner_id))
+            pipe.zscore(self.home.workers, owner_id)
         replies = pipe.execute()
         refs = [
             JobRef(rid, r[0], r[1]) for rid, r in zip(related, replies[: len(related)], strict=True)
@@ -389,6 +439,14 @@ class Admin:
 
     def dlq_list(self, queue: str | None = None, limit: int = 50) -> DeadLetters:
         """The newest ``limit`` dead-lettered jobs (of one queue or all) and the counts."""
+        if self._partitioned:
+            per = [view._dlq_list(queue, limit) for view in self._views()]
+            counts = {n: sum(p.counts[n] for p in per) for n in per[0].counts}
+            entries = sorted((e for p in per for e in p.entries), key=lambda e: (-e.died_at, e.id))
+            return DeadLetters(entries[: max(limit, 0)], counts)
+        return self._dlq_list(queue, limit)
+
+    def _dlq_list(self, queue: str | None, limit: int) -> DeadLetters:
         names = self._queues([queue] if queue else None)
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
@@ -429,9 +487,13 @@ class Admin:
     def dlq_counts(self, queue: str | None = None) -> dict[str, int]:
         names = self._queues([queue] if queue else None)
         pipe = self.redis.pipeline(transaction=False)
-        for name in names:
-            pipe.zcard(self.layout.queue(name).dead)
-        return {name: int(n) for name, n in zip(names, pipe.execute(), strict=True)}
+        for view in self._views():
+            for name in names:
+                pipe.zcard(view.layout.queue(name).dead)
+        counts = dict.fromkeys(names, 0)
+        for i, n in enumerate(pipe.execute()):
+            counts[names[i % len(names)]] += int(n)
+        return counts
 
     def dlq_show(self, job_id: str) -> JobDetail:
         """Same as :meth:`job` (the caller checks ``info.status == 'dead'``)."""
@@ -449,11 +511,42 @@ class Admin:
         given ids without ``queue`` are looked up in their records."""
         if ids is None:
             names = self._queues([queue] if queue else None)
-            moved = {name: self._requeue_all(name, dry_run) for name in names}
+            moved = {
+                name: [j for view in self._views() for j in view._requeue_all(name, dry_run)]
+                for name in names
+            }
             return RequeueResult(dry_run, {k: v for k, v in moved.items() if v})
         ids = list(dict.fromkeys(ids))
         if queue is not None:
             self._queues([queue])
+        if self._partitioned:
+            return self._requeue_in_partitions(ids, queue, dry_run)
+        return self._requeue_ids(ids, queue, dry_run)
+
+    def _requeue_in_partitions(
+        self, ids: list[str], queue: str | None, dry_run: bool
+    ) -> RequeueResult:
+        """Given ids, each requeued in the partition holding it; the results put together."""
+        layouts = self.client._core.parts.layouts
+        views = self._views()
+        by_view: dict[int, list[str]] = {}
+        not_found = []
+        for jid in ids:
+            layout = self.client._locate(jid)
+            if layout is None:
+                not_found.append(jid)
+            else:
+                by_view.setdefault(layouts.index(layout), []).append(jid)
+        out = RequeueResult(dry_run, {}, not_found, [])
+        for k, mine in sorted(by_view.items()):
+            got = views[k]._requeue_ids(mine, queue, dry_run)
+            for name, moved in got.moved.items():
+                out.moved.setdefault(name, []).extend(moved)
+            out.not_found.extend(got.not_found)
+            out.not_in_dlq.extend(got.not_in_dlq)
+        return out
+
+    def _requeue_ids(self, ids: list[str], queue: str | None, dry_run: bool) -> RequeueResult:
         pipe = self.redis.pipeline(transaction=False)
         for jid in ids:
             pipe.hmget(self.layout.job(jid), ["queue", "status"])
@@ -517,22 +610,33 @@ class Admin:
         self._ensure_scripts()
         purged: dict[str, int] = {}
         for name in names:
-            total = 0
-            initial = int(self.redis.zcard(self.layout.queue(name).dead))
-            rounds = initial // BATCH + 2
-            while rounds > 0:
-                rounds -= 1
-                n, left = self._run(self.protocol.purge(name, limit=BATCH))
-                total += int(n)
-                if int(left) == 0:
-                    break
-            purged[name] = total
+            purged[name] = sum(view._purge(name) for view in self._views())
         return purged
+
+    def _purge(self, name: str) -> int:
+        total = 0
+        initial = int(self.redis.zcard(self.layout.queue(name).dead))
+        rounds = initial // BATCH + 2
+        while rounds > 0:
+            rounds -= 1
+            n, left = self._run(self.protocol.purge(name, limit=BATCH))
+            total += int(n)
+            if int(left) == 0:
+                break
+        return total
 
     # --- cancel ------------------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> CancelOutcome:
         """Cancel a job: waiting ones at once, an active one at its next lease renewal."""
+        if self._partitioned:
+            view = self._view_of(job_id)
+            if view is None:
+                return CancelOutcome(job_id, "missing", None, None)
+            return view._cancel(job_id)
+        return self._cancel(job_id)
+
+    def _cancel(self, job_id: str) -> CancelOutcome:
         found = self.redis.hget(self.layout.job(job_id), "queue")
         if found is None:
             return CancelOutcome(job_id, "missing", None, None)
@@ -577,6 +681,28 @@ class Admin:
                     )
                 reasons.append(f"no live worker serves queue {name!r}{extra}")
         return Health(not reasons, reasons, live)
+
+
+def merge_status(same: list[QueueStatus]) -> QueueStatus:
+    """One queue's status in every partition as one: counts add up, the oldest ready job is
+    the oldest of any partition; the flow state (pause, limits) is the first partition's."""
+    first = same[0]
+    ages = [s.oldest_ready_age for s in same if s.oldest_ready_age is not None]
+    return QueueStatus(
+        queue=first.queue,
+        ready=sum(s.ready for s in same),
+        scheduled=sum(s.scheduled for s in same),
+        retrying=sum(s.retrying for s in same),
+        active=sum(s.active for s in same),
+        done=sum(s.done for s in same),
+        dead=sum(s.dead for s in same),
+        failed=sum(s.failed for s in same),
+        cancelled=sum(s.cancelled for s in same),
+        enqueued=sum(s.enqueued for s in same),
+        oldest_ready_age=max(ages) if ages else None,
+        throughput_per_min=sum(s.throughput_per_min for s in same),
+        flow=first.flow,
+    )
 
 
 def ring_buckets(tput: dict[str, str]) -> dict[int, int]:

@@ -11,14 +11,22 @@ from typing import Any
 import anyio
 import coredis
 
-from rrq_flow.client._core import DEFAULT_BATCH, ClientCore, JobSpec
-from rrq_flow.client.batch_runs import WALK_FIELDS, DescendantWalk, RunInfo, parse_run
+from rrq_flow.client._core import DEFAULT_BATCH, ClientCore, JobSpec, RoutedCall, in_order
+from rrq_flow.client.batch_runs import (
+    WALK_FIELDS,
+    DescendantWalk,
+    RunInfo,
+    merge_run_records,
+    parse_run,
+)
 from rrq_flow.client.jobinfo import JobInfo
+from rrq_flow.client.partition_check import check_partitions_async
 from rrq_flow.config.model import PipelineConfig
 from rrq_flow.connection import open_async_redis
 from rrq_flow.durability import check_enqueue, wait_args
 from rrq_flow.errors import JobFailed, JobNotFound, RunNotFound
 from rrq_flow.failover import MasterWatch
+from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import Call, parse_enqueue
 from rrq_flow.protocol.scripts import call_async, preload_async
 
@@ -36,6 +44,7 @@ class Client:
         self._stack = contextlib.AsyncExitStack()
         self._redis: coredis.Redis[str] | None = None
         self._scripts_loaded = False
+        self._partitions_checked = False
         self._master_watch = MasterWatch()
 
     @property
@@ -84,10 +93,9 @@ class Client:
         job = self._core.build_job(
             queue, JobSpec(args, kwargs, job_id, unique_key, defer, at, priority, run)
         )
-        cfg = self.config.queue(queue)
-        call = self._core.protocol.enqueue(
-            queue, cfg.retry.max_attempts, self._core.generation, [job]
-        )
+        (routed,) = self._core.enqueue_calls(queue, [[job]])
+        call = routed.call
+        await self._check_partitions()
         if self.config.redis.durability is not None:
             return parse_enqueue((await self._durable([call]))[0])[0][0]
         return parse_enqueue(await self._run(call))[0][0]
@@ -101,19 +109,34 @@ class Client:
         run: str | None = None,
     ) -> list[str]:
         """Enqueue many jobs, one script call per batch; all validated before any is sent."""
-        cfg = self.config.queue(queue)
         batches = self._core.build_batches(queue, jobs, batch_size, run)
-        ids: list[str] = []
-        for batch in batches:
-            call = self._core.protocol.enqueue(
-                queue, cfg.retry.max_attempts, self._core.generation, batch
-            )
+        routed: list[RoutedCall] = self._core.enqueue_calls(queue, batches)
+        if routed:
+            await self._check_partitions()
+        replies = []
+        for r in routed:
             if self.config.redis.durability is not None:
-                reply = (await self._durable([call]))[0]
+                replies.append((await self._durable([r.call]))[0])
             else:
-                reply = await self._run(call)
-            ids += [job_id for job_id, _ in parse_enqueue(reply)]
-        return ids
+                replies.append(await self._run(r.call))
+        return in_order(routed, replies)
+
+    async def _check_partitions(self) -> None:
+        """Once per client: refuse a changed ``partitions`` while the pipeline holds jobs."""
+        if not self._partitions_checked:
+            await self._master_watch.check_async(self.redis)
+            await check_partitions_async(self.redis, self.config)
+            self._partitions_checked = True
+
+    async def _locate(self, job_id: str) -> KeyLayout | None:
+        """The layout (partition) holding the job's record; None when there is none."""
+        order = self._core.parts.lookup_order(job_id)
+        if len(order) == 1:
+            return order[0]
+        for layout in order:
+            if await self.redis.exists([layout.job(job_id)]):
+                return layout
+        return None
 
     async def _durable(self, calls: Sequence[Call]) -> list[Any]:
         """Enqueue calls then WAIT, in one pipeline (one connection, as WAIT needs); raises
@@ -133,7 +156,9 @@ class Client:
         return replies
 
     async def job(self, job_id: str) -> JobInfo:
-        layout = self._core.layout
+        layout = await self._locate(job_id)
+        if layout is None:
+            raise JobNotFound(job_id)
         record = await self.redis.hgetall(layout.job(job_id))
         if not record:
             raise JobNotFound(job_id)
@@ -145,7 +170,10 @@ class Client:
 
     async def children(self, job_id: str, start: int = 0, stop: int = -1) -> list[str]:
         """Ids of the children the job created (see SyncClient.children)."""
-        return list(await self.redis.lrange(self._core.layout.job_children(job_id), start, stop))
+        layout = await self._locate(job_id)
+        if layout is None:
+            return []
+        return list(await self.redis.lrange(layout.job_children(job_id), start, stop))
 
     async def wait(
         self,
@@ -176,7 +204,10 @@ class Client:
         self, job_id: str, timeout: float | None, poll: float
     ) -> dict[str, int]:
         walk = DescendantWalk(job_id)
-        layout = self._core.layout
+        # A job's descendants (children, groups, joins) live in its partition.
+        layout = await self._locate(job_id)
+        if layout is None:
+            raise JobNotFound(job_id)
         with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
             delay = 0.005
             while not walk.finished:
@@ -200,8 +231,10 @@ class Client:
 
     async def run(self, run_id: str) -> RunInfo:
         """A batch run's counts by queue and state; raises RunNotFound."""
-        record = await self.redis.hgetall(self._core.layout.run(run_id))
-        info = parse_run(run_id, dict(record))
+        records = [
+            dict(await self.redis.hgetall(lay.run(run_id))) for lay in self._core.parts.layouts
+        ]
+        info = parse_run(run_id, merge_run_records(records))
         if info is None:
             raise RunNotFound(run_id)
         return info

@@ -95,6 +95,30 @@ def parse_run(run_id: str, record: dict[str, str]) -> RunInfo | None:
     )
 
 
+def merge_run_records(records: Sequence[dict[str, str]]) -> dict[str, str]:
+    """One run's ``run:<id>`` hashes from several partitions as one: counts add up, the run
+    started with its first partition and finished with its last (``finished_at`` only while
+    every job in every partition is terminal). A partition the run never reached has none."""
+    present = [r for r in records if r]
+    if len(present) <= 1:
+        return present[0] if present else {}
+    merged: dict[str, int] = {}
+    for record in present:
+        for key, value in record.items():
+            n = int(value)
+            if key == "started_at":
+                merged[key] = min(merged.get(key, n), n)
+            elif key in ("updated_at", "finished_at"):
+                merged[key] = max(merged.get(key, n), n)
+            else:
+                merged[key] = merged.get(key, 0) + n
+    if any("finished_at" not in r for r in present) or merged.get("finished", 0) < merged.get(
+        "total", 0
+    ):
+        merged.pop("finished_at", None)
+    return {k: str(v) for k, v in merged.items()}
+
+
 def result_line(job_id: str, queue: str, fields: Sequence[str | None]) -> dict[str, Any]:
     """One job of a run as ``results`` prints it, from HMGET status, result, error."""
     status, result, error = fields
@@ -107,24 +131,37 @@ def result_line(job_id: str, queue: str, fields: Sequence[str | None]) -> dict[s
 
 
 class RunReader:
-    """Sync reads of batch runs through a redis-py client."""
+    """Sync reads of batch runs through a redis-py client, across the pipeline's partitions
+    (each keeps the counts and job lists of the run's jobs it holds; see merge_run_records)."""
 
-    def __init__(self, redis: Any, layout: KeyLayout):
+    def __init__(self, redis: Any, layouts: KeyLayout | Sequence[KeyLayout]):
         self.redis = redis
-        self.layout = layout
+        self.layouts = (layouts,) if isinstance(layouts, KeyLayout) else tuple(layouts)
+
+    def _record(self, run_id: str) -> dict[str, str]:
+        return merge_run_records([self.redis.hgetall(lay.run(run_id)) for lay in self.layouts])
 
     def run(self, run_id: str) -> RunInfo | None:
-        return parse_run(run_id, self.redis.hgetall(self.layout.run(run_id)))
+        return parse_run(run_id, self._record(run_id))
 
     def recent(self, limit: int = 20) -> list[RunInfo]:
         """The newest ``limit`` runs whose records still exist, newest first."""
-        ids = self.redis.zrevrange(self.layout.runs, 0, max(0, limit - 1))
+        started: dict[str, float] = {}
+        for lay in self.layouts:
+            for run_id, score in self.redis.zrevrange(
+                lay.runs, 0, max(0, limit - 1), withscores=True
+            ):
+                started[run_id] = min(started.get(run_id, score), score)
+        ids = sorted(started, key=lambda r: started[r], reverse=True)[:limit]
         pipe = self.redis.pipeline(transaction=False)
         for run_id in ids:
-            pipe.hgetall(self.layout.run(run_id))
+            for lay in self.layouts:
+                pipe.hgetall(lay.run(run_id))
+        records = pipe.execute()
+        n = len(self.layouts)
         out = []
-        for run_id, record in zip(ids, pipe.execute(), strict=True):
-            info = parse_run(run_id, record)
+        for i, run_id in enumerate(ids):
+            info = parse_run(run_id, merge_run_records(records[i * n : (i + 1) * n]))
             if info is not None:
                 out.append(info)
         return out
@@ -134,20 +171,26 @@ class RunReader:
     ) -> Iterator[dict[str, Any]]:
         """Every job of the run in ``queues`` (creation order), one page of ids in memory."""
         for queue in queues:
-            key = self.layout.run_jobs(run_id, queue)
-            start = 0
-            while True:
-                ids = self.redis.lrange(key, start, start + page - 1)
-                if not ids:
-                    break
-                pipe = self.redis.pipeline(transaction=False)
-                for job_id in ids:
-                    pipe.hmget(self.layout.job(job_id), "status", "result", "error")
-                for job_id, fields in zip(ids, pipe.execute(), strict=True):
-                    yield result_line(job_id, queue, fields)
-                start += len(ids)
-                if len(ids) < page:
-                    break
+            for lay in self.layouts:  # partitioned: one partition after the other
+                yield from self._page_through(lay, run_id, queue, page)
+
+    def _page_through(
+        self, lay: KeyLayout, run_id: str, queue: str, page: int
+    ) -> Iterator[dict[str, Any]]:
+        key = lay.run_jobs(run_id, queue)
+        start = 0
+        while True:
+            ids = self.redis.lrange(key, start, start + page - 1)
+            if not ids:
+                break
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(lay.job(job_id), "status", "result", "error")
+            for job_id, fields in zip(ids, pipe.execute(), strict=True):
+                yield result_line(job_id, queue, fields)
+            start += len(ids)
+            if len(ids) < page:
+                break
 
 
 def final_stages(next_of: dict[str, Sequence[str]]) -> list[str]:

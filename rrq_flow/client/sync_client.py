@@ -13,7 +13,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from rrq_flow.client._core import DEFAULT_BATCH, ClientCore, JobSpec
+from rrq_flow.client._core import DEFAULT_BATCH, ClientCore, JobSpec, in_order
 from rrq_flow.client.batch_runs import (
     WALK_FIELDS,
     DescendantWalk,
@@ -22,11 +22,13 @@ from rrq_flow.client.batch_runs import (
     final_stages,
 )
 from rrq_flow.client.jobinfo import JobInfo
+from rrq_flow.client.partition_check import check_partitions_sync
 from rrq_flow.config.model import PipelineConfig
 from rrq_flow.connection import open_sync_redis
 from rrq_flow.durability import check_enqueue, wait_args
 from rrq_flow.errors import JobFailed, JobNotFound, RunNotFound
 from rrq_flow.failover import MasterWatch
+from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import Call, parse_enqueue
 from rrq_flow.protocol.scripts import call_sync, pipe_evalsha, preload_sync
 
@@ -52,6 +54,7 @@ class SyncClient:
         extra = {"retry": Retry(NoBackoff(), 0)} if fail_fast else {}
         self.redis: redis.Redis = open_sync_redis(url, config.redis, **extra)
         self._scripts_loaded = False
+        self._partitions_checked = False
         self._master_watch = MasterWatch()
 
     def __enter__(self) -> SyncClient:
@@ -98,10 +101,9 @@ class SyncClient:
         """
         spec = JobSpec(args, kwargs, job_id, unique_key, defer, at, priority, run)
         job = self._core.build_job(queue, spec)
-        cfg = self.config.queue(queue)
-        call = self._core.protocol.enqueue(
-            queue, cfg.retry.max_attempts, self._core.generation, [job]
-        )
+        (routed,) = self._core.enqueue_calls(queue, [[job]])
+        call = routed.call
+        self._check_partitions()
         if self.config.redis.durability is not None:
             return parse_enqueue(self._send_enqueues([call])[0])[0][0]
         return parse_enqueue(self._run(call))[0][0]
@@ -117,16 +119,29 @@ class SyncClient:
         """Enqueue many jobs (each a JobSpec or a sequence of positional args), pipelined in
         batches of ``batch_size`` per script call. Every job is validated before any is sent.
         ``run``: the batch-run id of every job whose JobSpec names none."""
-        cfg = self.config.queue(queue)
         batches = self._core.build_batches(queue, jobs, batch_size, run)
         if not batches:
             return []
-        calls = [
-            self._core.protocol.enqueue(queue, cfg.retry.max_attempts, self._core.generation, b)
-            for b in batches
-        ]
-        replies = self._send_enqueues(calls)
-        return [job_id for reply in replies for job_id, _ in parse_enqueue(reply)]
+        routed = self._core.enqueue_calls(queue, batches)
+        self._check_partitions()
+        return in_order(routed, self._send_enqueues([r.call for r in routed]))
+
+    def _check_partitions(self) -> None:
+        """Once per client: refuse a changed ``partitions`` while the pipeline holds jobs."""
+        if not self._partitions_checked:
+            self._master_watch.check_sync(self.redis)
+            check_partitions_sync(self.redis, self.config)
+            self._partitions_checked = True
+
+    def _locate(self, job_id: str) -> KeyLayout | None:
+        """The layout (partition) holding the job's record; None when there is none."""
+        order = self._core.parts.lookup_order(job_id)
+        if len(order) == 1:
+            return order[0]
+        for layout in order:
+            if self.redis.exists(layout.job(job_id)):
+                return layout
+        return None
 
     def _send_enqueues(self, calls: Sequence[Call]) -> list[Any]:
         """Enqueue calls in one pipeline (scripts loaded first); with ``redis.durability``
@@ -159,7 +174,9 @@ class SyncClient:
 
     def job(self, job_id: str) -> JobInfo:
         """The job's current record; raises JobNotFound."""
-        layout = self._core.layout
+        layout = self._locate(job_id)
+        if layout is None:
+            raise JobNotFound(job_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(layout.job(job_id))
         pipe.lrange(layout.job_errors(job_id), 0, -1)
@@ -172,7 +189,10 @@ class SyncClient:
     def children(self, job_id: str, start: int = 0, stop: int = -1) -> list[str]:
         """Ids of the children the job created, in order (``start``/``stop`` as in LRANGE), read
         from its child index; empty once the parent's record expired."""
-        key = self._core.layout.job_children(job_id)
+        layout = self._locate(job_id)
+        if layout is None:
+            return []
+        key = layout.job_children(job_id)
         return [str(i) for i in self.redis.lrange(key, start, stop)]
 
     def wait(
@@ -207,7 +227,10 @@ class SyncClient:
 
     def _wait_descendants(self, job_id: str, timeout: float | None, poll: float) -> dict[str, int]:
         walk = DescendantWalk(job_id)
-        layout = self._core.layout
+        # A job's descendants (children, groups, joins) live in its partition.
+        layout = self._locate(job_id)
+        if layout is None:
+            raise JobNotFound(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
         while not walk.finished:
@@ -238,14 +261,14 @@ class SyncClient:
 
     def run(self, run_id: str) -> RunInfo:
         """A batch run's counts by queue and state; raises RunNotFound."""
-        info = RunReader(self.redis, self._core.layout).run(run_id)
+        info = RunReader(self.redis, self._core.parts.layouts).run(run_id)
         if info is None:
             raise RunNotFound(run_id)
         return info
 
     def runs(self, limit: int = 20) -> list[RunInfo]:
         """The most recent runs (newest first) whose records have not expired."""
-        return RunReader(self.redis, self._core.layout).recent(limit)
+        return RunReader(self.redis, self._core.parts.layouts).recent(limit)
 
     def results(self, run_id: str, queue: str | None = None) -> Iterator[dict[str, Any]]:
         """Stream the run's jobs in ``queue`` (default: every final stage, a queue without
@@ -257,7 +280,7 @@ class SyncClient:
             queues = [queue]
         else:
             queues = final_stages({n: q.next for n, q in self.config.queues.items()})
-        return RunReader(self.redis, self._core.layout).results(run_id, queues)
+        return RunReader(self.redis, self._core.parts.layouts).results(run_id, queues)
 
     def wait_run(self, run_id: str, timeout: float | None = None, *, poll: float = 0.2) -> RunInfo:
         """Block until every job of the run (descendants included) is terminal; return its

@@ -208,6 +208,8 @@ class PipelineConfig:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     version: int = 1
     schedules: Mapping[str, ScheduleConfig] = field(default_factory=dict)
+    # Hash tags the pipeline's jobs are spread over (rrq_flow.protocol.partitions); 1: one.
+    partitions: int = 1
     # The file it came from (None when built in code); the embedded Redis lives beside it.
     source: Path | None = None
 

@@ -390,6 +390,7 @@ def build_config(data: Mapping[str, Any], *, source: Path | None = None) -> Pipe
         redis=RedisSettings(**redis),
         workers=WorkersConfig(**_settings(_mapping(data.get("workers")))),
         version=data["version"],
+        partitions=data.get("partitions") or 1,
         schedules={
             name: ScheduleConfig(
                 name=name,

@@ -1,7 +1,11 @@
 """The Redis key layout of a pipeline.
 
 Every key starts with ``rrq:{<pipeline>}:``; the braces are a Redis Cluster hash tag, so all keys
-of one pipeline share a slot and every script may touch any of them. Per-job keys are
+of one pipeline share a slot and every script may touch any of them. A pipeline with
+``partitions: N`` (N > 1) keeps its jobs under N hash tags ``rrq:{<pipeline>.<k>}:`` instead
+(``KeyLayout(pipeline, "<k>")``, sometimes ``"<k>.<j>"``: rrq_flow/protocol/partitions.py),
+each a complete layout of its own; its pipeline-wide records (workers, schedules, the
+partition count) stay under ``rrq:{<pipeline>}:``. Per-job keys are
 ``<type>:<id>`` (``job:``, ``args:``, ``errors:``, ``children:``), so ids never collide with each
 other's keys.
 The Lua side builds the same names in ``lua/fragments/common.lua``. See docs/protocol.md.
@@ -31,10 +35,18 @@ class QueueKeys:
 @dataclass(frozen=True, slots=True)
 class KeyLayout:
     pipeline: str
+    # None: the pipeline's own hash tag (every key when ``partitions`` is 1); else a
+    # partition's tag suffix, ``<k>`` or ``<k>.<j>`` (rrq_flow.protocol.partitions).
+    part: str | None = None
+
+    @property
+    def tag(self) -> str:
+        """The hash tag: ``<pipeline>`` or ``<pipeline>.<part>`` (pipeline names hold no dot)."""
+        return self.pipeline if self.part is None else f"{self.pipeline}.{self.part}"
 
     @property
     def prefix(self) -> str:
-        return f"rrq:{{{self.pipeline}}}:"
+        return f"rrq:{{{self.tag}}}:"
 
     @property
     def meta(self) -> str:

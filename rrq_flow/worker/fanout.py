@@ -30,6 +30,7 @@ from rrq_flow.protocol.ops import (
     STAGE_CHUNK,
     ChildJob,
     Completion,
+    Protocol,
     parse_expand,
 )
 from rrq_flow.worker.redis_calls import TRANSIENT
@@ -62,18 +63,18 @@ def stage_chunks(children: Sequence[ChildJob]) -> list[Sequence[ChildJob]]:
 
 
 async def stage_and_commit(
-    w: Worker, queue: str, lease_ms: int, result_ttl_ms: int, c: Completion
+    w: Worker, protocol: Protocol, queue: str, lease_ms: int, result_ttl_ms: int, c: Completion
 ) -> str:
     """Steps 1 and 2 for one completion; its verdict (OK, STALE, ALREADY_DONE)."""
     offset = 0
     for chunk in stage_chunks(c.children):
-        call = w.protocol.stage(queue, w.worker_id, c.id, c.epoch, offset, lease_ms, chunk)
+        call = protocol.stage(queue, w.worker_id, c.id, c.epoch, offset, lease_ms, chunk)
         verdict = str(await w.caller.until_done(call))
         if verdict == "STALE":
             return verdict
         offset += len(chunk)
     commit = Completion(c.id, c.epoch, c.result_json, (), c.group, staged=offset)
-    call = w.protocol.complete(queue, w.worker_id, result_ttl_ms, [commit])
+    call = protocol.complete(queue, w.worker_id, result_ttl_ms, [commit])
     (verdict,) = await w.caller.until_done(call)
     return str(verdict)
 
@@ -82,8 +83,17 @@ class Expander:
     """Step 3 for one queue: expands the parents this worker committed at once, and takes over
     parents whose expansion stalled (their worker died) every ``interval``."""
 
-    def __init__(self, w: Worker, queue: str, result_ttl_ms: int, idle_ms: int, interval: float):
+    def __init__(
+        self,
+        w: Worker,
+        protocol: Protocol,
+        queue: str,
+        result_ttl_ms: int,
+        idle_ms: int,
+        interval: float,
+    ):
         self.w = w
+        self.protocol = protocol  # of the partition whose parents it expands
         self.queue = queue
         self.result_ttl_ms = result_ttl_ms
         self.idle_ms = idle_ms
@@ -115,7 +125,7 @@ class Expander:
         """Expand ``parent_id`` (or a stalled one: '') to the end; False when there was none."""
         w = self.w
         while True:
-            call = w.protocol.expand(
+            call = self.protocol.expand(
                 self.queue, parent_id, EXPAND_CHUNK, self.result_ttl_ms, self.idle_ms
             )
             reply = parse_expand(await w.caller.once(call))

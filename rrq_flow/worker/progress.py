@@ -26,6 +26,7 @@ from rrq_flow.connection import open_async_redis
 from rrq_flow.flow import FOREVER
 from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import Protocol
+from rrq_flow.protocol.partitions import Partitions
 from rrq_flow.protocol.scripts import call_async, pipe_server_ms
 from rrq_flow.worker.live_display import LiveBlock
 from rrq_flow.worker.redis_calls import TRANSIENT
@@ -70,8 +71,7 @@ class Progress:
         self.live = live
         self.log_every = log_every
         self.out = out or sys.stderr
-        self.layout = KeyLayout(config.pipeline)
-        self.protocol = Protocol(self.layout)
+        self.parts = Partitions(config.pipeline, config.partitions)
         self.now: dict[str, QueueProgress] = {q: QueueProgress() for q in self.queues}
         self._baseline: dict[str, list[int]] | None = None
         self._block: LiveBlock | None = None
@@ -118,24 +118,38 @@ class Progress:
                 last_log = time.monotonic()
                 log.info("progress: %s", " | ".join(self.rows()))
 
+    async def _read(
+        self, redis: coredis.Redis[str], layout: KeyLayout, protocol: Protocol
+    ) -> tuple[list[list[int]], list[int], list[int], int]:
+        """One partition's counters, pause ends, jobs left (ready, retry, active) and clock."""
+        drained = protocol.drained(self.queues)
+        async with redis.pipeline(transaction=False) as pipe:
+            stats = [pipe.hmget(layout.queue(q).stats, list(COUNTERS)) for q in self.queues]
+            pauses = [pipe.hget(layout.queue(q).flow, "paused_until") for q in self.queues]
+            clock = pipe_server_ms(pipe, layout.meta, self.config.redis.cluster)
+        left = await call_async(redis, drained.script, drained.keys, drained.args)
+        counters = [[int(v or 0) for v in await s] for s in stats]
+        until = [int(await u or 0) for u in pauses]
+        return counters, until, [int(c) for c in left], await clock()
+
     async def _refresh(self, redis: coredis.Redis[str]) -> bool:
-        drained = self.protocol.drained(self.queues)
         try:
             with trio.fail_after(self.config.redis.command_timeout):
-                async with redis.pipeline(transaction=False) as pipe:
-                    stats = [
-                        pipe.hmget(self.layout.queue(q).stats, list(COUNTERS)) for q in self.queues
-                    ]
-                    pauses = [
-                        pipe.hget(self.layout.queue(q).flow, "paused_until") for q in self.queues
-                    ]
-                    clock = pipe_server_ms(pipe, self.layout.meta, self.config.redis.cluster)
-                left = await call_async(redis, drained.script, drained.keys, drained.args)
-                counters = [[int(v or 0) for v in await s] for s in stats]
-                until = [int(await u or 0) for u in pauses]
-                now_ms = await clock()
+                reads = [
+                    await self._read(redis, layout, protocol)
+                    for layout, protocol in zip(
+                        self.parts.layouts, self.parts.protocols, strict=True
+                    )
+                ]
         except TRANSIENT:
             return False
+        # Partitions add up; a pause covers every partition, so the first one's tells.
+        counters = [
+            [sum(col) for col in zip(*per, strict=True)]
+            for per in zip(*(r[0] for r in reads), strict=True)
+        ]
+        left = [sum(col) for col in zip(*(r[2] for r in reads), strict=True)]
+        until, now_ms = reads[0][1], reads[0][3]
         if self._baseline is None:
             self._baseline = dict(zip(self.queues, counters, strict=True))
         for i, q in enumerate(self.queues):

@@ -55,6 +55,7 @@ from rrq_flow.worker.outcome import (
     encode_result,
     type_name,
 )
+from rrq_flow.worker.partition_slots import SharedSlots
 from rrq_flow.worker.policy import classify, error_record, timeout_verdict
 from rrq_flow.worker.process_job import ProcessChannel
 from rrq_flow.worker.redis_calls import TRANSIENT
@@ -120,10 +121,23 @@ class AckBuffer:
 
 
 class QueueRunner:
-    def __init__(self, worker: Worker, cfg: QueueConfig, handler: Callable[..., Any]):
+    def __init__(
+        self,
+        worker: Worker,
+        cfg: QueueConfig,
+        handler: Callable[..., Any],
+        part: int = 0,
+        slots: SharedSlots | None = None,
+    ):
         self.worker = worker
         self.cfg = cfg
         self.name = cfg.name
+        # The partition this runner serves (docs/scaling.md): its keys and scripts, and the
+        # queue's concurrency it shares with the runners of the other partitions.
+        self.part = part
+        self.layout = worker.parts.layouts[part]
+        self.protocol = worker.parts.protocols[part]
+        self.slots = slots or SharedSlots(cfg.concurrency, 1)
         self.channel = ProcessChannel() if resolve_executor(cfg, handler) == "process" else None
         self.executor, self.run_handler = make_runner(
             cfg, handler, self.channel, lambda: worker.server_offset
@@ -146,11 +160,10 @@ class QueueRunner:
         self.acking_since: float | None = None
         self.prefetch = cfg.claim_ahead
         self._max_buffer_wait = cfg.lock_extension / 2
-        self._stop_key = worker.layout.worker_wake(worker.worker_id, cfg.name)
+        self._stop_key = self.layout.worker_wake(worker.worker_id, cfg.name)
         self._wake = wake_connection_for(
-            worker.url, worker.config.redis, worker.layout.queue(cfg.name).wake
+            worker.url, worker.config.redis, self.layout.queue(cfg.name).wake
         )
-        self.slot_freed = trio.Event()
         self.acks = AckBuffer()
         self.idle = False  # blocked waiting for work (the last claim took all that was ready)
         self.started_jobs = 0
@@ -162,7 +175,12 @@ class QueueRunner:
         # Takeovers are looked for once per lock_extension: a stalled expansion waits that long
         # anyway, and an idle queue pays one cheap call per lease period, not per reap.
         self.expander = Expander(
-            worker, cfg.name, self.result_ttl_ms, ms(cfg.lock_extension), cfg.lock_extension
+            worker,
+            self.protocol,
+            cfg.name,
+            self.result_ttl_ms,
+            ms(cfg.lock_extension),
+            cfg.lock_extension,
         )
 
     # --- the queue's task tree ---------------------------------------------------------------
@@ -205,21 +223,20 @@ class QueueRunner:
         while not w.stopping.is_set():
             # Claims are shielded: never start one once the worker is being torn down.
             await trio.lowlevel.checkpoint()
-            free = self.cfg.concurrency + self.prefetch - self.claimed
+            free = self.cfg.concurrency + self.prefetch - self.slots.claimed
             if w.max_jobs is not None:
                 free = min(free, w.max_jobs - w.claimed_total)
                 if free <= 0 and self.claimed == 0:
                     w.request_stop("max jobs reached")
                     return
             if free <= 0:
-                self.slot_freed = trio.Event()
-                await trio_util.wait_any(self.slot_freed.wait, w.stopping.wait)
+                await trio_util.wait_any(self.slots.freed.wait, w.stopping.wait)
                 continue
             if self._claim_unknown:
                 await self._give_back_orphans()
-            call = w.protocol.claim(
+            call = self.protocol.claim(
                 self.name,
-                w.generation,
+                w.generations[self.part],
                 w.worker_id,
                 min(free, MAX_CLAIM),
                 self._lease_ms,
@@ -245,6 +262,7 @@ class QueueRunner:
             for job in reply.jobs:  # no checkpoint until every job is held (see `held`)
                 self.held[job.id, job.epoch] = job
                 self.claimed += 1
+                self.slots.taken()
                 w.claimed_total += 1
                 not_before = now + (job.start_at - reply.now) / 1000
                 self.buffered[job.id, job.epoch] = BufferedJob(job, now, now, not_before)
@@ -303,7 +321,7 @@ class QueueRunner:
         try:
             with trio.CancelScope(shield=True), trio.fail_after(w.caller.timeout + timeout):
                 _, claimed = await self._wake.wait_then_claim(
-                    [w.layout.queue(self.name).wake, self._stop_key],
+                    [self.layout.queue(self.name).wake, self._stop_key],
                     timeout,
                     call.script.sha,
                     call.keys,
@@ -345,10 +363,10 @@ class QueueRunner:
         try:
             with trio.CancelScope(shield=True), trio.fail_after(w.caller.timeout):
                 ids = [
-                    str(i) for i in await w.redis.zrange(w.layout.queue(self.name).active, 0, -1)
+                    str(i) for i in await w.redis.zrange(self.layout.queue(self.name).active, 0, -1)
                 ]
                 async with w.redis.pipeline(transaction=False) as pipe:
-                    fields = [pipe.hmget(w.layout.job(i), ["owner", "epoch"]) for i in ids]
+                    fields = [pipe.hmget(self.layout.job(i), ["owner", "epoch"]) for i in ids]
                 records = [list(await f) for f in fields]
         except TRANSIENT:
             return  # still failing: try again before the next claim
@@ -384,26 +402,31 @@ class QueueRunner:
 
     async def _runner(self) -> None:
         async for job in self._recv:
-            held = self.buffered[job.id, job.epoch]
-            if held.not_before > trio.current_time():
-                # A start the rate limit granted ahead: it is due then, not now.
-                async with trio_util.move_on_when(self.worker.stopping.wait):
-                    await trio.sleep_until(held.not_before)
-            del self.buffered[job.id, job.epoch]
-            waited = trio.current_time() - max(held.claimed, held.not_before)
-            if held.stop_reason in ("given back", "cancelled"):
-                pass  # already settled by the lease refresher
-            elif held.stop_reason in ("lost", "unrenewed"):
-                self._lost(job, held.stop_reason)
-                log.warning("job %s lost its lease while prefetched; not started", job.id)
-            elif self.worker.stopping.is_set() or waited > self._max_buffer_wait:
-                # Claimed but never started: give it back, no attempt used. After a long wait
-                # its hard deadline (counted from the claim) would cut into its timeout.
-                self._release(job)
-            else:
-                await self._run_one(job, held.renewed)
-                continue
-            self._slot_done()
+            # The queue's cap across partitions (partition_slots.py); prefetched meanwhile.
+            async with self.slots.running():
+                await self._start(job)
+
+    async def _start(self, job: ClaimedJob) -> None:
+        held = self.buffered[job.id, job.epoch]
+        if held.not_before > trio.current_time():
+            # A start the rate limit granted ahead: it is due then, not now.
+            async with trio_util.move_on_when(self.worker.stopping.wait):
+                await trio.sleep_until(held.not_before)
+        del self.buffered[job.id, job.epoch]
+        waited = trio.current_time() - max(held.claimed, held.not_before)
+        if held.stop_reason in ("given back", "cancelled"):
+            pass  # already settled by the lease refresher
+        elif held.stop_reason in ("lost", "unrenewed"):
+            self._lost(job, held.stop_reason)
+            log.warning("job %s lost its lease while prefetched; not started", job.id)
+        elif self.worker.stopping.is_set() or waited > self._max_buffer_wait:
+            # Claimed but never started: give it back, no attempt used. After a long wait
+            # its hard deadline (counted from the claim) would cut into its timeout.
+            self._release(job)
+        else:
+            await self._run_one(job, held.renewed)
+            return
+        self._slot_done()
 
     def _release_buffered(self) -> None:
         """Give back every prefetched job at once when the worker stops claiming."""
@@ -418,7 +441,7 @@ class QueueRunner:
 
     def _slot_done(self) -> None:
         self.claimed -= 1
-        self.slot_freed.set()
+        self.slots.done()
 
     async def _run_one(self, job: ClaimedJob, renewed: float) -> None:
         cfg, w = self.cfg, self.worker
@@ -481,7 +504,7 @@ class QueueRunner:
 
     async def _group_of(self, job_id: str) -> GroupInfo | None:
         """The group a join job closes (written by complete.lua when it made the job)."""
-        text = await self.worker.redis.hget(self.worker.layout.job(job_id), "group")
+        text = await self.worker.redis.hget(self.layout.job(job_id), "group")
         return GroupInfo.from_json(text) if text else None
 
     def _settle(
@@ -553,10 +576,10 @@ class QueueRunner:
     async def _pause_queue(self, seconds: float) -> None:
         """A handler asked to pause its queue (e.g. after a 429): extend the pause to now + it."""
         w = self.worker
-        call = w.protocol.pause(self.name, "extend", ms(seconds))
         try:
             with trio.CancelScope(shield=True), trio.fail_after(w.caller.timeout):
-                await w.caller.once(call)
+                for protocol in w.parts.protocols:  # every partition of the queue
+                    await w.caller.once(protocol.pause(self.name, "extend", ms(seconds)))
         except (*TRANSIENT, trio.TooSlowError):  # type: ignore[misc]
             log.warning("could not pause queue %s: Redis did not answer", self.name)
             return
@@ -610,7 +633,7 @@ class QueueRunner:
         acks.sending = True
         try:
             for batch in _complete_batches(completions):
-                call = w.protocol.complete(
+                call = self.protocol.complete(
                     self.name, w.worker_id, self.result_ttl_ms, [c for c, _ in batch]
                 )
                 verdicts = await w.caller.until_done(call)
@@ -620,14 +643,14 @@ class QueueRunner:
             for c, duration in completions:
                 if stageable(c):  # a big fan-out: in bounded steps
                     verdict = await stage_and_commit(
-                        w, self.name, self._lease_ms, self.result_ttl_ms, c
+                        w, self.protocol, self.name, self._lease_ms, self.result_ttl_ms, c
                     )
                     if verdict in ("OK", "ALREADY_DONE"):
                         self.expander.add(c.id)
                     self.held.pop((c.id, c.epoch), None)
                     self._count(verdict, duration, c.id)
             if failures:
-                call = w.protocol.fail(
+                call = self.protocol.fail(
                     self.name,
                     w.worker_id,
                     self.result_ttl_ms,
@@ -639,7 +662,7 @@ class QueueRunner:
                     self.held.pop((f.id, f.epoch), None)
                     self._count(verdict, duration, f.id)
             if releases:
-                call = w.protocol.release(self.name, w.worker_id, self.result_ttl_ms, releases)
+                call = self.protocol.release(self.name, w.worker_id, self.result_ttl_ms, releases)
                 verdicts = await w.caller.until_done(call)
                 for key, verdict in zip(releases, verdicts, strict=True):
                     self.held.pop(key, None)
@@ -712,7 +735,7 @@ class QueueRunner:
                     due.append(held)
             if not due:
                 continue
-            call = w.protocol.refresh(
+            call = self.protocol.refresh(
                 self.name, w.worker_id, self._lease_ms, [(h.job.id, h.job.epoch) for h in due]
             )
             try:
@@ -776,7 +799,7 @@ class QueueRunner:
         """Bring back jobs whose lease expired, at most once per interval across all workers."""
         interval = reap_interval(self.cfg)
         w = self.worker
-        call = w.protocol.reap(
+        call = self.protocol.reap(
             self.name,
             guard_ms=ms(interval),
             max_stalls=self.cfg.max_stalls,

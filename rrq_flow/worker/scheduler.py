@@ -65,8 +65,13 @@ async def _pass(worker: Worker, key: str, payloads: dict[str, tuple[str, str]]) 
         if todo.ticks:
             jobs = [NewJob(job_id(name, t), args_json, kwargs_json) for t in todo.ticks]
             cfg = worker.config.queue(s.queue)
-            call = worker.protocol.enqueue(s.queue, cfg.retry.max_attempts, worker.generation, jobs)
-            verdicts = parse_enqueue(await worker.caller.once(call))
+            verdicts = []
+            for k in sorted({worker.parts.index(j.id) for j in jobs}):  # each to its partition
+                mine = [j for j in jobs if worker.parts.index(j.id) == k]
+                call = worker.parts.protocols[k].enqueue(
+                    s.queue, cfg.retry.max_attempts, worker.generations[k], mine
+                )
+                verdicts += parse_enqueue(await worker.caller.once(call))
             new = sum(1 for _, verdict in verdicts if verdict == "new")
             if new:
                 log.info("schedule %s: enqueued %d job(s) into %s", name, new, s.queue)

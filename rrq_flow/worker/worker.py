@@ -32,6 +32,7 @@ import trio_util
 
 from rrq_flow._version import __version__
 from rrq_flow.acl import denial_message, missing_commands_async
+from rrq_flow.client.partition_check import check_partitions_async
 from rrq_flow.config.model import PipelineConfig
 from rrq_flow.connection import open_async_redis
 from rrq_flow.connection_errors import RedisAccessDenied, explain, user_of
@@ -46,9 +47,11 @@ from rrq_flow.failover import MasterWatch
 from rrq_flow.logs import worker_id_var
 from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import Protocol, ms
+from rrq_flow.protocol.partitions import Partitions
 from rrq_flow.protocol.scripts import preload_async, server_seconds
 from rrq_flow.worker.handoff import Handoff
 from rrq_flow.worker.observer import WorkerObserver
+from rrq_flow.worker.partition_slots import SharedSlots
 from rrq_flow.worker.queue_runner import QueueRunner
 from rrq_flow.worker.redis_calls import TRANSIENT, RedisCaller
 from rrq_flow.worker.scheduler import run_schedules
@@ -130,8 +133,12 @@ class Worker:
         else:
             self.fatal_types = {name: () for name in self.queue_names}
         self.handlers = handlers
+        # The pipeline's own keys (heartbeats, schedules, meta) and, per partition, the jobs'
+        # (one partition, the same layout, unless ``partitions`` > 1: protocol/partitions.py).
         self.layout = KeyLayout(config.pipeline)
         self.protocol = Protocol(self.layout, config.keep_args_queues)
+        self.parts = Partitions(config.pipeline, config.partitions, config.keep_args_queues)
+        self.generations: list[str] = []  # per partition: its meta's generation at start
         self.handoff = Handoff(config)
         self.stats = RunStats()
         for name in self.queue_names:
@@ -201,7 +208,12 @@ class Worker:
             code = EXIT_CONFIG
         except (RedisUnavailable, DataLossDetected, BaseExceptionGroup) as exc:
             # coredis runs its pool in a task group, so our errors may arrive wrapped.
-            found = _unwrap(exc, (RedisUnavailable, DataLossDetected))
+            found = _unwrap(exc, (RedisUnavailable, DataLossDetected, RedisSettingsError))
+            if isinstance(found, RedisSettingsError):  # e.g. partitions changed, from _start
+                log.error("%s", found)
+                self.stop_reason = "unusable redis settings"
+                self.wall_time = time.monotonic() - started
+                return EXIT_CONFIG
             if found is None:
                 code = self._internal_error(exc)
                 self.wall_time = time.monotonic() - started
@@ -248,7 +260,7 @@ class Worker:
             held = list(runner.held)
             if not held:
                 continue
-            call = self.protocol.release(runner.name, self.worker_id, runner.result_ttl_ms, held)
+            call = runner.protocol.release(runner.name, self.worker_id, runner.result_ttl_ms, held)
             try:
                 await self.caller.once(call)
             except TRANSIENT:
@@ -266,9 +278,12 @@ class Worker:
                 durability=self.config.redis.durability,
             )
             await self._start()
-            self.runners = [
-                QueueRunner(self, self.config.queue(n), self.handlers[n]) for n in self.queue_names
-            ]
+            self.runners = []
+            for n in self.queue_names:
+                cfg = self.config.queue(n)
+                slots = SharedSlots(cfg.concurrency, self.parts.count)
+                for part in range(len(self.parts.layouts)):
+                    self.runners.append(QueueRunner(self, cfg, self.handlers[n], part, slots))
             log.info(
                 "worker started: pipeline %s, queues %s%s",
                 self.config.pipeline,
@@ -311,9 +326,13 @@ class Worker:
         try:
             with trio.fail_after(self.config.redis.connect_timeout + 1):
                 await self.redis.ping()
+                await check_partitions_async(self.redis, self.config)
                 await self.redis.hsetnx(self.layout.meta, "generation", secrets.token_hex(16))
                 await self.redis.hsetnx(self.layout.meta, "created_at", str(int(time.time())))
                 self.generation = str(await self.redis.hget(self.layout.meta, "generation"))
+                self.generations = [
+                    await self._partition_generation(lay) for lay in self.parts.layouts
+                ]
                 await preload_async(self.redis)
                 server_now = await server_seconds(
                     self.redis, self.layout.meta, self.config.redis.cluster
@@ -333,6 +352,22 @@ class Worker:
         # Deadlines handed to handlers are on the server's clock, like every time in Redis.
         self._clock_offset = server_now - trio.current_time()
         self.server_offset = server_now - time.time()
+
+    async def _partition_generation(self, layout: KeyLayout) -> str:
+        """A partition's generation (set now if it has none); the home one for one partition."""
+        if layout == self.layout:
+            return self.generation
+        await self.redis.hsetnx(layout.meta, "generation", secrets.token_hex(16))
+        return str(await self.redis.hget(layout.meta, "generation"))
+
+    async def drained_counts(self) -> list[int]:
+        """``drained.lua``'s counts of the selected queues (ready, retry, active per queue),
+        added up over the partitions; each partition's counts are one atomic snapshot."""
+        total = [0] * (3 * len(self.queue_names))
+        for protocol in self.parts.protocols:
+            counts = await self.caller.once(protocol.drained(self.queue_names))
+            total = [a + int(b) for a, b in zip(total, counts, strict=True)]
+        return total
 
     async def _watch_master(self) -> None:
         """Under Sentinel: move this worker's connections when the sentinels name another
@@ -385,7 +420,7 @@ class Worker:
         )
         for runner, rj in stuck:
             rj.settled = True
-            call = self.protocol.release(
+            call = runner.protocol.release(
                 runner.name, self.worker_id, runner.result_ttl_ms, [(rj.job.id, rj.job.epoch)]
             )
             # If Redis does not answer, the lease runs out and the reaper brings the job back.
@@ -427,10 +462,13 @@ class Worker:
                 delay = 0.01
                 continue
             try:
-                counts = await self.caller.once(self.protocol.drained(self.queue_names))
+                # Partition by partition: a job's children stay in its partition, so a
+                # partition once drained stays drained (producers aside), and each snapshot
+                # sees every hand-off inside its partition.
+                counts = await self.drained_counts()
             except TRANSIENT:
                 continue
-            if not any(int(c) for c in counts):
+            if not any(counts):
                 self.request_stop("drained")
                 return
             delay = min(delay * 2, 0.25)
