@@ -255,3 +255,19 @@ def test_cli_commands_see_every_partition(
     assert len(err.strip().splitlines()) == 1
     code, _, err = cli(capsys, "enqueue", pipeline, "ok")
     assert code == 2 and "partitions: 3" in err and len(err.strip().splitlines()) == 1
+
+
+def test_validate_refuses_flow_limits_with_partitions(tmp_path: Path) -> None:
+    from rrq_flow.config.validate import check_file
+
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "version: 1\npipeline: t\npartitions: 3\nqueues:\n"
+        "  q: {handler: 'tests.handlers:echo', max_running: 2}\n"
+    )
+    (problem,) = check_file(path).problems
+    assert (problem.line, problem.path) == (5, "queues.q.max_running")
+    assert "per partition" in problem.message
+    path.write_text("version: 1\npipeline: t\npartitions: 0\nqueues:\n  q: {handler: x:y}\n")
+    (problem,) = check_file(path).problems
+    assert (problem.line, problem.col, problem.path) == (3, 13, "partitions")

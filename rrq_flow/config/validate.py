@@ -136,6 +136,23 @@ def _topology_problems(doc: Document) -> Iterator[Problem]:
         )
 
 
+def _partition_problems(doc: Document) -> Iterator[Problem]:
+    """Flow limits are counted per hash tag, so with ``partitions`` > 1 they would apply per
+    partition (N times the limit): refused rather than silently multiplied."""
+    parts = _mapping(doc.data).get("partitions")
+    if not isinstance(parts, int) or isinstance(parts, bool) or parts <= 1:
+        return
+    for path, spec in _settings_sections(doc.data):
+        for key in ("rate_limit", "max_running"):
+            if spec.get(key) is not None:
+                yield doc.problem(
+                    (*path, key),
+                    f"{key} is counted per partition and cannot be used with partitions: "
+                    f"{parts} (it would allow {parts} times the limit); leave partitions at 1 "
+                    "for this pipeline, or put the limited stage in a pipeline of its own",
+                )
+
+
 def _next_problems(doc: Document) -> Iterator[Problem]:
     """Every ``next`` names a queue, and following ``next`` never comes back (no cycles)."""
     queues = _queues(doc.data)
@@ -426,6 +443,7 @@ def check(
     problems += _tls_problems(doc, source.parent if source is not None else None)
     problems += _join_problems(doc)
     problems += _topology_problems(doc)
+    problems += _partition_problems(doc)
     if check_imports:
         problems += _import_problems(doc, search_paths)
     problems.sort(key=lambda p: (p.line, p.col))
