@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 import redis
+import trio
 
+from rrq_flow import current_job
 from rrq_flow.client.sync_client import SyncClient
 from rrq_flow.config.model import PipelineConfig
 from rrq_flow.protocol.keys import KeyLayout
@@ -271,3 +273,39 @@ def test_validate_refuses_flow_limits_with_partitions(tmp_path: Path) -> None:
     path.write_text("version: 1\npipeline: t\npartitions: 0\nqueues:\n  q: {handler: x:y}\n")
     (problem,) = check_file(path).problems
     assert (problem.line, problem.col, problem.path) == (3, 13, "partitions")
+
+
+STARTS: list[str] = []
+RUNNING = [0, 0]  # now, peak
+
+
+async def tracked(x: int) -> int:
+    """Records the order jobs start in and the most running at once (in this process)."""
+    STARTS.append(current_job().id)
+    RUNNING[0] += 1
+    RUNNING[1] = max(RUNNING)
+    await trio.sleep(0.01)
+    RUNNING[0] -= 1
+    return x
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+async def test_concurrency_is_shared_and_partitions_take_turns(
+    redis_url: str, concurrency: int
+) -> None:
+    STARTS.clear()
+    RUNNING[:] = [0, 0]
+    cfg = partitioned(
+        make_pipeline(
+            redis_url, make_queue("q", "tests.test_partitions:tracked", concurrency=concurrency)
+        )
+    )
+    with SyncClient(cfg) as client:
+        ids = client.enqueue_many("q", [[i] for i in range(90)])
+    assert len({partition_index(i, N) for i in ids}) == N
+    _, code = await run_burst(cfg)
+    assert code == EXIT_OK and len(STARTS) == 90
+    assert RUNNING[1] == concurrency  # a per-process total, not N times it
+    # Every partition gets its turns from the start: none waits for another to drain.
+    first = Counter(partition_index(i, N) for i in STARTS[:30])
+    assert min(first.get(k, 0) for k in range(N)) >= 5, first

@@ -230,7 +230,8 @@ class QueueRunner:
                     w.request_stop("max jobs reached")
                     return
             if free <= 0:
-                await trio_util.wait_any(self.slots.freed.wait, w.stopping.wait)
+                turn = self.slots.line_up()  # before any checkpoint: no wake-up is missed
+                await trio_util.wait_any(turn.wait, w.stopping.wait)
                 continue
             if self._claim_unknown:
                 await self._give_back_orphans()
@@ -268,6 +269,8 @@ class QueueRunner:
                 self.buffered[job.id, job.epoch] = BufferedJob(job, now, now, not_before)
                 self._send.send_nowait(job)
             wait = None
+            if len(reply.jobs) < free:
+                self.slots.pass_on()  # slots left over: the next waiting partition's turn
             if len(reply.jobs) < free and reply.held == "rate" and reply.next_due is not None:
                 # Ready jobs wait for the rate limit, whose next start is known exactly: sleep
                 # until then and claim (no wake-up token; the other workers sleep the same).
