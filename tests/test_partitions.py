@@ -16,7 +16,7 @@ import trio
 
 from rrq_flow import current_job
 from rrq_flow.client.sync_client import SyncClient
-from rrq_flow.config.model import PipelineConfig
+from rrq_flow.config.model import PipelineConfig, ScheduleConfig
 from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.partitions import (
     PartitionsChanged,
@@ -24,7 +24,7 @@ from rrq_flow.protocol.partitions import (
     layouts_for,
     partition_index,
 )
-from rrq_flow.worker.worker import EXIT_CONFIG, EXIT_OK
+from rrq_flow.worker.worker import EXIT_CONFIG, EXIT_OK, Worker
 from tests.conftest import make_pipeline, make_queue, run_burst
 from tests.test_cli_ops import cli, cli_json
 
@@ -116,18 +116,18 @@ async def test_fan_out_and_join_stay_in_one_partition(
         )
     )
     with SyncClient(cfg) as client:
-        parents = [client.enqueue("split", 150, job_id=f"fan{i}") for i in range(4)]
+        parents = [client.enqueue("split", 120, job_id=f"fan{i}") for i in range(4)]
         _, code = await run_burst(cfg)
         assert code == EXIT_OK
         for p in parents:
-            assert client.wait(p, timeout=5, descendants=True) == {"done": 152}
+            assert client.wait(p, timeout=5, descendants=True) == {"done": 122}
             join = client.job(f"{p}:gather:join")
             assert join.status == "done"
     found = jobs_by_partition(sync_redis)
     for p in parents:
         k = partition_index(p, N)
         assert f"{p}:gather:join" in found[k]
-        assert sum(1 for i in found[k] if i.startswith(p + ":")) == 151
+        assert sum(1 for i in found[k] if i.startswith(p + ":")) == 121
 
 
 async def test_unique_key_routes_by_key_so_it_stays_unique(redis_url: str) -> None:
@@ -301,11 +301,30 @@ async def test_concurrency_is_shared_and_partitions_take_turns(
         )
     )
     with SyncClient(cfg) as client:
-        ids = client.enqueue_many("q", [[i] for i in range(90)])
+        ids = client.enqueue_many("q", [[i] for i in range(60)])
     assert len({partition_index(i, N) for i in ids}) == N
     _, code = await run_burst(cfg)
-    assert code == EXIT_OK and len(STARTS) == 90
+    assert code == EXIT_OK and len(STARTS) == 60
     assert RUNNING[1] == concurrency  # a per-process total, not N times it
     # Every partition gets its turns from the start: none waits for another to drain.
     first = Counter(partition_index(i, N) for i in STARTS[:30])
     assert min(first.get(k, 0) for k in range(N)) >= 5, first
+
+
+async def test_cron_ticks_go_to_the_partition_of_their_id(
+    redis_url: str, sync_redis: redis.Redis
+) -> None:
+    base = make_pipeline(redis_url, make_queue("q"), make_queue("other"))
+    tick = ScheduleConfig(name="tick", queue="q", cron="* * * * * *", catch_up="all")
+    cfg = dataclasses.replace(partitioned(base), schedules={"tick": tick})
+    worker = Worker(cfg, url=redis_url, queues=["other"], max_duration=2.5, handle_signals=False)
+    with trio.fail_after(60):
+        assert await worker.run() == EXIT_OK
+    found = {
+        k: set(sync_redis.zrange(lay.queue("q").ready, 0, -1))
+        for k, lay in enumerate(layouts_for("t", N))
+    }
+    ids = set().union(*found.values())
+    assert ids and all(i.startswith("schedule:tick:") for i in ids)
+    assert all(partition_index(i, N) == k for k, part in found.items() for i in part)
+    assert not sync_redis.zcard(KeyLayout("t").queue("q").ready)  # none in the home layout
