@@ -92,6 +92,10 @@ def test_enqueue_checks_arguments(p: Proto) -> None:
     refused(p, lambda: p.enqueue(NewJob("a", when="+soon")))
     call = p.p.enqueue("q", 3, GEN, [NewJob("a")])
     refused(p, lambda: p.r.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args[:-1]))
+    # Each job is (id, stored arguments "<n>:<args><kwargs>", options "" or a JSON array of 5).
+    for blob, opts in (("[]{}", ""), ("9:[]{}", ""), ("2:[]{}", "[1]"), ("2:[]{}", "{")):
+        bad = [*call.args[:-2], blob, opts]
+        refused(p, lambda bad=bad: p.r.evalsha(call.script.sha, len(call.keys), *call.keys, *bad))
 
 
 def test_claim_checks_the_records_it_would_take(p: Proto) -> None:

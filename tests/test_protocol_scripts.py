@@ -60,7 +60,8 @@ class Proto:
         self, *jobs: NewJob | str, queue: str = "q", max_attempts: int = 3, gen: str = GEN
     ) -> list[tuple[str, str]]:
         js = [NewJob(j) if isinstance(j, str) else j for j in jobs]
-        return parse_enqueue(self.run(self.p.enqueue(queue, max_attempts, gen, js)))
+        call = self.p.enqueue(queue, max_attempts, gen, js)
+        return parse_enqueue(self.run(call), call)
 
     def claim(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ DEFAULT_BATCH = 1000
 
 
 def new_job_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits (128 bits, like a uuid4's hex, at a third of its cost)."""
+    return os.urandom(16).hex()
 
 
 def new_generation() -> str:
@@ -81,17 +83,18 @@ def encode_payload(
     Besides values JSON cannot hold, arguments nested deeper than MAX_JSON_DEPTH and text that
     is not valid UTF-8 (lone surrogates) are refused: nothing invalid is ever sent to Redis.
     """
-    args_list, kwargs_dict = list(args), dict(kwargs or {})
+    args_list = list(args)
+    kwargs_dict = dict(kwargs) if kwargs else None
     try:
         args_json = encode_json(args_list)
-        kwargs_json = encode_json(kwargs_dict)
+        kwargs_json = encode_json(kwargs_dict) if kwargs_dict else "{}"
     except RecursionError:
         raise PayloadError(f"job for queue {queue!r}: arguments: {too_deep_message()}") from None
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"job for queue {queue!r}: arguments are not JSON: {exc}") from None
     try:
         size = len(check_encoded(args_json, args_list))
-        size += len(check_encoded(kwargs_json, kwargs_dict))
+        size += len(check_encoded(kwargs_json, kwargs_dict)) if kwargs_dict else 2
     except JsonLimitError as exc:
         raise PayloadError(f"job for queue {queue!r}: arguments: {exc}") from None
     if size > max_bytes:
@@ -116,7 +119,7 @@ def in_order(routed: Sequence[RoutedCall], replies: Sequence[Sequence[str]]) -> 
 
     ids: dict[int, str] = {}
     for r, reply in zip(routed, replies, strict=True):
-        for pos, (job_id, _) in zip(r.positions, parse_enqueue(reply), strict=True):
+        for pos, (job_id, _) in zip(r.positions, parse_enqueue(reply, r.call), strict=True):
             ids[pos] = job_id
     return [ids[i] for i in range(len(ids))]
 
@@ -183,8 +186,14 @@ class ClientCore:
         run: str | None = None,
     ) -> list[list[NewJob]]:
         """Validate and encode every job first, so a bad one means nothing is written."""
-        jobs = [
-            self.build_job(queue, s if isinstance(s, JobSpec) else JobSpec(args=tuple(s)), run)
-            for s in specs
-        ]
+        max_bytes = self.config.queue(queue).max_payload_bytes
+        default_run = check_run_id(run)
+        jobs: list[NewJob] = []
+        add = jobs.append
+        for s in specs:
+            if isinstance(s, JobSpec):
+                add(self.build_job(queue, s, run))
+            else:  # positional arguments only: the common bulk case, without a JobSpec
+                args_json, _ = encode_payload(queue, s, None, max_bytes)
+                add(NewJob(new_job_id(), args_json, "{}", "", "", "", 0, default_run))
         return [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]

@@ -97,8 +97,8 @@ class Client:
         call = routed.call
         await self._check_partitions()
         if self.config.redis.durability is not None:
-            return parse_enqueue((await self._durable([call]))[0])[0][0]
-        return parse_enqueue(await self._run(call))[0][0]
+            return parse_enqueue((await self._durable([call]))[0], call)[0][0]
+        return parse_enqueue(await self._run(call), call)[0][0]
 
     async def enqueue_many(
         self,
@@ -151,7 +151,11 @@ class Client:
             pending = [pipe.evalsha(c.script.sha, keys=c.keys, args=c.args) for c in calls]
             waited = pipe.wait(*wait_args(durability))
         replies: list[Any] = [await p for p in pending]
-        ids = [job_id for reply in replies for job_id, _ in parse_enqueue(reply)]
+        ids = [
+            job_id
+            for call, reply in zip(calls, replies, strict=True)
+            for job_id, _ in parse_enqueue(reply, call)
+        ]
         check_enqueue(await waited, durability, ids)
         return replies
 

@@ -105,8 +105,8 @@ class SyncClient:
         call = routed.call
         self._check_partitions()
         if self.config.redis.durability is not None:
-            return parse_enqueue(self._send_enqueues([call])[0])[0][0]
-        return parse_enqueue(self._run(call))[0][0]
+            return parse_enqueue(self._send_enqueues([call])[0], call)[0][0]
+        return parse_enqueue(self._run(call), call)[0][0]
 
     def enqueue_many(
         self,
@@ -166,7 +166,11 @@ class SyncClient:
         replies = list(pipe.execute())
         if durability is not None:
             acked = replies.pop()
-            ids = [job_id for reply in replies for job_id, _ in parse_enqueue(reply)]
+            ids = [
+                job_id
+                for call, reply in zip(calls, replies, strict=True)
+                for job_id, _ in parse_enqueue(reply, call)
+            ]
             check_enqueue(acked, durability, ids)
         return replies
 

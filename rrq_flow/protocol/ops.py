@@ -173,17 +173,13 @@ class Protocol:
     ) -> Call:
         q = self.layout.queue(queue)
         args: list[ScriptArg] = [self.prefix, queue, max_attempts, generation, len(jobs)]
+        add = args.extend
         for j in jobs:
-            args += [
-                j.id,
-                j.args_json,
-                j.kwargs_json,
-                j.when,
-                j.unique_key,
-                j.parent,
-                j.priority,
-                j.run,
-            ]
+            if j.when or j.unique_key or j.parent or j.priority or j.run:
+                opts = encode_json([j.when, j.unique_key, j.parent, str(j.priority), j.run])
+            else:
+                opts = ""
+            add((j.id, pack_args(j.args_json, j.kwargs_json), opts))
         return Call(script("enqueue"), [self.layout.meta, q.ready, q.wake, q.stats], args)
 
     def claim(
@@ -402,9 +398,21 @@ class Protocol:
 # --- replies --------------------------------------------------------------------------------
 
 
-def parse_enqueue(reply: Sequence[Any]) -> list[tuple[str, str]]:
-    """[(job id, verdict)] with verdict 'new' | 'exists' | 'unique'."""
-    return [(str(reply[i]), str(reply[i + 1])) for i in range(0, len(reply), 2)]
+def parse_enqueue(reply: Sequence[Any], call: Call) -> list[tuple[str, str]]:
+    """[(job id, verdict)] for the jobs of an enqueue ``call``, verdict 'new' | 'exists' |
+    'unique' (the id is then the unfinished job holding the unique key). The script answers
+    only the jobs that were not new, as (position, id, verdict) triples."""
+    out = [(str(job_id), "new") for job_id in call.args[5::3]]
+    for i in range(0, len(reply), 3):
+        out[int(reply[i]) - 1] = (str(reply[i + 1]), str(reply[i + 2]))
+    return out
+
+
+def pack_args(args_json: str, kwargs_json: str) -> str:
+    """A job's arguments as ``args:<id>`` stores them: ``<n>:<args JSON><kwargs JSON>``, n the
+    UTF-8 length of the args JSON (the inverse of :func:`split_args`)."""
+    n = len(args_json) if args_json.isascii() else len(args_json.encode())
+    return f"{n}:{args_json}{kwargs_json}"
 
 
 def parse_claim(reply: Sequence[Any]) -> ClaimReply:
@@ -477,6 +485,10 @@ def ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
 
 
+# One encoder for every call: json.dumps with these options builds a new JSONEncoder each time.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode_json(value: Any) -> str:
     """Compact JSON; raises TypeError / ValueError for values JSON cannot represent."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(value)

@@ -71,7 +71,7 @@ async def _pass(worker: Worker, key: str, payloads: dict[str, tuple[str, str]]) 
                 call = worker.parts.protocols[k].enqueue(
                     s.queue, cfg.retry.max_attempts, worker.generations[k], mine
                 )
-                verdicts += parse_enqueue(await worker.caller.once(call))
+                verdicts += parse_enqueue(await worker.caller.once(call), call)
             new = sum(1 for _, verdict in verdicts if verdict == "new")
             if new:
                 log.info("schedule %s: enqueued %d job(s) into %s", name, new, s.queue)

@@ -17,9 +17,11 @@
    then held: '' | 'paused' | 'rate' | 'cap'} -- why ready jobs were left (next_due is then
   when the pause ends, -1 if it has no end; when to claim again for the rate's next start; -1 for cap:
   the slot-freeing script wakes a waiter).
-  Checks before the first write: the numbers in ARGV, the type of every declared key, of every
-  priority level, and of every job record it may touch (the due retries, and each level's due
-  entries up to the N-th claimable one); an error reply means nothing was written.
+  Checks before the first write: the numbers in ARGV, the type of every declared key and of every
+  priority level (by TYPE, or by a read through pcall that refuses a wrong type), and of every
+  job record it may touch with its arguments (the due retries, and each level's due entries up
+  to the N-th claimable one, read once: the claim takes a prefix of what the checks read); an
+  error reply means nothing was written.
   Invariant: a job leaves the queue only together with entering `active`, with a new epoch and
   its owner and lease recorded. Nothing is held only by a key with a TTL: the active entry is
   what brings the job back if the worker dies or this reply is lost. Flow control: nothing
@@ -37,14 +39,11 @@ local want, lease_ms, hard_ms = check_num(4, 'max jobs'), check_num(5, 'lease ms
 local interval, burst, cap = check_num(7, 'rate interval ms'), check_num(8, 'rate burst'),
   check_num(9, 'max running')
 local lookahead = check_num(10, 'rate lookahead ms')
-check_type(KEYS[1], 'hash')
-check_type(KEYS[2], 'zset')
-check_type(KEYS[3], 'zset')
+-- Keys written before they are read are checked by type; the others by their first read
+-- (check_read): meta, the retry set, the level index and each level, the flow hash.
 check_type(KEYS[4], 'zset')
 check_type(KEYS[5], 'list')
-check_type(KEYS[6], 'hash')
-check_type(KEYS[2] .. ':prio', 'zset')
-local gen = rcall('HGET', KEYS[1], 'generation')
+local gen = check_read('HGET', KEYS[1], 'generation')
 if gen ~= ARGV[2] then return { 'LOST', gen or '' } end
 local now = now_ms()
 local WAITING = { queued = true, scheduled = true, retrying = true }
@@ -76,26 +75,31 @@ local function check_candidate(id)
   end
   return f
 end
-local due = rcall('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
+local due = check_read('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
 for i = 1, #due, 2 do
   check_ready(KEYS[2], check_candidate(due[i])[8])
 end
-for _, level in ipairs(ready_levels(KEYS[2])) do
-  check_type(level, 'zset')
-  local offset, claimable = 0, 0
+-- The ids read here, per level in order: the claim below takes a prefix of them (unless due
+-- retries join the levels first: then it reads the levels again).
+local levels, seen = ready_levels(KEYS[2]), {}
+for _, level in ipairs(levels) do
+  local offset, claimable, list = 0, 0, {}
+  seen[level] = list
+  if want <= 0 then check_type(level, 'zset') end
   for _ = 1, 10 do
     if claimable >= want then break end
-    local ids = rcall('ZRANGEBYSCORE', level, '-inf', now, 'LIMIT', offset, want - claimable)
+    local ids = check_read('ZRANGEBYSCORE', level, '-inf', now, 'LIMIT', offset, want - claimable)
     if #ids == 0 then break end
     offset = offset + #ids
     for _, id in ipairs(ids) do
+      list[#list + 1] = id
       if WAITING[check_candidate(id)[1]] then claimable = claimable + 1 end
     end
   end
 end
 
 -- Paused: nothing moves (a pause with no end has paused_until -1).
-local paused_until = tonumber(rcall('HGET', KEYS[6], 'paused_until') or '0')
+local paused_until = tonumber(check_read('HGET', KEYS[6], 'paused_until') or '0')
 if paused_until < 0 or paused_until > now then
   return { 'OK', now, paused_until, 0, 'paused' }
 end
@@ -123,6 +127,7 @@ end
 want = allowed
 
 -- Retries whose backoff is over become ready again (bounded work per call).
+local promoted = false
 for i = 1, #due, 2 do
   -- Only a job still waiting for its retry moves; a stray entry (record gone or the job already
   -- settled elsewhere) is just dropped: an HSET here would create a phantom job record.
@@ -131,6 +136,7 @@ for i = 1, #due, 2 do
     add_ready(KEYS[2], f[8], due[i + 1], due[i])
     rcall('HSET', job_key(due[i]), 'status', 'queued')
     f[1] = 'queued'
+    promoted = true
   end
 end
 if #due > 0 then
@@ -141,44 +147,57 @@ end
 
 local out = { 'OK', now, -1, 0 }
 local count = 0
-local rounds = 0
 local leases = {} -- the active entries, added at once
+-- Claim job `id` (its record read by check_candidate above: no read here) if it is waiting; a
+-- missing record (expired, purged) or a finished job is dropped, never blocks the rest.
+local function claim_one(id)
+  local f = check_candidate(id)
+  if not WAITING[f[1]] then return end
+  local epoch = tonumber(f[2] or '0') + 1
+  local attempt = tonumber(f[3] or '0') + 1
+  local start_at = now
+  if interval > 0 then start_at = math.max(now, math.ceil(tat + count * interval - tau)) end
+  local lease = start_at + lease_ms
+  rcall('HSET', job_key(id), 'status', 'active', 'epoch', epoch, 'attempts', attempt,
+    'claims', tonumber(f[4] or '0') + 1, 'owner', worker, 'started_at', start_at,
+    'lease', lease, 'hard_deadline', start_at + hard_ms, 'settled', '')
+  f[1] = 'active'
+  leases[#leases + 1] = lease
+  leases[#leases + 1] = id
+  local args, kwargs = unpack_args(blobs[id])
+  out[#out + 1] = id
+  out[#out + 1] = epoch
+  out[#out + 1] = attempt
+  out[#out + 1] = f[5]
+  out[#out + 1] = args
+  out[#out + 1] = kwargs
+  out[#out + 1] = f[6]
+  out[#out + 1] = f[7] or ''
+  out[#out + 1] = start_at
+  count = count + 1
+end
 -- Highest priority first; within a level, by ready time (FIFO).
-local levels = ready_levels(KEYS[2])
-for _, level in ipairs(levels) do
-  while count < want and rounds < 10 do
-    rounds = rounds + 1
-    local ids = rcall('ZRANGEBYSCORE', level, '-inf', now, 'LIMIT', 0, want - count)
-    if #ids == 0 then break end
-    rcall('ZREM', level, unpack(ids))
-    for _, id in ipairs(ids) do
-      local f = check_candidate(id) -- read above (see the checks): no call here
-      -- A missing record (expired, purged) or a finished job is dropped, never blocks the rest.
-      if WAITING[f[1]] then
-        local epoch = tonumber(f[2] or '0') + 1
-        local attempt = tonumber(f[3] or '0') + 1
-        local start_at = now
-        if interval > 0 then start_at = math.max(now, math.ceil(tat + count * interval - tau)) end
-        local lease = start_at + lease_ms
-        rcall('HSET', job_key(id), 'status', 'active', 'epoch', epoch, 'attempts', attempt,
-          'claims', tonumber(f[4] or '0') + 1, 'owner', worker, 'started_at', start_at,
-          'lease', lease, 'hard_deadline', start_at + hard_ms, 'settled', '')
-        f[1] = 'active'
-        leases[#leases + 1] = lease
-        leases[#leases + 1] = id
-        local args, kwargs = unpack_args(blobs[id])
-        out[#out + 1] = id
-        out[#out + 1] = epoch
-        out[#out + 1] = attempt
-        out[#out + 1] = f[5]
-        out[#out + 1] = args
-        out[#out + 1] = kwargs
-        out[#out + 1] = f[6]
-        out[#out + 1] = f[7] or ''
-        out[#out + 1] = start_at
-        count = count + 1
-      end
+if promoted then
+  levels = ready_levels(KEYS[2])
+  local rounds = 0
+  for _, level in ipairs(levels) do
+    while count < want and rounds < 10 do
+      rounds = rounds + 1
+      local ids = rcall('ZRANGEBYSCORE', level, '-inf', now, 'LIMIT', 0, want - count)
+      if #ids == 0 then break end
+      rcall('ZREM', level, unpack(ids))
+      for _, id in ipairs(ids) do claim_one(id) end
     end
+  end
+else
+  for _, level in ipairs(levels) do
+    local taken = {}
+    for _, id in ipairs(seen[level]) do
+      if count >= want then break end
+      taken[#taken + 1] = id
+      claim_one(id)
+    end
+    call_chunked('ZREM', level, taken)
   end
 end
 call_chunked('ZADD', KEYS[4], leases)

@@ -152,8 +152,8 @@ for j = 1, n do
         group_arrive(cstack, ARGV[b + 2], cqueue, cid, ARGV[b + 4], run, id, now, ttl_ms)
       else
         local cverdict
-        cid, cverdict = add_job(cqueue, cid, ARGV[b + 2], ARGV[b + 3], ARGV[b + 5], ARGV[b + 6],
-          id, ARGV[b + 4], now, cprio, run)
+        cid, cverdict = add_job(cqueue, cid, pack_args(ARGV[b + 2], ARGV[b + 3]), ARGV[b + 5],
+          ARGV[b + 6], id, ARGV[b + 4], now, cprio, run)
         children[#children + 1] = cid
         if kind == 'next' and cverdict == 'new' then
           if #cstack > 0 then rcall('HSET', job_key(cid), 'grp', stack_encode(cstack)) end

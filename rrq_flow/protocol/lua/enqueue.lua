@@ -5,13 +5,17 @@
   KEYS[3] wake LIST            KEYS[4] queue stats HASH
   ARGV[1] key prefix "rrq:{<pipeline>}:"     ARGV[2] queue name
   ARGV[3] max attempts                       ARGV[4] generation id to record if the pipeline is new
-  ARGV[5] number of jobs N, then N groups of 8:
-          id, args JSON, kwargs JSON, when ("" now | "+<ms>" delay | "=<ms>" absolute),
-          unique key ("" none), parent id ("" none), priority (integer; "0" default),
-          run id ("" none; the job and its descendants are counted in that run, fragments/runs.lua)
+  ARGV[5] number of jobs N, then N groups of 3:
+          id,
+          arguments as stored in args:<id>: "<bytes of args JSON>:<args JSON><kwargs JSON>",
+          options: "" (none: ready now, no unique key, parent, priority or run) or a JSON array
+            [when, unique key, parent id, priority, run id], each a string, "" for none; when:
+            "" now | "+<ms>" delay | "=<ms>" absolute; priority: an integer ("0" default); run:
+            the job and its descendants are counted in that run (fragments/runs.lua)
 
-  Returns: flat array id, verdict per job; verdict 'new' | 'exists' | 'unique' (the id is then
-  the unfinished job holding the unique key).
+  Returns: the jobs not created new, as flat triples: position (1-based), id, verdict --
+  'exists' (the id is known) | 'unique' (the id is then the unfinished job holding the unique
+  key); an empty array when every job is new.
   Checks before the first write: argument count and numbers, the type of every key it touches
   (meta, the queue's keys and priority level, each job record, unique key and its holder's
   record); an error reply means nothing was written.
@@ -25,14 +29,33 @@
 
 local queue, max_attempts = ARGV[2], ARGV[3]
 local n = check_num(5, 'number of jobs')
-if #ARGV ~= 5 + n * 8 then refuse('expected ' .. (5 + n * 8) .. ' arguments, got ' .. #ARGV) end
+if #ARGV ~= 5 + n * 3 then refuse('expected ' .. (5 + n * 3) .. ' arguments, got ' .. #ARGV) end
 check_type(KEYS[1], 'hash')
 check_type(KEYS[2], 'zset')
 check_type(KEYS[3], 'list')
 check_type(KEYS[4], 'hash')
+local EMPTY = { '', '', '', '', '' }
+local opts = {} -- by position: the decoded options
 for i = 0, n - 1 do
-  local b = 6 + i * 8
-  check_add(queue, ARGV[b], ARGV[b + 3], ARGV[b + 4], max_attempts, ARGV[b + 6])
+  local b = 6 + i * 3
+  local blob = ARGV[b + 1]
+  local len = tonumber(string.match(blob, '^(%d+):'))
+  if not len or #blob < #tostring(len) + 1 + len then
+    refuse('job ' .. ARGV[b] .. ': arguments not of the form <bytes>:<args><kwargs>')
+  end
+  local o = EMPTY
+  if ARGV[b + 2] ~= '' then
+    local ok, decoded = pcall(cjson.decode, ARGV[b + 2])
+    if not ok or type(decoded) ~= 'table' or #decoded ~= 5 then
+      refuse('job ' .. ARGV[b] .. ': options are not [when, unique, parent, priority, run]')
+    end
+    for k = 1, 5 do
+      if type(decoded[k]) ~= 'string' then refuse('job ' .. ARGV[b] .. ': option ' .. k) end
+    end
+    o = decoded
+  end
+  opts[i] = o
+  check_add(queue, ARGV[b], o[1], o[2], max_attempts, o[4])
 end
 
 rcall('HSETNX', KEYS[1], 'generation', ARGV[4])
@@ -41,12 +64,17 @@ local out = {}
 local any_ready = false
 local sink = {} -- the queue entries and count, written at once below
 for i = 0, n - 1 do
-  local b = 6 + i * 8
-  local id, verdict = add_job(queue, ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
-    ARGV[b + 4], ARGV[b + 5], max_attempts, now, ARGV[b + 6], ARGV[b + 7], sink)
-  out[#out + 1] = id
-  out[#out + 1] = verdict
-  if verdict == 'new' then any_ready = true end
+  local b = 6 + i * 3
+  local o = opts[i]
+  local id, verdict = add_job(queue, ARGV[b], ARGV[b + 1], o[1], o[2], o[3], max_attempts, now,
+    o[4], o[5], sink)
+  if verdict == 'new' then
+    any_ready = true
+  else
+    out[#out + 1] = i + 1
+    out[#out + 1] = id
+    out[#out + 1] = verdict
+  end
 end
 flush_added(queue, sink)
 -- Deferred jobs wake an idle worker too, so it can shorten its wait to their due time.

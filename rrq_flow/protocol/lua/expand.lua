@@ -87,7 +87,8 @@ for _, c in ipairs(parsed) do
   if c[7] == 'join' then
     group_arrive(cstack, c[9], c[1], c[2], c[3], run, id, now, ttl_ms)
   else
-    local cid, verdict = add_job(c[1], c[2], c[9], c[10], c[4], c[5], id, c[3], now, c[6], run)
+    local cid, verdict = add_job(c[1], c[2], pack_args(c[9], c[10]), c[4], c[5], id, c[3], now,
+      c[6], run)
     ids[#ids + 1] = cid
     if c[7] == 'next' and verdict == 'new' then
       if #cstack > 0 then rcall('HSET', job_key(cid), 'grp', stack_encode(cstack)) end

@@ -11,7 +11,8 @@
 
   Returns (id, verdict): 'new'; 'exists' when a job with this id is known (the same id twice never
   makes a second job, so a retried enqueue is harmless); 'unique' with the id of the unfinished
-  job that holds the unique key. Third return: true when the job is ready now. ``prio``: the
+  job that holds the unique key. Third return: true when the job is ready now. ``blob``: the
+  arguments as stored in args:<id> (pack_args(args JSON, kwargs JSON)). ``prio``: the
   job's priority as a string ('' or '0': the default level). ``sink`` (optional, enqueue.lua):
   a table that collects the queue entries and the count instead of writing them one by one; the
   caller writes them with flush_added(sink) before it returns.
@@ -47,8 +48,7 @@ local function job_exists(id, jk)
   return t ~= 'none'
 end
 
-local function add_job(queue, id, args, kwargs, when, ukey, parent, max_attempts, now, prio, run,
-                       sink)
+local function add_job(queue, id, blob, when, ukey, parent, max_attempts, now, prio, run, sink)
   local jk = job_key(id)
   if job_exists(id, jk) then return id, 'exists', false end
   local uk
@@ -87,7 +87,7 @@ local function add_job(queue, id, args, kwargs, when, ukey, parent, max_attempts
     rec[#rec + 1] = prio
   end
   rcall('HSET', jk, unpack(rec))
-  rcall('SET', args_key(id), pack_args(args, kwargs))
+  rcall('SET', args_key(id), blob)
   created[id] = true
   if uk then rcall('SET', uk, id) end
   if sink and level == queue_key(queue) then

@@ -48,11 +48,13 @@ local function add_ready(base, prio, score, id)
   if key ~= base then rcall('ZADD', base .. ':prio', tonumber(prio), prio) end
 end
 
--- The ready ZSETs of a queue, highest priority first (q:<queue> stands for priority 0).
+-- The ready ZSETs of a queue, highest priority first (q:<queue> stands for priority 0). Checks
+-- the type of the level index (check_read is defined below; called at run time).
+local check_read
 local function ready_levels(base)
   local keys = {}
   local placed = false
-  for _, p in ipairs(rcall('ZREVRANGE', base .. ':prio', 0, -1)) do
+  for _, p in ipairs(check_read('ZREVRANGE', base .. ':prio', 0, -1)) do
     if not placed and tonumber(p) < 0 then
       keys[#keys + 1] = base
       placed = true
@@ -86,12 +88,18 @@ local function check_type(key, want)
   return t
 end
 
--- HMGET as a check: a record of the wrong type is refused (one call instead of TYPE + HMGET).
-local function check_hmget(key, ...)
-  local f = redis.pcall('HMGET', key, ...)
-  if f['err'] then refuse('key ' .. key .. ' is not a hash (written by something other than rrq-flow?)') end
-  return f
+-- A read as a check: `cmd key ...` through redis.pcall; a key of the wrong type is refused.
+-- One call instead of TYPE then the read (the write phase may then use the key freely).
+check_read = function(cmd, key, ...)
+  local r = redis.pcall(cmd, key, ...)
+  if type(r) == 'table' and r['err'] then
+    refuse('key ' .. key .. ' is of another type than rrq-flow writes there (' .. r['err'] ..
+      '; written by something other than rrq-flow?)')
+  end
+  return r
 end
+
+local function check_hmget(key, ...) return check_read('HMGET', key, ...) end
 
 -- ARGV[i] as a number, or refuse.
 local function check_num(i, what)
@@ -111,10 +119,11 @@ end
 
 -- The ready ZSET a job of priority `prio` goes into, and the level index.
 local function check_ready(base, prio)
-  check_type(ready_key_for(base, prio), 'zset')
-  check_type(base .. ':prio', 'zset')
-  if prio ~= nil and prio ~= false and prio ~= '' and not tonumber(prio) then
-    refuse('priority is not a number: ' .. prio)
+  local key = ready_key_for(base, prio)
+  check_type(key, 'zset')
+  if key ~= base then
+    check_type(base .. ':prio', 'zset') -- add_ready lists a level other than 0 there
+    if not tonumber(prio) then refuse('priority is not a number: ' .. prio) end
   end
 end
 

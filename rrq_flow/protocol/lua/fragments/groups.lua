@@ -84,8 +84,8 @@ local function create_join(g, info, values, failed_count, failed, now, ttl_ms)
     message = failed_count .. ' branch(es) of group ' .. g .. ' failed (join_on_failure: ' ..
       'dead_letter): ' .. table.concat(ids, ', ') .. (failed_count > #ids and ', ...' or '')
   end
-  local _, verdict, ready = add_job(queue, jid, args, '{}', '', '', g, info.max_attempts, now, '',
-    info.run)
+  local _, verdict, ready = add_job(queue, jid, pack_args(args, '{}'), '', '', g,
+    info.max_attempts, now, '', info.run)
   if verdict ~= 'new' then return end
   local jk = job_key(jid)
   rcall('HSET', jk, 'group', gfield)
