@@ -15,8 +15,9 @@ import redis
 import trio
 
 from rrq_flow import current_job
+from rrq_flow.client._core import JobSpec
 from rrq_flow.client.sync_client import SyncClient
-from rrq_flow.config.model import PipelineConfig, ScheduleConfig
+from rrq_flow.config.model import PipelineConfig, RetryPolicy, ScheduleConfig
 from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.partitions import (
     PartitionsChanged,
@@ -328,3 +329,32 @@ async def test_cron_ticks_go_to_the_partition_of_their_id(
     assert ids and all(i.startswith("schedule:tick:") for i in ids)
     assert all(partition_index(i, N) == k for k, part in found.items() for i in part)
     assert not sync_redis.zcard(KeyLayout("t").queue("q").ready)  # none in the home layout
+
+
+async def test_dashboard_pages_read_every_partition(redis_url: str) -> None:
+    from rrq_flow.client.admin import Admin
+    from rrq_flow.client.browse import dead_counts, purge_dead, queue_jobs, throughput
+
+    cfg = partitioned(
+        make_pipeline(
+            redis_url,
+            make_queue("q", retry=RetryPolicy(max_attempts=1)),
+            make_queue("bad", "tests.handlers:always_fail", retry=RetryPolicy(max_attempts=1)),
+        )
+    )
+    with SyncClient(cfg) as client:
+        ids = client.enqueue_many("q", [[i] for i in range(12)])
+        bad = client.enqueue_many("bad", [JobSpec(job_id=f"bad{i}") for i in range(6)])
+        admin = Admin(client)
+        page = queue_jobs(admin, "q", "ready", limit=5)
+        assert page.total == 12 and len(page.jobs) == 5
+        assert all(row.status == "queued" for row in page.jobs)
+        _, code = await run_burst(cfg)
+        assert code == 1  # the dead ones
+        dead = queue_jobs(admin, "bad", "dead", limit=50)
+        assert sorted(r.id for r in dead.jobs) == sorted(bad)
+        assert all(r.status == "dead" and r.error_type == "ValueError" for r in dead.jobs)
+        assert sum(throughput(admin)[1]["q"].values()) == 12
+        assert dead_counts(admin, [*bad, ids[0]]) == {"bad": 6}
+        assert purge_dead(admin, bad[:4]) == {"bad": 4}
+        assert admin.dlq_counts() == {"q": 0, "bad": 2}

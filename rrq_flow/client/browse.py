@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from rrq_flow.client.admin import Admin, _error_dict, _int, _server_ms, ring_buckets
+from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.scripts import pipe_time
 
 # The states a queue page lists, each with the index that holds it. ``done``, ``failed`` and
@@ -64,26 +65,35 @@ def queue_jobs(admin: Admin, queue: str, state: str, offset: int = 0, limit: int
         raise ValueError(f"state must be one of {', '.join(STATES)}")
     admin._queues([queue])  # UnknownQueueError for a bad name
     offset, limit = max(offset, 0), max(min(limit, 500), 1)
-    keys = admin.layout.queue(queue)
     now = _server_ms(admin.redis.time())
-    # ready and scheduled share one ZSET scored by the time a job may run.
-    index, low, high = {
-        "ready": (keys.ready, "-inf", str(now)),
-        "scheduled": (keys.ready, f"({now}", "+inf"),
-        "retrying": (keys.retry, "-inf", "+inf"),
-        "active": (keys.active, "-inf", "+inf"),
-        "dead": (keys.dead, "-inf", "+inf"),
-    }[state]
-    levels = [index]
-    if state in ("ready", "scheduled"):
-        # Jobs with a priority other than 0 wait in one ZSET per level (rrq_flow.flow).
-        priorities = admin.redis.zrange(keys.ready + ":prio", 0, -1)
-        levels += [keys.ready + ":p:" + str(p) for p in priorities]
-    total, found = _page(admin, levels, low, high, offset, limit)
+    levels: list[str] = []
+    layout_of: dict[str, KeyLayout] = {}  # each ZSET's partition (docs/scaling.md §5a)
+    for view in admin._views():
+        keys = view.layout.queue(queue)
+        # ready and scheduled share one ZSET scored by the time a job may run.
+        index = {
+            "ready": keys.ready,
+            "scheduled": keys.ready,
+            "retrying": keys.retry,
+            "active": keys.active,
+            "dead": keys.dead,
+        }[state]
+        mine = [index]
+        if state in ("ready", "scheduled"):
+            # Jobs with a priority other than 0 wait in one ZSET per level (rrq_flow.flow).
+            priorities = admin.redis.zrange(keys.ready + ":prio", 0, -1)
+            mine += [keys.ready + ":p:" + str(p) for p in priorities]
+        levels += mine
+        layout_of.update(dict.fromkeys(mine, view.layout))
+    low, high = {"ready": ("-inf", str(now)), "scheduled": (f"({now}", "+inf")}.get(
+        state, ("-inf", "+inf")
+    )
+    total, found, where = _page(admin, levels, low, high, offset, limit)
     pipe = admin.redis.pipeline(transaction=False)
-    for job_id, _ in found:
-        pipe.hmget(admin.layout.job(job_id), ["status", "attempts", "max_attempts", "enqueued_at"])
-        pipe.hget(admin.layout.job(job_id), "error")
+    for (job_id, _), level in zip(found, where, strict=True):
+        layout = layout_of[level]
+        pipe.hmget(layout.job(job_id), ["status", "attempts", "max_attempts", "enqueued_at"])
+        pipe.hget(layout.job(job_id), "error")
     replies = pipe.execute() if found else []
     rows = []
     for i, (job_id, score) in enumerate(found):
@@ -105,10 +115,10 @@ def queue_jobs(admin: Admin, queue: str, state: str, offset: int = 0, limit: int
 
 def _page(
     admin: Admin, levels: list[str], low: str, high: str, offset: int, limit: int
-) -> tuple[int, list[tuple[str, float]]]:
-    """How many entries the ZSETs ``levels`` hold between ``low`` and ``high``, and the page
-    ``offset``..``offset + limit`` of them, highest score first. One ZSET is paged in Redis;
-    several are merged from the first ``offset + limit`` of each."""
+) -> tuple[int, list[tuple[str, float]], list[str]]:
+    """How many entries the ZSETs ``levels`` hold between ``low`` and ``high``, the page
+    ``offset``..``offset + limit`` of them, highest score first, and the ZSET each came from.
+    One ZSET is paged in Redis; several are merged from the first ``offset + limit`` of each."""
     pipe = admin.redis.pipeline(transaction=False)
     for key in levels:
         pipe.zcount(key, low, high)
@@ -118,11 +128,15 @@ def _page(
             pipe.zrevrangebyscore(key, high, low, start=0, num=offset + limit, withscores=True)
     replies = pipe.execute()
     total = sum(int(n) for n in replies[0::2])
-    found = [(str(i), float(score)) for got in replies[1::2] for i, score in got]
+    found = [
+        (str(i), float(score), key)
+        for key, got in zip(levels, replies[1::2], strict=True)
+        for i, score in got
+    ]
     if len(levels) > 1:
         found.sort(key=lambda entry: (-entry[1], entry[0]))
         found = found[offset : offset + limit]
-    return total, found
+    return total, [(i, score) for i, score, _ in found], [key for _, _, key in found]
 
 
 def throughput(admin: Admin) -> tuple[float, dict[str, dict[int, int]]]:
@@ -130,20 +144,25 @@ def throughput(admin: Admin) -> tuple[float, dict[str, dict[int, int]]]:
     covers the last 80 s; the dashboard keeps what it has seen for an hour)."""
     names = list(admin.config.queues)
     pipe = admin.redis.pipeline(transaction=False)
-    pipe_time(pipe, admin.layout.meta)
-    for name in names:
-        pipe.hgetall(admin.layout.queue(name).tput)
+    pipe_time(pipe, admin.home.meta)
+    for view in admin._views():  # partitions add up, bucket by bucket
+        for name in names:
+            pipe.hgetall(view.layout.queue(name).tput)
     now, *rings = pipe.execute()
-    return _server_ms(now) / 1000, {
-        name: ring_buckets(ring) for name, ring in zip(names, rings, strict=True)
-    }
+    out: dict[str, dict[int, int]] = {name: {} for name in names}
+    for i, ring in enumerate(rings):
+        per = out[names[i % len(names)]]
+        for bucket, count in ring_buckets(ring).items():
+            per[bucket] = per.get(bucket, 0) + count
+    return _server_ms(now) / 1000, out
 
 
 def dead_counts(admin: Admin, ids: list[str]) -> dict[str, int]:
     """How many of ``ids`` are dead now, per queue (what :func:`purge_dead` would delete)."""
     pipe = admin.redis.pipeline(transaction=False)
     for job_id in ids:
-        pipe.hmget(admin.layout.job(job_id), ["queue", "status"])
+        layout = admin.client._locate(job_id) or admin.layout
+        pipe.hmget(layout.job(job_id), ["queue", "status"])
     counts: dict[str, int] = {}
     for queue, status in pipe.execute() if ids else []:
         if status == "dead" and queue:
@@ -158,7 +177,10 @@ def purge_dead(admin: Admin, ids: list[str]) -> dict[str, int]:
     WATCHed transaction, retried if its record changed."""
     purged: dict[str, int] = {}
     for job_id in dict.fromkeys(ids):
-        key = admin.layout.job(job_id)
+        layout = admin.client._locate(job_id)
+        if layout is None:
+            continue
+        key = layout.job(job_id)
         with admin.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -168,10 +190,9 @@ def purge_dead(admin: Admin, ids: list[str]) -> dict[str, int]:
                         pipe.unwatch()
                         break
                     queue = str(found)
-                    keys = admin.layout.queue(queue)
+                    keys = layout.queue(queue)
                     pipe.multi()
                     pipe.zrem(keys.dead, job_id)
-                    layout = admin.layout
                     pipe.delete(key, layout.job_errors(job_id), layout.job_children(job_id))
                     pipe.hincrby(keys.stats, "purged", 1)
                     pipe.execute()
