@@ -48,6 +48,7 @@ from rrq_flow.protocol.ops import (
 from rrq_flow.worker.context import GroupInfo, JobContext, reset_current, set_current
 from rrq_flow.worker.executor import make_runner, resolve_executor, start_process_pool
 from rrq_flow.worker.fanout import Expander, stage_and_commit, stageable
+from rrq_flow.worker.fast_calls import FastCalls
 from rrq_flow.worker.outcome import (
     UnstorableResult,
     cap_bytes,
@@ -161,8 +162,13 @@ class QueueRunner:
         self.prefetch = cfg.claim_ahead
         self._max_buffer_wait = cfg.lock_extension / 2
         self._stop_key = self.layout.worker_wake(worker.worker_id, cfg.name)
-        self._wake = wake_connection_for(
-            worker.url, worker.config.redis, self.layout.queue(cfg.name).wake
+        wake_key = self.layout.queue(cfg.name).wake
+        self._wake = wake_connection_for(worker.url, worker.config.redis, wake_key)
+        # The claim loop's direct claims share its wake connection (both are its, in turn);
+        # the acknowledgements have their own.
+        self._claims = FastCalls(worker.caller, self._wake)
+        self._acks_calls = FastCalls(
+            worker.caller, wake_connection_for(worker.url, worker.config.redis, wake_key)
         )
         self.acks = AckBuffer()
         self.idle = False  # blocked waiting for work (the last claim took all that was ready)
@@ -188,29 +194,32 @@ class QueueRunner:
     async def serve(self) -> None:
         """Run until the worker stops claiming and every claimed job is settled and sent."""
         queue_var.set(self.name)
-        async with trio.open_nursery() as support:
-            support.start_soon(self._acker)
-            support.start_soon(self._reaper)
-            support.start_soon(self.expander.run)
-            support.start_soon(self._unblock_on_stop)
-            if self.cfg.lock_refresh or self.prefetch:
-                support.start_soon(self._lease_refresher)
-            if self.channel is not None:
-                await self.channel.open()
-                support.start_soon(self.channel.serve)
-                # Before the first claim: a job's timeout never pays for the pool's start-up.
-                await start_process_pool(self.cfg.concurrency)
-            async with trio.open_nursery() as runners:
-                for _ in range(self.cfg.concurrency):
-                    runners.start_soon(self._runner)
-                try:
-                    await self._claim_loop()
-                finally:
-                    self._send.close()
-                    self._release_buffered()
-                    await self._wake.aclose()
-            await self.drain_acks()
-            support.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as support:
+                support.start_soon(self._acker)
+                support.start_soon(self._reaper)
+                support.start_soon(self.expander.run)
+                support.start_soon(self._unblock_on_stop)
+                if self.cfg.lock_refresh or self.prefetch:
+                    support.start_soon(self._lease_refresher)
+                if self.channel is not None:
+                    await self.channel.open()
+                    support.start_soon(self.channel.serve)
+                    # Before the first claim: a job's timeout never pays for the pool's start-up.
+                    await start_process_pool(self.cfg.concurrency)
+                async with trio.open_nursery() as runners:
+                    for _ in range(self.cfg.concurrency):
+                        runners.start_soon(self._runner)
+                    try:
+                        await self._claim_loop()
+                    finally:
+                        self._send.close()
+                        self._release_buffered()
+                        await self._wake.aclose()
+                await self.drain_acks()
+                support.cancel_scope.cancel()
+        finally:
+            await self._acks_calls.aclose()
 
     def locally_idle(self) -> bool:
         return self.idle and self.claimed == 0 and len(self.acks) == 0 and not self.acks.sending
@@ -349,11 +358,14 @@ class QueueRunner:
         delay = 0.05
         while True:
             try:
-                return await self.worker.caller.once(call)
+                return await self._claims.once(call, self._mark_claim_unknown)
             except TRANSIENT:
                 self._claim_unknown = True
                 await trio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    def _mark_claim_unknown(self) -> None:
+        self._claim_unknown = True
 
     async def _give_back_orphans(self) -> None:
         """Release the jobs a claim whose reply never arrived gave this worker.
@@ -639,7 +651,7 @@ class QueueRunner:
                 call = self.protocol.complete(
                     self.name, w.worker_id, self.result_ttl_ms, [c for c, _ in batch]
                 )
-                verdicts = await w.caller.until_done(call)
+                verdicts = await self._acks_calls.until_done(call)
                 for (c, duration), verdict in zip(batch, verdicts, strict=True):
                     self.held.pop((c.id, c.epoch), None)
                     self._count(verdict, duration, c.id)
@@ -660,13 +672,13 @@ class QueueRunner:
                     self.cfg.dead_letter,
                     [f for f, _ in failures],
                 )
-                verdicts = await w.caller.until_done(call)
+                verdicts = await self._acks_calls.until_done(call)
                 for (f, duration), verdict in zip(failures, verdicts, strict=True):
                     self.held.pop((f.id, f.epoch), None)
                     self._count(verdict, duration, f.id)
             if releases:
                 call = self.protocol.release(self.name, w.worker_id, self.result_ttl_ms, releases)
-                verdicts = await w.caller.until_done(call)
+                verdicts = await self._acks_calls.until_done(call)
                 for key, verdict in zip(releases, verdicts, strict=True):
                     self.held.pop(key, None)
                     if key in self._uncounted:

@@ -10,7 +10,7 @@ unknown in the middle of its reply.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import coredis
@@ -135,10 +135,15 @@ class RedisCaller:
 
         Cancellable between attempts, never during one.
         """
-        delay = 0.05
-        while True:
-            try:
-                return await self.once(call)
-            except TRANSIENT:
-                await trio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        return await retry_until_done(self.once, call)
+
+
+async def retry_until_done(once: Callable[[Call], Awaitable[Any]], call: Call) -> Any:
+    """``await once(call)`` until it does not raise a Redis failure (backoff 50 ms .. 2 s)."""
+    delay = 0.05
+    while True:
+        try:
+            return await once(call)
+        except TRANSIENT:
+            await trio.sleep(delay)
+            delay = min(delay * 2, 2.0)
