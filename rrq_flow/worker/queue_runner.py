@@ -60,6 +60,7 @@ from rrq_flow.worker.partition_slots import SharedSlots
 from rrq_flow.worker.policy import classify, error_record, timeout_verdict
 from rrq_flow.worker.process_job import ProcessChannel
 from rrq_flow.worker.redis_calls import TRANSIENT
+from rrq_flow.worker.timeouts import Deadlines
 from rrq_flow.worker.wake_connection import wake_connection_for
 
 if TYPE_CHECKING:
@@ -80,14 +81,35 @@ OUTCOME_WORDS = {
 LOG_MESSAGE_BYTES = 500  # of an error message in a log line (the record keeps max_error_bytes)
 
 
-@dataclass(eq=False)
+class Slot:
+    """One of a queue's ``concurrency`` runner tasks: the job it runs, and the cancel scope
+    that job runs in. The scope is made anew only after a job of the slot was cancelled (a
+    timeout, a lost lease, an operator's cancel, shutdown), not per job."""
+
+    __slots__ = ("job", "scope")
+
+    def __init__(self) -> None:
+        self.job: RunningJob | None = None
+        self.scope = trio.CancelScope()
+
+
+@dataclass(eq=False, slots=True)
 class RunningJob:
     job: ClaimedJob
-    scope: trio.CancelScope
+    slot: Slot
     started: float  # trio clock
     renewed: float  # trio clock when the last successful renewal was *sent*
+    deadline: float = math.inf  # trio clock: its timeout (see rrq_flow.worker.timeouts)
+    finished: bool = False  # its handler returned or raised
+    cancelled: bool = False  # its slot's scope was cancelled for it (see stop_reason)
     stop_reason: str | None = None  # 'lost' | 'unrenewed' | 'cancel' | 'shutdown' | 'timeout'
     settled: bool = False  # the shutdown watchdog already released it
+
+    def cancel(self) -> None:
+        """Cancel the handler (at its next checkpoint), if it still runs."""
+        self.cancelled = True
+        if self.slot.job is self:
+            self.slot.scope.cancel()
 
 
 @dataclass(eq=False)
@@ -170,6 +192,7 @@ class QueueRunner:
         self._acks_calls = FastCalls(
             worker.caller, wake_connection_for(worker.url, worker.config.redis, wake_key)
         )
+        self.deadlines: Deadlines[RunningJob] = Deadlines(self._timed_out)
         self.acks = AckBuffer()
         self.idle = False  # blocked waiting for work (the last claim took all that was ready)
         self.started_jobs = 0
@@ -200,6 +223,7 @@ class QueueRunner:
                 support.start_soon(self._reaper)
                 support.start_soon(self.expander.run)
                 support.start_soon(self._unblock_on_stop)
+                support.start_soon(self.deadlines.watch)
                 if self.cfg.lock_refresh or self.prefetch:
                     support.start_soon(self._lease_refresher)
                 if self.channel is not None:
@@ -416,19 +440,39 @@ class QueueRunner:
     # --- running -----------------------------------------------------------------------------
 
     async def _runner(self) -> None:
+        """One slot: runs claimed jobs one after another, in the slot's cancel scope."""
+        slot = Slot()
+        while True:
+            more = True  # unless the channel ends: a cancelled job leaves with no answer
+            with slot.scope:
+                more = await self._serve_slot(slot)
+            rj, slot.job = slot.job, None
+            if rj is not None:  # its handler was cancelled: the slot's scope absorbed it
+                self._settle(rj, None, None, None, trio.current_time() - rj.started)
+            if not more:
+                return
+            slot.scope = trio.CancelScope()
+
+    async def _serve_slot(self, slot: Slot) -> bool:
+        """Run jobs until one of them is cancelled (True: more may come) or the channel ends."""
         async for job in self._recv:
             # The queue's cap across partitions (partition_slots.py); prefetched meanwhile.
             async with self.slots.running():
-                await self._start(job)
+                await self._start(slot, job)
+            if slot.scope.cancel_called:
+                return True  # a fresh scope for the next job
+        return False
 
-    async def _start(self, job: ClaimedJob) -> None:
+    async def _start(self, slot: Slot, job: ClaimedJob) -> None:
         held = self.buffered[job.id, job.epoch]
-        if held.not_before > trio.current_time():
+        now = trio.current_time()
+        if held.not_before > now:
             # A start the rate limit granted ahead: it is due then, not now.
             async with trio_util.move_on_when(self.worker.stopping.wait):
                 await trio.sleep_until(held.not_before)
+            now = trio.current_time()
         del self.buffered[job.id, job.epoch]
-        waited = trio.current_time() - max(held.claimed, held.not_before)
+        waited = now - max(held.claimed, held.not_before)
         if held.stop_reason in ("given back", "cancelled"):
             pass  # already settled by the lease refresher
         elif held.stop_reason in ("lost", "unrenewed"):
@@ -439,7 +483,7 @@ class QueueRunner:
             # its hard deadline (counted from the claim) would cut into its timeout.
             self._release(job)
         else:
-            await self._run_one(job, held.renewed)
+            await self._run_one(slot, job, held.renewed, now)
             return
         self._slot_done()
 
@@ -458,16 +502,18 @@ class QueueRunner:
         self.claimed -= 1
         self.slots.done()
 
-    async def _run_one(self, job: ClaimedJob, renewed: float) -> None:
+    async def _run_one(self, slot: Slot, job: ClaimedJob, renewed: float, t0: float) -> None:
+        """Run one attempt in ``slot``; settle it, unless it is cancelled (a trio.Cancelled
+        then leaves this call with ``slot.job`` still set: the runner settles it)."""
         cfg, w = self.cfg, self.worker
-        t0 = trio.current_time()
         # The timeout counts from the moment the handler starts (in its process, for
         # `executor: process`); until then, at most half a lease more (the hard deadline).
         latest = t0 + cfg.timeout + cfg.lock_extension / 2
-        rj = RunningJob(job, trio.CancelScope(deadline=latest), t0, renewed)
+        rj = RunningJob(job, slot, t0, renewed)
+        deadlines = self.deadlines
 
         def started() -> None:
-            rj.scope.deadline = min(trio.current_time() + cfg.timeout, latest)
+            deadlines.move(rj, trio.current_time() + cfg.timeout)
 
         self.running[job.id, job.epoch] = rj
         self.started_jobs += 1
@@ -487,35 +533,34 @@ class QueueRunner:
         id_token = job_id_var.set(job.id)
         result: Any = None
         error: BaseException | None = None
+        slot.job = rj
+        deadlines.start(rj, latest)
         try:
-            with rj.scope:
-                if cfg.join:
-                    ctx.group = await self._group_of(job.id)
-                args = json.loads(job.args_json)
-                kwargs = json.loads(job.kwargs_json)
-                result = await self.run_handler(args, kwargs, ctx, started)
+            if cfg.join:
+                ctx.group = await self._group_of(job.id)
+            args = json.loads(job.args_json)
+            kwargs = {} if job.kwargs_json == "{}" else json.loads(job.kwargs_json)
+            result = await self.run_handler(args, kwargs, ctx, started)
         except trio.Cancelled:
-            raise  # the worker itself is being cancelled (our own scope absorbs its own cancel)
+            # Ours (the slot's scope absorbs it; the runner settles the job) or the worker's.
+            raise
         except BaseException as exc:  # SystemExit, KeyboardInterrupt... are outcomes
             error = exc
         finally:
+            deadlines.done(rj)
             reset_current(ctx_token)
+            job_id_var.reset(id_token)
             if ctx.pause_requests:
                 # Before the slot frees and the outcome is sent: this worker's next claim
                 # already sees the pause.
                 await self._pause_queue(max(ctx.pause_requests))
             del self.running[job.id, job.epoch]
             self._slot_done()
-        try:
-            self._settle(rj, ctx, result, error, trio.current_time() - t0)
-        except Exception:
-            # A bug of ours. Releasing would give the attempt back and could loop the job
-            # forever; recording a failed attempt keeps it within max_attempts.
-            log.exception("could not record the outcome; counting a failed attempt")
-            record = error_record(None, job.attempt, "rrq-flow could not record the outcome")
-            self._fail(Failure(job.id, job.epoch, encode_json(record), "retry"), 0.0)
-        finally:
-            job_id_var.reset(id_token)
+        slot.job = None
+        self._settle(rj, ctx, result, error, trio.current_time() - t0)
+
+    def _timed_out(self, rj: RunningJob) -> None:
+        self._stop(rj, "timeout")
 
     async def _group_of(self, job_id: str) -> GroupInfo | None:
         """The group a join job closes (written by complete.lua when it made the job)."""
@@ -525,68 +570,87 @@ class QueueRunner:
     def _settle(
         self,
         rj: RunningJob,
-        ctx: JobContext,
+        ctx: JobContext | None,
         result: Any,
         error: BaseException | None,
         duration: float,
     ) -> None:
-        """Turn an attempt's outcome into an acknowledgement (or into nothing, when fenced)."""
-        job, cfg = rj.job, self.cfg
-        if rj.settled:
-            return
-        if rj.scope.cancel_called:
-            reason = rj.stop_reason or "timeout"
-            if reason in ("lost", "unrenewed"):
-                self._lost(job, reason)
-                log.warning("lease lost; outcome of attempt %d dropped", job.attempt)
-            elif reason == "shutdown":
-                self._release(job)
-            elif reason == "cancel":
-                self._fail_cancelled(job, duration)
-            else:
-                verdict = timeout_verdict(cfg.timeout, job.attempt, cfg.retry)
-                log.warning("attempt %d timed out after %gs", job.attempt, cfg.timeout)
-                self._fail(
-                    Failure(job.id, job.epoch, verdict.error_json, "retry", ms(verdict.delay)),
-                    duration,
-                )
-            return
-        if error is not None:
-            verdict = classify(error, job.attempt, cfg.retry, self.fatal_types, cfg.max_error_bytes)
-            log.info(
-                "attempt %d failed: %s: %s",
-                job.attempt,
-                type_name(error),
-                describe(error, LOG_MESSAGE_BYTES),
-            )
-            failure = Failure(job.id, job.epoch, verdict.error_json, verdict.action)
-            if verdict.action == "retry":
-                failure = Failure(job.id, job.epoch, verdict.error_json, "retry", ms(verdict.delay))
-            self._fail(failure, duration)
-            return
+        """Turn an attempt's outcome into an acknowledgement (or into nothing, when fenced); a
+        failure to record it counts a failed attempt."""
+        id_token = job_id_var.set(rj.job.id)  # its log lines name the job
         try:
-            # A fan-out's items live on as its children; the parent keeps no copy of the list.
-            stored = None if cfg.fan_out and cfg.next else result
-            result_json = encode_result(stored, cfg.max_result_bytes)
-            completion = self.worker.handoff.completion(
-                cfg, job.id, job.epoch, result, result_json, ctx.outbox
-            )
-        except Exception as exc:  # the result is the user's object
-            # Storing it again would fail again: dead-letter now, no retry.
-            unstorable = isinstance(exc, UnstorableResult)
-            why = str(exc) if unstorable else f"cannot hand off the result: {describe(exc)}"
-            log.warning("result not stored, dead-lettering: %s", cap_bytes(why, LOG_MESSAGE_BYTES))
-            record = error_record(
-                None if unstorable else exc,
-                job.attempt,
-                why,
-                "UnstorableResult" if unstorable else None,
-                max_error_bytes=cfg.max_error_bytes,
-            )
-            self._fail(Failure(job.id, job.epoch, encode_json(record), "dead"), duration)
-            return
-        self.acks.completions.append((completion, duration))
-        self.acks.poke()
+            job, cfg = rj.job, self.cfg
+            if rj.settled:
+                return
+            if rj.cancelled:
+                reason = rj.stop_reason or "timeout"
+                if reason in ("lost", "unrenewed"):
+                    self._lost(job, reason)
+                    log.warning("lease lost; outcome of attempt %d dropped", job.attempt)
+                elif reason == "shutdown":
+                    self._release(job)
+                elif reason == "cancel":
+                    self._fail_cancelled(job, duration)
+                else:
+                    verdict = timeout_verdict(cfg.timeout, job.attempt, cfg.retry)
+                    log.warning("attempt %d timed out after %gs", job.attempt, cfg.timeout)
+                    self._fail(
+                        Failure(job.id, job.epoch, verdict.error_json, "retry", ms(verdict.delay)),
+                        duration,
+                    )
+                return
+            assert ctx is not None  # only a cancelled attempt is settled without its context
+            if error is not None:
+                verdict = classify(
+                    error, job.attempt, cfg.retry, self.fatal_types, cfg.max_error_bytes
+                )
+                log.info(
+                    "attempt %d failed: %s: %s",
+                    job.attempt,
+                    type_name(error),
+                    describe(error, LOG_MESSAGE_BYTES),
+                )
+                failure = Failure(job.id, job.epoch, verdict.error_json, verdict.action)
+                if verdict.action == "retry":
+                    failure = Failure(
+                        job.id, job.epoch, verdict.error_json, "retry", ms(verdict.delay)
+                    )
+                self._fail(failure, duration)
+                return
+            try:
+                # A fan-out's items live on as its children; the parent keeps no copy of the list.
+                stored = None if cfg.fan_out and cfg.next else result
+                result_json = encode_result(stored, cfg.max_result_bytes)
+                completion = self.worker.handoff.completion(
+                    cfg, job.id, job.epoch, result, result_json, ctx.outbox
+                )
+            except Exception as exc:  # the result is the user's object
+                # Storing it again would fail again: dead-letter now, no retry.
+                unstorable = isinstance(exc, UnstorableResult)
+                why = str(exc) if unstorable else f"cannot hand off the result: {describe(exc)}"
+                log.warning(
+                    "result not stored, dead-lettering: %s", cap_bytes(why, LOG_MESSAGE_BYTES)
+                )
+                record = error_record(
+                    None if unstorable else exc,
+                    job.attempt,
+                    why,
+                    "UnstorableResult" if unstorable else None,
+                    max_error_bytes=cfg.max_error_bytes,
+                )
+                self._fail(Failure(job.id, job.epoch, encode_json(record), "dead"), duration)
+                return
+            self.acks.completions.append((completion, duration))
+            self.acks.poke()
+        except Exception:
+            # A bug of ours. Releasing would give the attempt back and could loop the job
+            # forever; recording a failed attempt keeps it within max_attempts.
+            job = rj.job
+            log.exception("could not record the outcome; counting a failed attempt")
+            record = error_record(None, job.attempt, "rrq-flow could not record the outcome")
+            self._fail(Failure(job.id, job.epoch, encode_json(record), "retry"), 0.0)
+        finally:
+            job_id_var.reset(id_token)
 
     async def _pause_queue(self, seconds: float) -> None:
         """A handler asked to pause its queue (e.g. after a 429): extend the pause to now + it."""
@@ -796,7 +860,7 @@ class QueueRunner:
         if held.stop_reason is None:
             held.stop_reason = reason
         if isinstance(held, RunningJob):
-            held.scope.cancel()
+            held.cancel()
 
     def cancel_all(self, reason: str) -> None:
         for rj in self.running.values():
