@@ -42,11 +42,16 @@ class FastCalls:
         """One call, shielded and bounded like ``RedisCaller.once``; raises any Redis failure
         (after the coredis attempt)."""
         caller = self.caller
+        done = False
         if caller.durability is not None and call.script.name in DURABLE_SCRIPTS:
             return await caller.once(call)
         try:
-            with trio.CancelScope(shield=True), trio.fail_after(caller.timeout):
+            # Shielded from outside, bounded by its own deadline: one scope, not two.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + caller.timeout):
                 reply = await self.connection.evalsha(call.script.sha, call.keys, call.args)
+                done = True
+            if not done:  # the deadline cancelled it (the connection is closed and reopened)
+                raise trio.TooSlowError
         except (*TRANSIENT, trio.TooSlowError):  # type: ignore[misc]
             if on_unknown is not None:
                 on_unknown()

@@ -166,6 +166,9 @@ class QueueRunner:
             cfg, handler, self.channel, lambda: worker.server_offset
         )
         self.fatal_types = worker.fatal_types[cfg.name]
+        # An async or thread handler starts the moment its runner calls it (no process to
+        # reach, no group to read first): its timeout is set once, from the start.
+        self._starts_at_once = self.executor in ("async", "thread") and not cfg.join
         self.tally = worker.stats.tally(cfg.name)
         # Keyed by (id, epoch), not id: after a lost lease this worker may claim a job again
         # while its older attempt is still running or waiting here.
@@ -454,14 +457,29 @@ class QueueRunner:
             slot.scope = trio.CancelScope()
 
     async def _serve_slot(self, slot: Slot) -> bool:
-        """Run jobs until one of them is cancelled (True: more may come) or the channel ends."""
-        async for job in self._recv:
+        """Run jobs until one of them is cancelled (True: more may come) or the channel ends.
+
+        A job already waiting is taken without a checkpoint: the buffer holds at most
+        ``concurrency + prefetch`` jobs and is refilled only by the claim loop (after this task
+        yields), so a slot runs at most that many in a row without yielding, and a no-op job
+        costs no task switch.
+        """
+        recv = self._recv
+        while True:
+            try:
+                job = recv.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    job = await recv.receive()
+                except trio.EndOfChannel:
+                    return False
+            except trio.EndOfChannel:
+                return False
             # The queue's cap across partitions (partition_slots.py); prefetched meanwhile.
             async with self.slots.running():
                 await self._start(slot, job)
             if slot.scope.cancel_called:
                 return True  # a fresh scope for the next job
-        return False
 
     async def _start(self, slot: Slot, job: ClaimedJob) -> None:
         held = self.buffered[job.id, job.epoch]
@@ -511,9 +529,15 @@ class QueueRunner:
         latest = t0 + cfg.timeout + cfg.lock_extension / 2
         rj = RunningJob(job, slot, t0, renewed)
         deadlines = self.deadlines
+        if self._starts_at_once:
+            latest, started = (
+                t0 + cfg.timeout,
+                _nothing,
+            )  # it starts now: no later start to wait for
+        else:
 
-        def started() -> None:
-            deadlines.move(rj, trio.current_time() + cfg.timeout)
+            def started() -> None:
+                deadlines.move(rj, trio.current_time() + cfg.timeout)
 
         self.running[job.id, job.epoch] = rj
         self.started_jobs += 1
@@ -899,6 +923,10 @@ class QueueRunner:
                 for job_id in reply.dead:
                     log.warning("job %s dead-lettered: stalled too many times", job_id)
             await trio.sleep(interval)
+
+
+def _nothing() -> None:
+    pass
 
 
 def serving_gap(interval: float) -> float:
