@@ -7,7 +7,7 @@ at a time through the same scripts a worker calls (owner id of a worker's shape)
 - ``used_memory`` (INFO memory) per job: after the enqueue (a queued job) and after the
   completion (a finished job), each against the empty pipeline's baseline;
 - ``MEMORY USAGE`` (SAMPLES 0) of every key a finished job leaves (``job:<id>``, ``args:<id>``,
-  ``errors:<id>``, ``children:<id>``) for a sample of jobs, and ``OBJECT ENCODING`` of the record.
+  ``result:<id>``, ``errors:<id>``, ``children:<id>``) for a sample of jobs, and ``OBJECT ENCODING`` of the record.
 
     .venv/bin/python bench/redis_memory.py --n 100000 [--payload 100] [--result null]
         [--keep-args]
@@ -93,7 +93,7 @@ def measure(n: int, payload: int, result: str, keep_args: bool) -> dict[str, Any
         per_key: dict[str, list[int]] = {}
         encodings: dict[str, int] = {}
         for job_id in sample:
-            for kind in ("job", "args", "errors", "children"):
+            for kind in ("job", "args", "result", "errors", "children"):
                 key = f"{layout.prefix}{kind}:{job_id}"
                 size = r.memory_usage(key, samples=0)
                 if size is not None:

@@ -129,6 +129,7 @@ def test_worker_and_client_end_to_end_with_and_without_keep_args(redis_url: str)
         assert (done.status, done.args, done.kwargs) == ("done", [], {})
         assert done.result == 97
         assert r.object("encoding", layout.job(plain)) == "listpack"
+        assert client.job(kept).result == 97
         assert r.exists(layout.job_args(plain)) == 0
         assert client.job(kept).args == ["x" * 96] and client.job(kept).kwargs == {"n": 1}
         died = client.job(dead)
@@ -141,3 +142,28 @@ def test_worker_and_client_end_to_end_with_and_without_keep_args(redis_url: str)
         assert client.job(dead).status == "dead" and client.job(dead).args == ["x" * 96]
         assert client.job(dead).attempts == 1
     r.close()
+
+
+def test_a_long_result_is_kept_beside_the_record(sync_redis: redis.Redis) -> None:
+    """A result over 64 bytes goes to ``result:<id>`` with the record's TTL; the record stays
+    listpack, and every reader (JobInfo, the Proto view) still finds it."""
+    p = Proto(sync_redis)
+    long_result = json.dumps({"text": "y" * 200})
+    p.enqueue(NewJob("a", ARGS))
+    c = p.claim_one("a")
+    assert p.complete("w1", [Completion("a", c.epoch, long_result)]) == ["OK"]
+    raw = sync_redis.hgetall(p.layout.job("a"))
+    assert "result" not in raw and raw["status"] == "done"
+    assert sync_redis.object("encoding", p.layout.job("a")) == "listpack"
+    assert sync_redis.get(p.layout.job_result("a")) == long_result
+    assert 0 < sync_redis.pttl(p.layout.job_result("a")) <= sync_redis.pttl(p.layout.job("a")) + 50
+    info = JobInfo.from_record(
+        raw, job_id="a", long_result=sync_redis.get(p.layout.job_result("a"))
+    )
+    assert info.result == {"text": "y" * 200}
+    # A short one stays in the record.
+    p.enqueue(NewJob("b", ARGS))
+    c = p.claim_one("b")
+    assert p.complete("w1", [Completion("b", c.epoch, '"short"')]) == ["OK"]
+    assert sync_redis.hget(p.layout.job("b"), "result") == '"short"'
+    assert sync_redis.exists(p.layout.job_result("b")) == 0

@@ -133,6 +133,9 @@ class Proto:
         blob = self.r.get(self.layout.job_args(job_id))
         if record and blob is not None:
             record["args"], record["kwargs"] = split_args(blob)
+        long_result = self.r.get(self.layout.job_result(job_id))
+        if record and long_result is not None:
+            record["result"] = long_result
         return record
 
     def q(self, queue: str = "q"):

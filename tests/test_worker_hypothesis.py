@@ -152,7 +152,7 @@ behaviours = st.fixed_dictionaries(
 job_ids = st.from_regex(r"[A-Za-z0-9._:-]{1,30}", fullmatch=True)
 
 LAYOUT = re.compile(
-    r"rrq:\{t\}:(meta|workers|worker:.+|job:.+|args:.+|errors:.+|children:.+|unique:.+"
+    r"rrq:\{t\}:(meta|workers|worker:.+|job:.+|args:.+|result:.+|errors:.+|children:.+|unique:.+"
     r"|q:q(:(retry|active|dead|wake|stats|tput|reaper|flow))?)"
 )
 

@@ -405,12 +405,18 @@ class Admin:
         pipe.lrange(layout.job_errors(job_id), 0, -1)
         pipe.lrange(layout.job_children(job_id), 0, max(children, 1) - 1)
         pipe.get(layout.job_args(job_id))
-        now_reply, record, errors, child_ids, args_blob = pipe.execute()
+        pipe.get(layout.job_result(job_id))
+        now_reply, record, errors, child_ids, args_blob, long_result = pipe.execute()
         if not record:
             raise JobNotFound(job_id)
         now = _server_ms(now_reply)
         info = JobInfo.from_record(
-            record, errors, now=now / 1000, job_id=job_id, args_blob=args_blob
+            record,
+            errors,
+            now=now / 1000,
+            job_id=job_id,
+            args_blob=args_blob,
+            long_result=long_result,
         )
         related = ([info.parent] if info.parent else []) + list(child_ids)[: max(children, 0)]
         owner_id = record.get("owner") if record.get("status") == "active" else None

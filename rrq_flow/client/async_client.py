@@ -168,8 +168,13 @@ class Client:
             raise JobNotFound(job_id)
         errors = await self.redis.lrange(layout.job_errors(job_id), 0, -1)
         args_blob = await self.redis.get(layout.job_args(job_id))
+        long_result = await self.redis.get(layout.job_result(job_id))
         return JobInfo.from_record(
-            dict(record), list(errors), job_id=job_id, args_blob=args_blob and str(args_blob)
+            dict(record),
+            list(errors),
+            job_id=job_id,
+            args_blob=args_blob and str(args_blob),
+            long_result=long_result and str(long_result),
         )
 
     async def children(self, job_id: str, start: int = 0, stop: int = -1) -> list[str]:

@@ -120,7 +120,8 @@ def merge_run_records(records: Sequence[dict[str, str]]) -> dict[str, str]:
 
 
 def result_line(job_id: str, queue: str, fields: Sequence[str | None]) -> dict[str, Any]:
-    """One job of a run as ``results`` prints it, from HMGET status, result, error."""
+    """One job of a run as ``results`` prints it, from HMGET status, result, error (the result
+    from ``result:<id>`` when it is longer than 64 bytes)."""
     status, result, error = fields
     out: dict[str, Any] = {"id": job_id, "queue": queue, "status": status or "expired"}
     if status == "done":
@@ -186,8 +187,11 @@ class RunReader:
             pipe = self.redis.pipeline(transaction=False)
             for job_id in ids:
                 pipe.hmget(lay.job(job_id), "status", "result", "error")
-            for job_id, fields in zip(ids, pipe.execute(), strict=True):
-                yield result_line(job_id, queue, fields)
+                pipe.get(lay.job_result(job_id))
+            replies = pipe.execute()
+            for n, job_id in enumerate(ids):
+                status, result, error = replies[2 * n]
+                yield result_line(job_id, queue, (status, result or replies[2 * n + 1], error))
             start += len(ids)
             if len(ids) < page:
                 break

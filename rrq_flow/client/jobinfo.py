@@ -81,9 +81,11 @@ class JobInfo:
         *,
         job_id: str = "",
         args_blob: str | None = None,
+        long_result: str | None = None,
     ) -> JobInfo:
-        """The job from its record, its error list and ``args_blob``, the value of its
-        ``args:<id>`` key (None when gone: a done job of a queue without ``keep_args``)."""
+        """The job from its record, its error list, ``args_blob`` (the value of its
+        ``args:<id>`` key; None when gone: a done job of a queue without ``keep_args``) and
+        ``long_result`` (its ``result:<id>``, where a result over 64 bytes is kept)."""
         status = record.get("status", "")
         if "args" in record:  # a record written by an older rrq-flow kept them inline
             args_json, kwargs_json = record["args"], record.get("kwargs", "{}")
@@ -108,7 +110,7 @@ class JobInfo:
             finished_at=_ms_to_s(record.get("finished_at")),
             lease_until=_ms_to_s(record.get("lease")) if active else None,
             owner=(record.get("owner") or None) if active else None,
-            result=_json(record.get("result")),
+            result=_json(record.get("result") or long_result),
             error=_json(record.get("error")),
             errors=[json.loads(e) for e in errors or ()],
             dead_reason=record.get("dead_reason") or None,

@@ -185,10 +185,13 @@ class SyncClient:
         pipe.hgetall(layout.job(job_id))
         pipe.lrange(layout.job_errors(job_id), 0, -1)
         pipe.get(layout.job_args(job_id))
-        record, errors, args_blob = pipe.execute()
+        pipe.get(layout.job_result(job_id))
+        record, errors, args_blob, long_result = pipe.execute()
         if not record:
             raise JobNotFound(job_id)
-        return JobInfo.from_record(record, errors, job_id=job_id, args_blob=args_blob)
+        return JobInfo.from_record(
+            record, errors, job_id=job_id, args_blob=args_blob, long_result=long_result
+        )
 
     def children(self, job_id: str, start: int = 0, stop: int = -1) -> list[str]:
         """Ids of the children the job created, in order (``start``/``stop`` as in LRANGE), read

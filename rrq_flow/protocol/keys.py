@@ -87,6 +87,11 @@ class KeyLayout:
         small, and deleted when the job is done (unless the queue has ``keep_args``)."""
         return f"{self.prefix}args:{job_id}"
 
+    def job_result(self, job_id: str) -> str:
+        """STRING: a done job's result when it is longer than 64 bytes (the record's ``result``
+        field is then absent), so that the record stays in the compact listpack encoding."""
+        return f"{self.prefix}result:{job_id}"
+
     def job_children(self, job_id: str) -> str:
         """LIST of the ids of the children a job created, in creation order (the child index)."""
         return f"{self.prefix}children:{job_id}"

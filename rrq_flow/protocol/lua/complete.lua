@@ -19,6 +19,8 @@
           kind ('next' a next-stage job | 'join' a value for a join queue, args = the value JSON |
           'out' an outbox job), branch index (position of the fan-out item)
 
+  A result longer than 64 bytes goes to result:<id> (with the record's TTL) instead of the
+  record's `result` field, so the record stays in Redis' compact listpack encoding.
   Returns: one verdict per job: 'OK' | 'STALE' (someone else owns it now: nothing changed) |
   'ALREADY_DONE' (this owner and epoch completed it before; a retry after a lost reply).
   Checks before the first write: the argument layout and numbers, the declared keys' types, and
@@ -123,8 +125,14 @@ for j = 1, n do
       rcall('HSET', jk, 'group_join', spec.join_id)
     end
     rcall('DEL', children_key(id))
-    rcall('HSET', jk, 'status', 'expanding', 'result', result, 'settled', 'complete',
-      'children', 0, 'fanout_total', staged)
+    if #result > LONG_VALUE then
+      rcall('SET', result_key(id), result) -- expires with the record, after the last chunk
+      rcall('HSET', jk, 'status', 'expanding', 'settled', 'complete', 'children', 0,
+        'fanout_total', staged)
+    else
+      rcall('HSET', jk, 'status', 'expanding', 'result', result, 'settled', 'complete',
+        'children', 0, 'fanout_total', staged)
+    end
     left[#left + 1] = id
     rcall('ZADD', KEYS[6], now, id)
     settled[id] = epoch
@@ -170,12 +178,19 @@ for j = 1, n do
       rcall('DEL', ck) -- an index left by an earlier attempt is rebuilt, never appended to twice
       push_all(ck, children)
       rcall('PEXPIRE', ck, ttl_ms)
-      rcall('HSET', jk, 'status', 'done', 'result', result, 'finished_at', now, 'settled',
-        'complete', 'children', #children)
-    else
-      rcall('HSET', jk, 'status', 'done', 'result', result, 'finished_at', now, 'settled',
-        'complete')
     end
+    local fields = { 'status', 'done', 'finished_at', now, 'settled', 'complete' }
+    if #result > LONG_VALUE then
+      rcall('SET', result_key(id), result, 'PX', ttl_ms)
+    else
+      fields[#fields + 1] = 'result'
+      fields[#fields + 1] = result
+    end
+    if #children > 0 then
+      fields[#fields + 1] = 'children'
+      fields[#fields + 1] = #children
+    end
+    rcall('HSET', jk, unpack(fields))
     left[#left + 1] = id
     rcall('PEXPIRE', jk, ttl_ms)
     if tonumber(f[9] or '0') > 1 then rcall('PEXPIRE', errors_key(id), ttl_ms) end

@@ -25,7 +25,7 @@ for _, id in ipairs(ids) do
   local jk = job_key(id)
   rcall('ZREM', KEYS[1], id)
   if rcall('HGET', jk, 'status') == 'dead' then
-    rcall('DEL', jk, errors_key(id), children_key(id), args_key(id))
+    rcall('DEL', jk, errors_key(id), children_key(id), args_key(id), result_key(id))
     purged = purged + 1
   end
 end

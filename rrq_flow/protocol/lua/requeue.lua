@@ -46,6 +46,7 @@ for _, id in ipairs(ids) do
         rcall('HDEL', jk, 'finished_at', 'dead_reason', 'result', 'cancel_requested')
         rcall('PERSIST', jk)
         rcall('PERSIST', args_key(id)) -- a dead job keeps its arguments (none expire, but be sure)
+        rcall('DEL', result_key(id))
         add_ready(KEYS[2], rcall('HGET', jk, 'priority'), now, id)
         run_job_reopened(jk, now)
         -- It left its group when it died (counted failed there): it now runs outside any group.

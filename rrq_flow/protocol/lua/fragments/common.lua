@@ -4,7 +4,7 @@
   Every key a script touches either comes in KEYS or is built here from the pipeline prefix
   ARGV[1] = "rrq:{<pipeline>}:". The braces are a Redis Cluster hash tag, so derived keys live in
   the same slot as the declared ones. Per-job keys put their type before the id ("job:<id>",
-  "errors:<id>", "children:<id>", "args:<id>", "fanout:<epoch>:<id>"), so no job id can name another job's key
+  "errors:<id>", "children:<id>", "args:<id>", "result:<id>", "fanout:<epoch>:<id>"), so no job id can name another job's key
   (an epoch is digits only, so "fanout:<epoch>:" ends at its first colon).
 
   Check before the first write: Redis does not roll a script back, so every script first reads and
@@ -24,6 +24,10 @@ local function job_key(id) return PREFIX .. 'job:' .. id end
 -- A job's arguments live beside its record, so the record stays small (and in Redis' compact
 -- listpack encoding) and a success can drop them: "<bytes of args>:<args JSON><kwargs JSON>".
 local function args_key(id) return PREFIX .. 'args:' .. id end
+-- A result longer than a listpack value (Redis' hash-max-listpack-value, 64 bytes by default)
+-- is kept beside the record too, in result:<id>; the record then has no `result` field.
+local function result_key(id) return PREFIX .. 'result:' .. id end
+local LONG_VALUE = 64
 local function errors_key(id) return PREFIX .. 'errors:' .. id end
 local function children_key(id) return PREFIX .. 'children:' .. id end
 local function fanout_key(id, epoch) return PREFIX .. 'fanout:' .. epoch .. ':' .. id end
@@ -214,6 +218,7 @@ local function expire_job(jk, id, ttl_ms)
   rcall('PEXPIRE', errors_key(id), ttl_ms)
   rcall('PEXPIRE', children_key(id), ttl_ms)
   rcall('PEXPIRE', args_key(id), ttl_ms)
+  rcall('PEXPIRE', result_key(id), ttl_ms)
 end
 
 -- The stored form of a job's arguments, and back (args JSON, kwargs JSON; '[]', '{}' if none).
