@@ -7,7 +7,8 @@ at a time through the same scripts a worker calls (owner id of a worker's shape)
 - ``used_memory`` (INFO memory) per job: after the enqueue (a queued job) and after the
   completion (a finished job), each against the empty pipeline's baseline;
 - ``MEMORY USAGE`` (SAMPLES 0) of every key a finished job leaves (``job:<id>``, ``args:<id>``,
-  ``result:<id>``, ``errors:<id>``, ``children:<id>``) for a sample of jobs, and ``OBJECT ENCODING`` of the record.
+  ``result:<id>``, ``errors:<id>``, ``children:<id>``) for a sample of jobs, and
+  ``OBJECT ENCODING`` of the record.
 
     .venv/bin/python bench/redis_memory.py --n 100000 [--payload 100] [--result null]
         [--keep-args]
