@@ -801,7 +801,7 @@ class QueueRunner:
         job_log.info(
             "job %s %s: queue %s, %.3fs", job_id, OUTCOME_WORDS[verdict], self.name, duration
         )
-        t.durations.append(duration)
+        t.add_duration(duration)
         self.worker.notify("job_finished", self.name, verdict, duration)
 
     # --- leases ------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,13 +17,28 @@ class QueueTally:
     released: int = 0  # interrupted by shutdown, given back without using an attempt
     lost: int = 0  # lease lost mid-run: outcome dropped, the job ran (or runs) elsewhere
     stale: int = 0  # acknowledgements the fence rejected
-    durations: list[float] = field(default_factory=list)  # seconds, of settled attempts
+    # Seconds, of settled attempts: all of them up to DURATIONS_KEPT, then a uniform sample of
+    # that many (reservoir sampling), so a worker's memory does not grow with the jobs it ran.
+    durations: list[float] = field(default_factory=list)
+    timed: int = 0  # settled attempts offered to ``durations``
+
+    def add_duration(self, seconds: float) -> None:
+        self.timed += 1
+        if len(self.durations) < DURATIONS_KEPT:
+            self.durations.append(seconds)
+            return
+        i = random.randrange(self.timed)
+        if i < DURATIONS_KEPT:
+            self.durations[i] = seconds
 
     def as_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "durations"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("durations", "timed")}
         d["p50_ms"] = percentile_ms(self.durations, 50)
         d["p95_ms"] = percentile_ms(self.durations, 95)
         return d
+
+
+DURATIONS_KEPT = 10_000  # durations kept per queue for the summary's p50 / p95
 
 
 def percentile_ms(values: list[float], pct: int) -> float | None:
@@ -57,6 +73,8 @@ class RunStats:
             for k, v in t.__dict__.items():
                 if k == "durations":
                     mine.durations.extend(v)
+                    if len(mine.durations) > DURATIONS_KEPT:  # a sample (workers weigh alike)
+                        mine.durations = random.sample(mine.durations, DURATIONS_KEPT)
                 else:
                     setattr(mine, k, getattr(mine, k) + v)
 
