@@ -209,11 +209,12 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
 def worker_rss_at(samples: list[dict[str, Any]], processes: int, total: int) -> dict[str, Any]:
     """RSS (MB) of each worker process (or of the CLI with one process) at each milestone."""
     out: dict[str, Any] = {}
+    full = max((len(s["workers_rss_kb"]) for s in samples), default=0)
     for m in (*[x for x in MILESTONES if x < total], "end"):
         row = None
         for s in samples:
-            if processes > 1 and not s["workers_rss_kb"]:
-                continue  # before the workers started, or after they exited
+            if processes > 1 and len(s["workers_rss_kb"]) < full:
+                continue  # before every worker started, or after one exited
             if m == "end" or s["done"] >= m:
                 row = s
                 if m != "end":
