@@ -54,8 +54,9 @@ _URL_UNSAFE = frozenset("?#%")
 # Loading a large AOF takes a while; redis answers -LOADING (not PONG) until it is done.
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0
-# How long a server whose process is alive may fail to answer before we give up on it.
-UNRESPONSIVE_GRACE = 5.0
+# How long a server whose process is alive may fail to answer before we give up on it (each
+# probe has a 1 s timeout; on a loaded machine a just-started server can miss several).
+UNRESPONSIVE_GRACE = 15.0
 
 
 @dataclass(frozen=True, slots=True)

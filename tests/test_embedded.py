@@ -101,22 +101,27 @@ def spawn_user(project: Path, *, new_session: bool = False) -> subprocess.Popen[
         [sys.executable, "-c", USER_SCRIPT, str(project / "pipeline.yaml")],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,  # shown when the user fails (small: a traceback at most)
         text=True,
         start_new_session=new_session,
     )
 
 
 def read_user(proc: subprocess.Popen[str]) -> tuple[str, int]:
-    assert proc.stdout is not None
-    url, pid = proc.stdout.readline().split()
+    assert proc.stdout is not None and proc.stderr is not None
+    line = proc.stdout.readline()
+    if not line:  # the user failed: say why instead of a bare unpacking error
+        proc.wait(10)
+        raise AssertionError(f"user exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
+    url, pid = line.split()
     return url, int(pid)
 
 
 def finish_user(proc: subprocess.Popen[str]) -> None:
     assert proc.stdin is not None
     proc.stdin.close()
-    assert proc.wait(10) == 0
+    code = proc.wait(10)
+    assert code == 0, proc.stderr.read()[-2000:] if proc.stderr else code
 
 
 def test_url_set_starts_nothing(tmp_path: Path) -> None:
