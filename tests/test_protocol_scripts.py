@@ -1097,3 +1097,31 @@ def test_release_of_cancel_requested_job_ends_it_cancelled(p: Proto) -> None:
     snap = p.snapshot()
     assert p.release("w1", [("a", c.epoch)]) == ["ALREADY_DONE"]
     assert p.snapshot() == snap
+
+
+async def test_server_clock_keeps_the_sub_second_part(
+    redis_url: str, sync_redis: redis.Redis
+) -> None:
+    """The async clock used by cron schedules, progress and the worker's clock offset is the
+    server's to the millisecond. coredis' ``time()`` drops the sub-second part; reading it put
+    cron ticks up to a second early (a ``catch_up: latest`` pass then enqueued two missed ticks).
+    """
+    from rrq_flow.config.model import RedisSettings
+    from rrq_flow.connection import open_async_redis
+    from rrq_flow.protocol.scripts import pipe_server_ms, server_seconds
+
+    def server_ms() -> float:
+        sec, usec = sync_redis.time()
+        return int(sec) * 1000 + int(usec) / 1000
+
+    key = KeyLayout("clock").meta
+    async with open_async_redis(redis_url, RedisSettings()) as client:
+        for _ in range(5):  # at least one reading lands far from a whole second
+            before = server_ms()
+            seconds = await server_seconds(client, key)
+            async with client.pipeline(transaction=False) as pipe:
+                clock = pipe_server_ms(pipe, key)
+            in_ms = await clock()
+            after = server_ms()
+            assert before - 1 <= seconds * 1000 <= in_ms + 1 <= after + 2
+            time.sleep(0.137)

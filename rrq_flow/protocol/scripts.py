@@ -102,35 +102,32 @@ def pipe_time(pipe: Any, key: str) -> None:
         pipe.time()
 
 
-def pipe_server_ms(pipe: Any, key: str, cluster: bool) -> Callable[[], Awaitable[int]]:
+_TIME_SCRIPT = "return redis.call('TIME')"
+
+
+def pipe_server_ms(pipe: Any, key: str) -> Callable[[], Awaitable[int]]:
     """Queue the server's TIME on a coredis pipeline; returns an async getter of it in ms
-    (after the pipeline ran). On a Cluster it is asked through a one-line EVAL on ``key``, as
-    in :func:`pipe_time`."""
-    if cluster:
-        request = pipe.eval("return redis.call('TIME')", keys=[key])
+    (after the pipeline ran).
 
-        async def from_eval() -> int:
-            sec, usec = await request
-            return int(sec) * 1000 + int(usec) // 1000
+    It is asked through a one-line EVAL on ``key``: on a Cluster a keyless TIME cannot be routed
+    to the pipeline's node (as in :func:`pipe_time`), and coredis' ``time()`` drops the
+    sub-second part (its callback divides the microseconds by 1000), which put cron ticks and
+    the worker's clock offset up to a second early.
+    """
+    request = pipe.eval(_TIME_SCRIPT, keys=[key])
 
-        return from_eval
-    clock = pipe.time()
+    async def from_eval() -> int:
+        sec, usec = await request
+        return int(sec) * 1000 + int(usec) // 1000
 
-    async def from_time() -> int:
-        seconds: float = (await clock).timestamp()
-        return round(seconds * 1000)
-
-    return from_time
+    return from_eval
 
 
-async def server_seconds(client: Any, key: str, cluster: bool) -> float:
-    """The server's clock (Unix seconds) from a coredis client; on a Cluster from the node
-    owning ``key`` (a keyless TIME cannot be routed there)."""
-    if cluster:
-        sec, usec = await client.eval("return redis.call('TIME')", keys=[key])
-        return int(sec) + int(usec) / 1e6
-    seconds: float = (await client.time()).timestamp()
-    return seconds
+async def server_seconds(client: Any, key: str) -> float:
+    """The server's clock (Unix seconds, to the microsecond) from a coredis client, through the
+    same one-line EVAL on ``key`` as :func:`pipe_server_ms`."""
+    sec, usec = await client.eval(_TIME_SCRIPT, keys=[key])
+    return int(sec) + int(usec) / 1e6
 
 
 def preload_sync(client: Any) -> None:

@@ -126,7 +126,7 @@ class Progress:
         async with redis.pipeline(transaction=False) as pipe:
             stats = [pipe.hmget(layout.queue(q).stats, list(COUNTERS)) for q in self.queues]
             pauses = [pipe.hget(layout.queue(q).flow, "paused_until") for q in self.queues]
-            clock = pipe_server_ms(pipe, layout.meta, self.config.redis.cluster)
+            clock = pipe_server_ms(pipe, layout.meta)
         left = await call_async(redis, drained.script, drained.keys, drained.args)
         counters = [[int(v or 0) for v in await s] for s in stats]
         until = [int(await u or 0) for u in pauses]

@@ -52,7 +52,7 @@ async def run_schedules(worker: Worker) -> None:
 async def _pass(worker: Worker, key: str, payloads: dict[str, tuple[str, str]]) -> float:
     """Enqueue what is due now; return the seconds until the next tick (at most MAX_SLEEP)."""
     async with worker.redis.pipeline(transaction=False) as pipe:
-        clock = pipe_server_ms(pipe, key, worker.config.redis.cluster)
+        clock = pipe_server_ms(pipe, key)
         read = pipe.hgetall(key)
     now = await clock()
     stored = {str(k): str(v) for k, v in (await read).items()}

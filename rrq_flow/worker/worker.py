@@ -334,9 +334,7 @@ class Worker:
                     await self._partition_generation(lay) for lay in self.parts.layouts
                 ]
                 await preload_async(self.redis)
-                server_now = await server_seconds(
-                    self.redis, self.layout.meta, self.config.redis.cluster
-                )
+                server_now = await server_seconds(self.redis, self.layout.meta)
                 missing = await missing_commands_async(self.redis, self.config.pipeline)
         except (*TRANSIENT, coredis.exceptions.RedisError, ssl.SSLError) as exc:  # type: ignore[misc]
             raise RedisUnavailable(explain(exc, self.url)) from None
