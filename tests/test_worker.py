@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -495,6 +496,52 @@ def test_default_prefetch_is_a_tenth_of_concurrency() -> None:
     assert make_queue("q", concurrency=55).claim_ahead == 5
     assert make_queue("q", concurrency=50, prefetch=0).claim_ahead == 0
     assert make_queue("q", concurrency=1, prefetch=3).claim_ahead == 3
+    # While the jobs are short: one per slot, unless the file sets it or flow control is on.
+    assert make_queue("q", concurrency=1).claim_ahead_short == 1
+    assert make_queue("q", concurrency=10).claim_ahead_short == 10
+    assert make_queue("q", concurrency=10, prefetch=0).claim_ahead_short == 0
+    assert make_queue("q", concurrency=10, prefetch=3).claim_ahead_short == 3
+    assert make_queue("q", concurrency=10, max_running=4).claim_ahead_short == 0
+
+
+def _claim_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of jobs each claim call of this test's workers asks for."""
+    sizes: list[int] = []
+    real = Protocol.claim
+
+    def claim(self: Protocol, queue: str, generation: str, worker: str, n: int, *a: Any) -> Any:
+        sizes.append(n)
+        return real(self, queue, generation, worker, n, *a)
+
+    monkeypatch.setattr(Protocol, "claim", claim)
+    return sizes
+
+
+@pytest.mark.parametrize(
+    ("handler", "args", "n", "sizes_between"),
+    [
+        ("tests.handlers:echo", [], 300, (5, 8)),  # short jobs: 4 slots + up to 4 ahead
+        ("tests.handlers:sleep_for", [0.03], 16, (1, 4)),  # 30 ms jobs: free slots only
+    ],
+)
+async def test_default_prefetch_claims_one_per_slot_ahead_only_while_jobs_are_short(
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    handler: str,
+    args: list[Any],
+    n: int,
+    sizes_between: tuple[int, int],
+) -> None:
+    """Claiming ahead pays while a job costs about as much as a claim round trip; for longer
+    jobs a job claimed ahead would wait behind them while another worker could run it."""
+    sizes = _claim_sizes(monkeypatch)
+    cfg = make_pipeline(redis_url, make_queue("q", handler, concurrency=4))
+    with SyncClient(cfg) as client:
+        client.enqueue_many("q", [args] * n)
+    worker, code = await run_burst(cfg)
+    assert code == EXIT_OK and worker.stats.tally("q").done == n
+    low, high = sizes_between
+    assert low <= max(sizes) <= high, sizes
 
 
 async def test_stopping_an_idle_worker_ends_its_blocking_wait_at_once(

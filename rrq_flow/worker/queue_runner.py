@@ -2,7 +2,8 @@
 
 One QueueRunner per queue, each in its own nursery, with its own ``concurrency`` slots, so a busy
 queue never starves another. Claims are sized to the free slots plus a small ``prefetch`` (one
-script call per batch), so a freed slot starts its next job without waiting for a claim round
+script call per batch; one job ahead per slot while the queue's jobs take under
+:data:`SHORT_JOB_SECONDS`), so a freed slot starts its next job without waiting for a claim round
 trip; ``concurrency`` long-lived runner tasks take claimed jobs from a channel (no task spawn
 per job); outcomes are buffered and sent as one script call per batch while the previous batch
 is in flight (pipelined acknowledgements, no added latency). An idle queue blocks on its wake-up
@@ -70,6 +71,7 @@ log = logging.getLogger("rrq_flow.worker")
 job_log = logging.getLogger(JOBS_LOGGER)
 
 MAX_CLAIM = 500  # jobs per claim call
+SHORT_JOB_SECONDS = 0.01  # recent jobs this short: claim one job ahead per slot
 STOP_TOKEN_TTL_MS = 10_000  # a stop token nobody took is gone after this
 OUTCOME_WORDS = {
     "OK": "done",
@@ -185,6 +187,8 @@ class QueueRunner:
         self.claiming_since: float | None = None
         self.acking_since: float | None = None
         self.prefetch = cfg.claim_ahead
+        self._prefetch_short = cfg.claim_ahead_short  # while recent jobs are short
+        self._recent_seconds: float | None = None  # moving average of handler durations
         self._max_buffer_wait = cfg.lock_extension / 2
         self._stop_key = self.layout.worker_wake(worker.worker_id, cfg.name)
         wake_key = self.layout.queue(cfg.name).wake
@@ -227,7 +231,7 @@ class QueueRunner:
                 support.start_soon(self.expander.run)
                 support.start_soon(self._unblock_on_stop)
                 support.start_soon(self.deadlines.watch)
-                if self.cfg.lock_refresh or self.prefetch:
+                if self.cfg.lock_refresh or self._prefetch_short:
                     support.start_soon(self._lease_refresher)
                 if self.channel is not None:
                     await self.channel.open()
@@ -259,7 +263,10 @@ class QueueRunner:
         while not w.stopping.is_set():
             # Claims are shielded: never start one once the worker is being torn down.
             await trio.lowlevel.checkpoint()
-            free = self.cfg.concurrency + self.prefetch - self.slots.claimed
+            recent = self._recent_seconds
+            short = recent is not None and recent < SHORT_JOB_SECONDS
+            prefetch = self._prefetch_short if short else self.prefetch
+            free = self.cfg.concurrency + prefetch - self.slots.claimed
             if w.max_jobs is not None:
                 free = min(free, w.max_jobs - w.claimed_total)
                 if free <= 0 and self.claimed == 0:
@@ -581,7 +588,10 @@ class QueueRunner:
             del self.running[job.id, job.epoch]
             self._slot_done()
         slot.job = None
-        self._settle(rj, ctx, result, error, trio.current_time() - t0)
+        duration = trio.current_time() - t0
+        recent = self._recent_seconds
+        self._recent_seconds = duration if recent is None else recent + (duration - recent) / 16
+        self._settle(rj, ctx, result, error, duration)
 
     def _timed_out(self, rj: RunningJob) -> None:
         self._stop(rj, "timeout")
