@@ -128,3 +128,18 @@ async def test_error_messages_are_capped_and_valid_utf8(redis_url: str) -> None:
     assert len(message.encode()) <= 1000
     assert message.startswith("é\\udcff") and "cut" in message
     json.dumps(info.error).encode()  # nothing stored is invalid UTF-8
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, 0, 1, -7, 10**17, -(10**18), 10**18, 10**40, True, False, 1.5, "é\n", [1, {"a": None}]],
+)
+def test_stored_result_is_the_compact_json_of_the_value(value: Any) -> None:
+    """The shortcuts for None and plain ints give exactly what the general encoder gives, and
+    the size limit applies to them too."""
+    from rrq_flow.worker.outcome import UnstorableResult, encode_result
+
+    expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    assert encode_result(value, 1000) == expected
+    with pytest.raises(UnstorableResult, match="over max_result_bytes"):
+        encode_result(value, len(expected.encode()) - 1)

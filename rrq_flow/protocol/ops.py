@@ -85,7 +85,9 @@ class GroupSpec:
         )
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (treated as immutable all the same): a frozen dataclass costs ~3 µs more to
+# build, once per job on the worker's hot path. unsafe_hash keeps it usable as a key.
+@dataclass(slots=True, unsafe_hash=True)
 class Completion:
     """A successful attempt: its children inline, or ``staged`` children already staged."""
 
@@ -108,7 +110,9 @@ class Failure:
     delay_ms: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (treated as immutable all the same): a frozen dataclass costs ~3 µs more to
+# build, once per job on the worker's hot path. unsafe_hash keeps it usable as a key.
+@dataclass(slots=True, unsafe_hash=True)
 class ClaimedJob:
     id: str
     epoch: int

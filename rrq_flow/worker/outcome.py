@@ -8,11 +8,11 @@ encode on its way to Redis (a lone surrogate used to kill the acknowledgement se
 
 from __future__ import annotations
 
-import json
 import traceback
 from typing import Any
 
 from rrq_flow.config.model import DEFAULT_MAX_ERROR_BYTES
+from rrq_flow.protocol.ops import encode_json
 
 TRACEBACK_BYTES = 8000  # bytes of traceback kept per error (its end: the raising frame)
 
@@ -85,23 +85,14 @@ def format_traceback(exc: BaseException, limit: int = TRACEBACK_BYTES) -> str:
 
 def encode_result(result: Any, max_bytes: int) -> str:
     """``result`` as compact JSON (valid UTF-8, at most ``max_bytes``), or UnstorableResult."""
-    if isinstance(result, Unstorable):
-        raise UnstorableResult(result.reason)
-    try:
-        text = json.dumps(result, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except RecursionError:
-        raise UnstorableResult("result is nested too deep to store as JSON") from None
-    except ValueError as exc:
-        msg = describe(exc, 200)
-        if "ircular" in msg:
-            raise UnstorableResult("result contains a reference cycle (not JSON)") from None
-        if "float" in msg:
-            raise UnstorableResult("result contains NaN or Infinity (not JSON)") from None
-        raise UnstorableResult(f"result is not JSON: {msg}") from None
-    except BaseException as exc:  # a user's object may raise anything
-        raise UnstorableResult(
-            f"result is not JSON: {type_name(exc)}: {describe(exc, 200)}"
-        ) from None
+    # The common results first: None, and a plain int (whose JSON is its decimal digits; bool
+    # is another type). Beyond 18 digits the general path decides (Python's digit limit).
+    if result is None:
+        text = "null"
+    elif type(result) is int and -_PLAIN_INT < result < _PLAIN_INT:
+        text = str(result)
+    else:
+        text = _encode_any(result)
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:
@@ -115,6 +106,31 @@ def encode_result(result: Any, max_bytes: int) -> str:
             f"result is {size} bytes of JSON, over max_result_bytes ({max_bytes}); "
             "store large data elsewhere and return a reference"
         )
+    return text
+
+
+_PLAIN_INT = 10**18
+
+
+def _encode_any(result: Any) -> str:
+    """Compact JSON of any result, or UnstorableResult saying why it cannot be stored."""
+    if isinstance(result, Unstorable):
+        raise UnstorableResult(result.reason)
+    try:
+        text = encode_json(result)  # one shared encoder (json.dumps builds one per call)
+    except RecursionError:
+        raise UnstorableResult("result is nested too deep to store as JSON") from None
+    except ValueError as exc:
+        msg = describe(exc, 200)
+        if "ircular" in msg:
+            raise UnstorableResult("result contains a reference cycle (not JSON)") from None
+        if "float" in msg:
+            raise UnstorableResult("result contains NaN or Infinity (not JSON)") from None
+        raise UnstorableResult(f"result is not JSON: {msg}") from None
+    except BaseException as exc:  # a user's object may raise anything
+        raise UnstorableResult(
+            f"result is not JSON: {type_name(exc)}: {describe(exc, 200)}"
+        ) from None
     return text
 
 
