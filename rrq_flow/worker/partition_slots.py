@@ -15,10 +15,7 @@ With one partition there is no limiter, and the line is that one runner.
 
 from __future__ import annotations
 
-import contextlib
 from collections import deque
-from contextlib import AbstractAsyncContextManager
-from typing import Any
 
 import trio
 
@@ -29,10 +26,9 @@ class SharedSlots:
         self._line: deque[trio.Event] = deque()  # runners waiting for a free slot, in order
         self._limiter = trio.CapacityLimiter(concurrency) if partitions > 1 else None
 
-    def running(self) -> AbstractAsyncContextManager[Any]:
-        """Held while a job runs: the cap across partitions (nothing with one partition)."""
-        if self._limiter is None:
-            return contextlib.nullcontext()
+    @property
+    def limiter(self) -> trio.CapacityLimiter | None:
+        """Held while a job runs: the cap across partitions (None with one partition)."""
         return self._limiter
 
     def line_up(self) -> trio.Event:
@@ -41,6 +37,11 @@ class SharedSlots:
         event = trio.Event()
         self._line.append(event)
         return event
+
+    def wake_all(self) -> None:
+        """Wake every runner in line (the worker stops: none may wait for a slot to free)."""
+        while self._line:
+            self._line.popleft().set()
 
     def taken(self) -> None:
         self.claimed += 1

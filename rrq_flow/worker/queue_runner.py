@@ -273,8 +273,11 @@ class QueueRunner:
                     w.request_stop("max jobs reached")
                     return
             if free <= 0:
-                turn = self.slots.line_up()  # before any checkpoint: no wake-up is missed
-                await trio_util.wait_any(turn.wait, w.stopping.wait)
+                if w.stopping.is_set():
+                    return
+                # Before any checkpoint: no wake-up is missed (a freed slot, or the stop, which
+                # _unblock_on_stop turns into a wake-up of the whole line).
+                await self.slots.line_up().wait()
                 continue
             if self._claim_unknown:
                 await self._give_back_orphans()
@@ -439,6 +442,7 @@ class QueueRunner:
         """When the worker stops, end this queue's blocking wait at once (a stop token)."""
         w = self.worker
         await w.stopping.wait()
+        self.slots.wake_all()  # claim loops waiting for a free slot see the stop
         try:
             with trio.fail_after(w.caller.timeout):
                 async with w.redis.pipeline(transaction=False) as pipe:
@@ -471,7 +475,7 @@ class QueueRunner:
         yields), so a slot runs at most that many in a row without yielding, and a no-op job
         costs no task switch.
         """
-        recv = self._recv
+        recv, limiter = self._recv, self.slots.limiter
         while True:
             try:
                 job = recv.receive_nowait()
@@ -482,9 +486,11 @@ class QueueRunner:
                     return False
             except trio.EndOfChannel:
                 return False
-            # The queue's cap across partitions (partition_slots.py); prefetched meanwhile.
-            async with self.slots.running():
+            if limiter is None:
                 await self._start(slot, job)
+            else:  # the queue's cap across partitions (partition_slots.py); prefetched meanwhile
+                async with limiter:
+                    await self._start(slot, job)
             if slot.scope.cancel_called:
                 return True  # a fresh scope for the next job
 
