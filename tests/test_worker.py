@@ -497,8 +497,8 @@ def test_default_prefetch_is_a_tenth_of_concurrency() -> None:
     assert make_queue("q", concurrency=50, prefetch=0).claim_ahead == 0
     assert make_queue("q", concurrency=1, prefetch=3).claim_ahead == 3
     # While the jobs are short: one per slot, unless the file sets it or flow control is on.
-    assert make_queue("q", concurrency=1).claim_ahead_short == 1
-    assert make_queue("q", concurrency=10).claim_ahead_short == 10
+    assert make_queue("q", concurrency=1).claim_ahead_short == 2
+    assert make_queue("q", concurrency=10).claim_ahead_short == 20
     assert make_queue("q", concurrency=10, prefetch=0).claim_ahead_short == 0
     assert make_queue("q", concurrency=10, prefetch=3).claim_ahead_short == 3
     assert make_queue("q", concurrency=10, max_running=4).claim_ahead_short == 0
@@ -520,11 +520,11 @@ def _claim_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 @pytest.mark.parametrize(
     ("handler", "args", "n", "sizes_between"),
     [
-        ("tests.handlers:echo", [], 300, (5, 8)),  # short jobs: 4 slots + up to 4 ahead
+        ("tests.handlers:echo", [], 300, (5, 12)),  # short jobs: 4 slots + up to 8 ahead
         ("tests.handlers:sleep_for", [0.03], 16, (1, 4)),  # 30 ms jobs: free slots only
     ],
 )
-async def test_default_prefetch_claims_one_per_slot_ahead_only_while_jobs_are_short(
+async def test_default_prefetch_claims_two_per_slot_ahead_only_while_jobs_are_short(
     redis_url: str,
     monkeypatch: pytest.MonkeyPatch,
     handler: str,

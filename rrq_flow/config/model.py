@@ -128,7 +128,7 @@ class QueueConfig:
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     max_error_bytes: int = DEFAULT_MAX_ERROR_BYTES
     # Jobs claimed ahead of the free slots; None: one per ten slots (none below ten), and up to
-    # one per slot while the queue's jobs are short (see claim_ahead_short).
+    # two per slot while the queue's jobs are short (see claim_ahead_short).
     prefetch: int | None = None
     # Flow control across all workers (rrq_flow.flow): "<n>/s|min|h", starts at once, running cap.
     rate_limit: str | None = None
@@ -152,17 +152,18 @@ class QueueConfig:
 
     @property
     def claim_ahead_short(self) -> int:
-        """Jobs claimed ahead while the queue's recent jobs are short (a few ms): one per slot.
+        """Jobs claimed ahead while the queue's recent jobs are short (a few ms): two per slot.
 
-        A job claimed ahead then waits about one job's duration, so no other worker waits
+        A job claimed ahead then waits about two jobs' duration, so no other worker waits
         long for it, and a claim round trip (which would cost about as much as the jobs
-        themselves) feeds twice as many jobs. A ``prefetch`` set in the file is used as it is.
+        themselves) feeds three times as many jobs. A ``prefetch`` set in the file is used
+        as it is.
         """
         if self.rate_limit is not None or self.max_running is not None:
             return 0
         if self.prefetch is not None:
             return self.prefetch
-        return max(self.concurrency, self.claim_ahead)
+        return max(2 * self.concurrency, self.claim_ahead)
 
     @property
     def rate_interval_ms(self) -> float:

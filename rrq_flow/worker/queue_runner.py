@@ -2,7 +2,7 @@
 
 One QueueRunner per queue, each in its own nursery, with its own ``concurrency`` slots, so a busy
 queue never starves another. Claims are sized to the free slots plus a small ``prefetch`` (one
-script call per batch; one job ahead per slot while the queue's jobs take under
+script call per batch; two jobs ahead per slot while the queue's jobs take under
 :data:`SHORT_JOB_SECONDS`), so a freed slot starts its next job without waiting for a claim round
 trip; ``concurrency`` long-lived runner tasks take claimed jobs from a channel (no task spawn
 per job); outcomes are buffered and sent as one script call per batch while the previous batch
@@ -71,7 +71,7 @@ log = logging.getLogger("rrq_flow.worker")
 job_log = logging.getLogger(JOBS_LOGGER)
 
 MAX_CLAIM = 500  # jobs per claim call
-SHORT_JOB_SECONDS = 0.01  # recent jobs this short: claim one job ahead per slot
+SHORT_JOB_SECONDS = 0.01  # recent jobs this short: claim two jobs ahead per slot
 STOP_TOKEN_TTL_MS = 10_000  # a stop token nobody took is gone after this
 OUTCOME_WORDS = {
     "OK": "done",
