@@ -1125,3 +1125,43 @@ async def test_server_clock_keeps_the_sub_second_part(
             after = server_ms()
             assert before - 1 <= seconds * 1000 <= in_ms + 1 <= after + 2
             time.sleep(0.137)
+
+
+def test_fragments_hold_only_definitions_at_top_level() -> None:
+    """Includes are expanded to the definitions a script uses: that is sound only while every
+    top-level line of a fragment belongs to a definition (no statement with an effect)."""
+    import re
+
+    from rrq_flow.protocol.scripts import _DEFINITION, _definitions, _read
+
+    for name in ("common", "runs", "add_job", "groups"):
+        text = _read(f"fragments/{name}.lua")
+        head, defs = _definitions(text)
+        assert head + "".join(d.text for d in defs) == text  # nothing lost, nothing moved
+        for line in text.splitlines():
+            if line and not line[0].isspace() and not _DEFINITION.match(line):
+                assert re.fullmatch(r"--.*|end|}|\]\]|\)", line), (name, line)
+
+
+def test_every_helper_a_script_uses_is_defined_in_it() -> None:
+    """No used helper is left out of an expanded script (Redis would then read it as a global
+    and fail at run time); and the shortest script drops most of the shared helpers."""
+    import re
+
+    from rrq_flow.protocol.scripts import SCRIPT_NAMES, _definitions, _read, script
+
+    helpers = set()
+    for name in ("common", "runs", "add_job", "groups"):
+        for d in _definitions(_read(f"fragments/{name}.lua"))[1]:
+            helpers |= d.names
+    for name in SCRIPT_NAMES:
+        source = re.sub(r"--\[\[.*?\]\]", "", script(name).source, flags=re.DOTALL)
+        source = re.sub(r"--[^\n]*", "", source)  # comments name helpers too
+        defined = set()
+        for line in source.splitlines():
+            m = re.match(r"(?:local function (\w+)|local (\w+(?:, *\w+)*)|(\w+) = function)", line)
+            if m:
+                defined |= {n.strip() for n in (m[1] or m[2] or m[3]).split(",")}
+        used = {h for h in helpers if re.search(rf"\b{h}\b", source)}
+        assert used <= defined, (name, sorted(used - defined))
+    assert len(script("heartbeat").source) < len(_read("fragments/common.lua"))

@@ -38,9 +38,82 @@ def _read(relative: str) -> str:
 
 @cache
 def script(name: str) -> Script:
-    """The script ``lua/<name>.lua`` with its includes expanded."""
-    source = _INCLUDE.sub(lambda m: _read(f"fragments/{m.group(1)}.lua"), _read(f"{name}.lua"))
+    """The script ``lua/<name>.lua`` with its includes expanded to the definitions it uses."""
+    source = expand_includes(_read(f"{name}.lua"))
     return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+
+# A top-level definition in a fragment starts at column 0: `local function NAME`, `local NAME
+# [, NAME...] [= ...]` (a value, or a forward declaration) or `NAME = function` (the body of a
+# forward declaration). Fragments hold nothing else at top level (test_protocol_scripts.py).
+_DEFINITION = re.compile(
+    r"^(?:local function (?P<fn>\w+)"
+    r"|local (?P<names>\w+(?:, *\w+)*)\b(?! *\()"
+    r"|(?P<late>\w+) = function)"
+)
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+
+
+@dataclass(frozen=True, slots=True)
+class _Definition:
+    names: frozenset[str]
+    text: str
+
+
+def _definitions(fragment: str) -> tuple[str, list[_Definition]]:
+    """A fragment's leading comment, and its top-level definitions in order (each with the
+    comment lines above it)."""
+    head: list[str] = []
+    out: list[tuple[set[str], list[str]]] = []
+    pending: list[str] = []  # comment or blank lines: they go with the next definition
+    for line in fragment.splitlines(keepends=True):
+        m = _DEFINITION.match(line)
+        if m:
+            names = m.group("fn") or m.group("late") or m.group("names")
+            out.append(({n.strip() for n in names.split(",")}, [*pending, line]))
+            pending = []
+        elif not out:
+            head.append(line)
+        elif line.startswith("--") or not line.strip():
+            pending.append(line)
+        else:
+            out[-1][1].extend([*pending, line])
+            pending = []
+    return "".join(head), [_Definition(frozenset(n), "".join(t)) for n, t in out]
+
+
+def expand_includes(source: str) -> str:
+    """``source`` with each ``-- #include NAME`` line replaced by the definitions of
+    ``lua/fragments/NAME.lua`` that the script uses, directly or through other definitions.
+
+    Redis runs a script's whole text on every call, so every helper defined is a closure built
+    per call: including only what is used takes ~20 µs off each call of the larger scripts (the
+    fragments hold about 60 helpers; enqueue uses a third of them). Order is kept, so every
+    helper is still defined before the helpers and code that refer to it.
+    """
+    parts = _INCLUDE.split(source)  # text, include name, text, include name, ..., text
+    texts, names = parts[0::2], parts[1::2]
+    fragments = [_definitions(_read(f"fragments/{n}.lua")) for n in names]
+    wanted = set(_IDENTIFIER.findall("".join(texts)))
+    chosen: set[int] = set()
+    flat = [d for _, defs in fragments for d in defs]
+    grew = True
+    while grew:  # until no used definition brings in another
+        grew = False
+        for i, d in enumerate(flat):
+            if i not in chosen and d.names & wanted:
+                chosen.add(i)
+                wanted |= set(_IDENTIFIER.findall(d.text))
+                grew = True
+    out, i = [texts[0]], 0
+    for (head, defs), text in zip(fragments, texts[1:], strict=True):
+        out.append(head)
+        for d in defs:
+            if i in chosen:
+                out.append(d.text)
+            i += 1
+        out.append(text)
+    return "".join(out)
 
 
 SCRIPT_NAMES = (
