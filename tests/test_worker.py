@@ -502,6 +502,8 @@ def test_default_prefetch_is_a_tenth_of_concurrency() -> None:
     assert make_queue("q", concurrency=10, prefetch=0).claim_ahead_short == 0
     assert make_queue("q", concurrency=10, prefetch=3).claim_ahead_short == 3
     assert make_queue("q", concurrency=10, max_running=4).claim_ahead_short == 0
+    assert make_queue("q", concurrency=10).claim_ahead_medium == 10
+    assert make_queue("q", concurrency=10, prefetch=3).claim_ahead_medium == 3
 
 
 def _claim_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -520,11 +522,12 @@ def _claim_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 @pytest.mark.parametrize(
     ("handler", "args", "n", "sizes_between"),
     [
-        ("tests.handlers:echo", [], 300, (5, 12)),  # short jobs: 4 slots + up to 8 ahead
-        ("tests.handlers:sleep_for", [0.03], 16, (1, 4)),  # 30 ms jobs: free slots only
+        ("tests.handlers:echo", [], 300, (9, 12)),  # short jobs: 4 slots + up to 8 ahead
+        ("tests.handlers:sleep_for", [0.03], 16, (5, 8)),  # 30 ms jobs: up to 4 ahead
+        ("tests.handlers:sleep_for", [0.15], 8, (1, 4)),  # 150 ms jobs: free slots only
     ],
 )
-async def test_default_prefetch_claims_two_per_slot_ahead_only_while_jobs_are_short(
+async def test_default_prefetch_claims_ahead_per_slot_only_while_jobs_are_short(
     redis_url: str,
     monkeypatch: pytest.MonkeyPatch,
     handler: str,
@@ -532,8 +535,9 @@ async def test_default_prefetch_claims_two_per_slot_ahead_only_while_jobs_are_sh
     n: int,
     sizes_between: tuple[int, int],
 ) -> None:
-    """Claiming ahead pays while a job costs about as much as a claim round trip; for longer
-    jobs a job claimed ahead would wait behind them while another worker could run it."""
+    """Claiming ahead pays while a job costs about as much as a claim round trip (two per
+    slot) or while jobs are short enough that one claimed ahead waits little (one per slot,
+    under 100 ms); behind longer jobs it would wait while another worker could run it."""
     sizes = _claim_sizes(monkeypatch)
     cfg = make_pipeline(redis_url, make_queue("q", handler, concurrency=4))
     with SyncClient(cfg) as client:

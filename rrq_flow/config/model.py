@@ -128,7 +128,7 @@ class QueueConfig:
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     max_error_bytes: int = DEFAULT_MAX_ERROR_BYTES
     # Jobs claimed ahead of the free slots; None: one per ten slots (none below ten), and up to
-    # two per slot while the queue's jobs are short (see claim_ahead_short).
+    # two per slot while the queue's jobs are short (see claim_ahead_short / _medium).
     prefetch: int | None = None
     # Flow control across all workers (rrq_flow.flow): "<n>/s|min|h", starts at once, running cap.
     rate_limit: str | None = None
@@ -159,11 +159,20 @@ class QueueConfig:
         themselves) feeds three times as many jobs. A ``prefetch`` set in the file is used
         as it is.
         """
+        return self._claim_ahead_at_most(2 * self.concurrency)
+
+    @property
+    def claim_ahead_medium(self) -> int:
+        """Jobs claimed ahead while the queue's recent jobs take under a tenth of a second: one
+        per slot (a job claimed ahead waits about one job's duration)."""
+        return self._claim_ahead_at_most(self.concurrency)
+
+    def _claim_ahead_at_most(self, n: int) -> int:
         if self.rate_limit is not None or self.max_running is not None:
             return 0
         if self.prefetch is not None:
             return self.prefetch
-        return max(2 * self.concurrency, self.claim_ahead)
+        return max(n, self.claim_ahead)
 
     @property
     def rate_interval_ms(self) -> float:

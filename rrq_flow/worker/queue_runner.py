@@ -3,11 +3,11 @@
 One QueueRunner per queue, each in its own nursery, with its own ``concurrency`` slots, so a busy
 queue never starves another. Claims are sized to the free slots plus a small ``prefetch`` (one
 script call per batch; two jobs ahead per slot while the queue's jobs take under
-:data:`SHORT_JOB_SECONDS`), so a freed slot starts its next job without waiting for a claim round
-trip; ``concurrency`` long-lived runner tasks take claimed jobs from a channel (no task spawn
-per job); outcomes are buffered and sent as one script call per batch while the previous batch
-is in flight (pipelined acknowledgements, no added latency). An idle queue blocks on its wake-up
-list instead of polling.
+:data:`SHORT_JOB_SECONDS`, one under :data:`MEDIUM_JOB_SECONDS`), so a freed slot starts its next
+job without waiting for a claim round trip; ``concurrency`` long-lived runner tasks take claimed
+jobs from a channel (no task spawn per job); outcomes are buffered and sent as one script call
+per batch while the previous batch is in flight (pipelined acknowledgements, no added latency).
+An idle queue blocks on its wake-up list instead of polling.
 
 A prefetched job is leased like a running one (its lease is renewed while it waits). One that
 waits longer than half of ``lock_extension`` is given back unstarted (no attempt used): another
@@ -72,6 +72,7 @@ job_log = logging.getLogger(JOBS_LOGGER)
 
 MAX_CLAIM = 500  # jobs per claim call
 SHORT_JOB_SECONDS = 0.01  # recent jobs this short: claim two jobs ahead per slot
+MEDIUM_JOB_SECONDS = 0.1  # this short: one ahead per slot
 STOP_TOKEN_TTL_MS = 10_000  # a stop token nobody took is gone after this
 OUTCOME_WORDS = {
     "OK": "done",
@@ -188,6 +189,7 @@ class QueueRunner:
         self.acking_since: float | None = None
         self.prefetch = cfg.claim_ahead
         self._prefetch_short = cfg.claim_ahead_short  # while recent jobs are short
+        self._prefetch_medium = cfg.claim_ahead_medium
         self._recent_seconds: float | None = None  # moving average of handler durations
         self._max_buffer_wait = cfg.lock_extension / 2
         self._stop_key = self.layout.worker_wake(worker.worker_id, cfg.name)
@@ -264,8 +266,12 @@ class QueueRunner:
             # Claims are shielded: never start one once the worker is being torn down.
             await trio.lowlevel.checkpoint()
             recent = self._recent_seconds
-            short = recent is not None and recent < SHORT_JOB_SECONDS
-            prefetch = self._prefetch_short if short else self.prefetch
+            if recent is None or recent >= MEDIUM_JOB_SECONDS:
+                prefetch = self.prefetch
+            elif recent < SHORT_JOB_SECONDS:
+                prefetch = self._prefetch_short
+            else:
+                prefetch = self._prefetch_medium
             free = self.cfg.concurrency + prefetch - self.slots.claimed
             if w.max_jobs is not None:
                 free = min(free, w.max_jobs - w.claimed_total)
