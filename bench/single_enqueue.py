@@ -43,8 +43,18 @@ def one(name: str, cmd: list[str], r: redis.Redis, env: dict[str, str], n: int) 
     time.sleep(0.2)
     s0 = snapshot(r)
     enq = subprocess.run(
-        [*cmd, "enqueue", "--variant", name, "--n", str(n), "--sleep", "0"]
-        + ["--spacing-ms", SPACING_MS],
+        [
+            *cmd,
+            "enqueue",
+            "--variant",
+            name,
+            "--n",
+            str(n),
+            "--sleep",
+            "0",
+            "--spacing-ms",
+            SPACING_MS,
+        ],
         env=env,
         capture_output=True,
         text=True,
