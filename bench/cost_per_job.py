@@ -169,18 +169,31 @@ class Lines:
         self.f.close()
 
 
-def one(
-    name: str, cmd: list[str], burst: bool, r: redis.Redis, env: dict[str, str], args: Any
-) -> dict[str, Any]:
-    n = args.n
-    out = Path(env["BENCH_OUT"])
-    out.write_bytes(b"")
+def adapter_env(port: int, tmp: Path) -> dict[str, str]:
+    """The environment the adapters run in: the private Redis, the records file, the venvs."""
+    env = dict(os.environ)
+    env.update(
+        REDIS_URL=f"redis://127.0.0.1:{port}/0",
+        BENCH_OUT=str(tmp / "records"),
+        PEERBENCH_VENVS=str(VENVS),
+        PYTHONPATH=str(HARNESS) + (os.pathsep + env["PYTHONPATH"] if "PYTHONPATH" in env else ""),
+        PYTHONUNBUFFERED="1",
+    )
+    env.setdefault("RRQFLOW_VENV", sys.prefix)
+    return env
+
+
+def measured_enqueue(
+    r: redis.Redis, cmd: list[str], name: str, env: dict[str, str], n: int, *extra: str
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """On an emptied Redis with fresh counters, ``ADAPTER enqueue`` of N no-op jobs (``extra``:
+    more adapter options): the snapshots before and after, and the adapter's output."""
     r.flushall()
     r.config_resetstat()
     time.sleep(0.2)
     s0 = snapshot(r)
     enq = subprocess.run(
-        [*cmd, "enqueue", "--variant", name, "--n", str(n), "--sleep", "0"],
+        [*cmd, "enqueue", "--variant", name, "--n", str(n), "--sleep", "0", *extra],
         env=env,
         capture_output=True,
         text=True,
@@ -188,7 +201,16 @@ def one(
     )
     if enq.returncode != 0:
         raise RuntimeError(f"{name} enqueue failed: {enq.stderr[-800:]}")
-    s1 = snapshot(r)
+    return s0, snapshot(r), enq.stdout
+
+
+def one(
+    name: str, cmd: list[str], burst: bool, r: redis.Redis, env: dict[str, str], args: Any
+) -> dict[str, Any]:
+    n = args.n
+    out = Path(env["BENCH_OUT"])
+    out.write_bytes(b"")
+    s0, s1, _ = measured_enqueue(r, cmd, name, env, n)
     work = [*cmd, "work", "--variant", name, "--concurrency", str(args.concurrency)]
     if burst:
         work.append("--burst")
@@ -322,17 +344,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="rrqcost-"))
     server = start_redis_server(tmp / "redis", appendonly=False)
     try:
-        url = f"redis://127.0.0.1:{server.port}/0"
-        env = dict(os.environ)
-        env.update(
-            REDIS_URL=url,
-            BENCH_OUT=str(tmp / "records"),
-            PEERBENCH_VENVS=str(VENVS),
-            PYTHONPATH=str(HARNESS)
-            + (os.pathsep + env["PYTHONPATH"] if "PYTHONPATH" in env else ""),
-            PYTHONUNBUFFERED="1",
-        )
-        env.setdefault("RRQFLOW_VENV", sys.prefix)
+        env = adapter_env(server.port, tmp)
         bursts = {}
         for s in systems:
             info = subprocess.run([*cmds[s], "info"], env=env, capture_output=True, text=True)

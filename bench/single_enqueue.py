@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from cost_per_job import HARNESS, VENVS, adapter, phase, snapshot  # bench/, beside this file
+from cost_per_job import adapter, adapter_env, measured_enqueue, phase  # bench/, beside it
 
 from rrq_flow.redis_server import start_redis_server
 
@@ -38,32 +37,8 @@ SPACING_MS = "0.000001"  # never sleeps: each call starts when the previous one 
 
 
 def one(name: str, cmd: list[str], r: redis.Redis, env: dict[str, str], n: int) -> dict[str, Any]:
-    r.flushall()
-    r.config_resetstat()
-    time.sleep(0.2)
-    s0 = snapshot(r)
-    enq = subprocess.run(
-        [
-            *cmd,
-            "enqueue",
-            "--variant",
-            name,
-            "--n",
-            str(n),
-            "--sleep",
-            "0",
-            "--spacing-ms",
-            SPACING_MS,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if enq.returncode != 0:
-        raise RuntimeError(f"{name} enqueue failed: {enq.stderr[-800:]}")
-    s1 = snapshot(r)
-    reply = json.loads(enq.stdout.strip().splitlines()[-1])
+    s0, s1, stdout = measured_enqueue(r, cmd, name, env, n, "--spacing-ms", SPACING_MS)
+    reply = json.loads(stdout.strip().splitlines()[-1])
     cost = phase(s0, s1, n)
     return {
         "calls_per_s": n / float(reply["seconds"]),
@@ -86,14 +61,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="rrqsingle-"))
     server = start_redis_server(tmp / "redis", appendonly=False)
     try:
-        env = dict(os.environ)
-        env.update(
-            REDIS_URL=f"redis://127.0.0.1:{server.port}/0",
-            BENCH_OUT=str(tmp / "records"),
-            PEERBENCH_VENVS=str(VENVS),
-            PYTHONPATH=str(HARNESS),
-        )
-        env.setdefault("RRQFLOW_VENV", sys.prefix)
+        env = adapter_env(server.port, tmp)
         variants = {}
         for s in systems:
             info = subprocess.run([*cmds[s], "info"], env=env, capture_output=True, text=True)
