@@ -300,6 +300,52 @@ def test_batch_enqueue_many_in_one_call(p: Proto) -> None:
     assert p.r.llen(p.q().wake) == 1  # one wake token is enough
 
 
+def test_numbers_written_per_job_keep_their_exact_digits(p: Proto) -> None:
+    """The scripts write per-job numbers as strings they format themselves (num_str, common.lua):
+    digits, whole numbers below 1e14, and anything else left to Redis; every one must read back
+    exactly as Redis' own formatting did (an int the Python side parses)."""
+    far = 10**15 + 7  # beyond num_str's whole-number range: Redis formats it
+    assert p.enqueue(NewJob("now"), NewJob("far", when=f"={far}")) == [
+        ("now", "new"),
+        ("far", "new"),
+    ]
+    assert p.job("far")["ready_at"] == str(far) and p.r.zscore(p.q().ready, "far") == far
+    rec = p.job("now")
+    assert (rec["attempts"], rec["epoch"]) == ("0", "0")
+    assert rec["enqueued_at"] == rec["ready_at"] and int(rec["enqueued_at"]) > 10**12
+    job = p.claim_one("now")
+    rec = p.job("now")
+    assert (rec["epoch"], rec["attempts"], rec["claims"]) == ("1", "1", "1")
+    started = int(rec["started_at"])
+    assert int(rec["lease"]) == started + LEASE and int(rec["hard_deadline"]) == started + HARD
+    assert p.r.zscore(p.q().active, "now") == started + LEASE
+    assert p.complete("w1", [Completion("now", job.epoch, "1")]) == ["OK"]
+    rec = p.job("now")
+    assert int(rec["finished_at"]) >= started and 0 < p.r.pttl(p.layout.job("now")) <= TTL
+    # Ten and more claims (each stalled and reaped): past the one-digit shortcut.
+    p.r.zadd(p.q().ready, {"far": 0}, xx=True)
+    for _ in range(11):
+        claimed = p.claim_one("far")
+        p.expire_lease("far")
+        p.reap(max_stalls=99)
+        p.r.zadd(p.q().ready, {"far": 0}, xx=True)
+    assert p.job("far")["claims"] == "11" and claimed.epoch > 10
+    assert p.claim_one("far").epoch == int(p.job("far")["epoch"])
+
+
+def test_batch_enqueue_with_a_known_id_checks_each_record(p: Proto) -> None:
+    """A batch whose ids are all new skips the per-record type checks (one EXISTS); one known
+    id among them brings the checks back: it answers 'exists', a record of another type is
+    refused, and nothing is written."""
+    p.enqueue("old")
+    reply = p.enqueue(*[NewJob(f"n{i}") for i in range(5)], NewJob("old"))
+    assert reply[-1] == ("old", "exists") and len(reply) == 6
+    p.r.set(p.layout.job("bad"), "x")
+    with pytest.raises(redis.ResponseError, match="nothing was written"):
+        p.enqueue(NewJob("m1"), NewJob("bad"))
+    assert not p.r.exists(p.layout.job("m1"))
+
+
 def _evalsha_calls(r: redis.Redis) -> int:
     stats = r.info("commandstats")
     return sum(stats.get(k, {}).get("calls", 0) for k in ("cmdstat_evalsha", "cmdstat_eval"))

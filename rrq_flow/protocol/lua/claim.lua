@@ -46,6 +46,7 @@ check_type(KEYS[5], 'list')
 local gen = check_read('HGET', KEYS[1], 'generation')
 if gen ~= ARGV[2] then return { 'LOST', gen or '' } end
 local now = now_ms()
+local now_s = num_str(now)
 local WAITING = { queued = true, scheduled = true, retrying = true }
 
 -- Check the records this call can touch: the due retries (and the level each goes back to),
@@ -75,7 +76,13 @@ local function check_candidate(id)
   end
   return f
 end
-local due = check_read('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
+-- The earliest retry: when it is not due yet (or there is none), that one read is all this call
+-- needs of the retry set, its type check and next_due's input included.
+local rhead = check_read('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+local due = {}
+if #rhead > 0 and tonumber(rhead[2]) <= now then
+  due = rcall('ZRANGEBYSCORE', KEYS[3], '-inf', now_s, 'WITHSCORES', 'LIMIT', 0, 1000)
+end
 for i = 1, #due, 2 do
   check_ready(KEYS[2], check_candidate(due[i])[8])
 end
@@ -88,7 +95,7 @@ for _, level in ipairs(levels) do
   if want <= 0 then check_type(level, 'zset') end
   for _ = 1, 10 do
     if claimable >= want then break end
-    local ids = check_read('ZRANGEBYSCORE', level, '-inf', now, 'LIMIT', offset, want - claimable)
+    local ids = check_read('ZRANGEBYSCORE', level, '-inf', now_s, 'LIMIT', offset, want - claimable)
     if #ids == 0 then break end
     offset = offset + #ids
     for _, id in ipairs(ids) do
@@ -148,6 +155,8 @@ end
 local out = { 'OK', now, -1, 0 }
 local count = 0
 local leases = {} -- the active entries, added at once
+-- A job started now (no rate limit) has these; strings, made once (see num_str).
+local lease_now_s, hard_now_s = num_str(now + lease_ms), num_str(now + hard_ms)
 -- Claim job `id` (its record read by check_candidate above: no read here) if it is waiting; a
 -- missing record (expired, purged) or a finished job is dropped, never blocks the rest.
 local function claim_one(id)
@@ -155,14 +164,17 @@ local function claim_one(id)
   if not WAITING[f[1]] then return end
   local epoch = tonumber(f[2] or '0') + 1
   local attempt = tonumber(f[3] or '0') + 1
-  local start_at = now
-  if interval > 0 then start_at = math.max(now, math.ceil(tat + count * interval - tau)) end
-  local lease = start_at + lease_ms
-  rcall('HSET', job_key(id), 'status', 'active', 'epoch', epoch, 'attempts', attempt,
-    'claims', tonumber(f[4] or '0') + 1, 'owner', worker, 'started_at', start_at,
-    'lease', lease, 'hard_deadline', start_at + hard_ms, 'settled', '')
+  local start_at, start_s, lease_s, hard_s = now, now_s, lease_now_s, hard_now_s
+  if interval > 0 then
+    start_at = math.max(now, math.ceil(tat + count * interval - tau))
+    start_s, lease_s, hard_s = num_str(start_at), num_str(start_at + lease_ms),
+      num_str(start_at + hard_ms)
+  end
+  rcall('HSET', job_key(id), 'status', 'active', 'epoch', num_str(epoch), 'attempts',
+    num_str(attempt), 'claims', num_str(tonumber(f[4] or '0') + 1), 'owner', worker,
+    'started_at', start_s, 'lease', lease_s, 'hard_deadline', hard_s, 'settled', '')
   f[1] = 'active'
-  leases[#leases + 1] = lease
+  leases[#leases + 1] = lease_s
   leases[#leases + 1] = id
   local args, kwargs = unpack_args(blobs[id])
   out[#out + 1] = id
@@ -183,7 +195,7 @@ if promoted then
   for _, level in ipairs(levels) do
     while count < want and rounds < 10 do
       rounds = rounds + 1
-      local ids = rcall('ZRANGEBYSCORE', level, '-inf', now, 'LIMIT', 0, want - count)
+      local ids = rcall('ZRANGEBYSCORE', level, '-inf', now_s, 'LIMIT', 0, want - count)
       if #ids == 0 then break end
       rcall('ZREM', level, unpack(ids))
       for _, id in ipairs(ids) do claim_one(id) end
@@ -220,7 +232,7 @@ for _, level in ipairs(levels) do
     rcall('ZREM', KEYS[2] .. ':prio', string.sub(level, #KEYS[2] + 4))
   end
 end
-local rhead = rcall('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+if #due > 0 then rhead = rcall('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES') end -- promoted ones left
 if #rhead > 0 and (next_due == -1 or tonumber(rhead[2]) < next_due) then
   next_due = tonumber(rhead[2])
 end

@@ -99,6 +99,7 @@ end
 if p ~= #ARGV + 1 then refuse('expected ' .. (p - 1) .. ' arguments, got ' .. #ARGV) end
 
 local now = now_ms()
+local now_s, ttl_s = num_str(now), ARGV[3] -- written per job: strings (see num_str)
 local out = {}
 local done, freed = 0, false
 local settled = {} -- id -> epoch of the jobs this call completed (an id twice is completed once)
@@ -134,7 +135,7 @@ for j = 1, n do
         'children', 0, 'fanout_total', staged)
     end
     left[#left + 1] = id
-    rcall('ZADD', KEYS[6], now, id)
+    rcall('ZADD', KEYS[6], now_s, id)
     settled[id] = epoch
     freed = true
     out[#out + 1] = 'OK'
@@ -177,11 +178,11 @@ for j = 1, n do
       local ck = children_key(id)
       rcall('DEL', ck) -- an index left by an earlier attempt is rebuilt, never appended to twice
       push_all(ck, children)
-      rcall('PEXPIRE', ck, ttl_ms)
+      rcall('PEXPIRE', ck, ttl_s)
     end
-    local fields = { 'status', 'done', 'finished_at', now, 'settled', 'complete' }
+    local fields = { 'status', 'done', 'finished_at', now_s, 'settled', 'complete' }
     if #result > LONG_VALUE then
-      rcall('SET', result_key(id), result, 'PX', ttl_ms)
+      rcall('SET', result_key(id), result, 'PX', ttl_s)
     else
       fields[#fields + 1] = 'result'
       fields[#fields + 1] = result
@@ -192,10 +193,10 @@ for j = 1, n do
     end
     rcall('HSET', jk, unpack(fields))
     left[#left + 1] = id
-    rcall('PEXPIRE', jk, ttl_ms)
-    if tonumber(f[9] or '0') > 1 then rcall('PEXPIRE', errors_key(id), ttl_ms) end
+    rcall('PEXPIRE', jk, ttl_s)
+    if tonumber(f[9] or '0') > 1 then rcall('PEXPIRE', errors_key(id), ttl_s) end
     if keep_args then
-      rcall('PEXPIRE', args_key(id), ttl_ms)
+      rcall('PEXPIRE', args_key(id), ttl_s)
     else
       drop[#drop + 1] = args_key(id)
     end

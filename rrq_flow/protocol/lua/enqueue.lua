@@ -18,7 +18,9 @@
   key); an empty array when every job is new.
   Checks before the first write: argument count and numbers, the type of every key it touches
   (meta, the queue's keys and priority level, each job record, unique key and its holder's
-  record); an error reply means nothing was written.
+  record), where it can by the read it needs anyway (meta's generation, the wake list's length;
+  a batch's records by one EXISTS when none is there yet); an error reply means nothing was
+  written.
   Invariant: a job record and its queue entry are created together; an id is never enqueued twice.
   Retry-safe: the client picks job ids before sending, so a repeat after a lost reply answers
   'exists' for each job and changes nothing.
@@ -30,10 +32,23 @@
 local queue, max_attempts = ARGV[2], ARGV[3]
 local n = check_num(5, 'number of jobs')
 if #ARGV ~= 5 + n * 3 then refuse('expected ' .. (5 + n * 3) .. ' arguments, got ' .. #ARGV) end
-check_type(KEYS[1], 'hash')
+local generation = check_read('HGET', KEYS[1], 'generation')
 check_type(KEYS[2], 'zset')
-check_type(KEYS[3], 'list')
+local wake_pending = check_len(KEYS[3]) > 0
 check_type(KEYS[4], 'hash')
+if n > 1 then
+  -- Fresh ids, the usual case: one EXISTS per 1,000 answers for every record at once (none
+  -- exists: none can be of a wrong type) instead of a TYPE each.
+  local jkeys = {}
+  for i = 0, n - 1 do jkeys[i + 1] = job_key(ARGV[6 + i * 3]) end
+  local found = 0
+  for i = 1, n, 1000 do
+    found = found + rcall('EXISTS', unpack(jkeys, i, math.min(i + 999, n)))
+  end
+  if found == 0 then
+    for _, jk in ipairs(jkeys) do checked[jk] = 'none' end
+  end
+end
 local EMPTY = { '', '', '', '', '' }
 local opts = {} -- by position: the decoded options
 for i = 0, n - 1 do
@@ -55,10 +70,10 @@ for i = 0, n - 1 do
     o = decoded
   end
   opts[i] = o
-  check_add(queue, ARGV[b], o[1], o[2], max_attempts, o[4])
+  check_add_job(queue, ARGV[b], o[1], o[2], max_attempts, o[4])
 end
 
-rcall('HSETNX', KEYS[1], 'generation', ARGV[4])
+if not generation then rcall('HSET', KEYS[1], 'generation', ARGV[4]) end
 local now = now_ms()
 local out = {}
 local any_ready = false
@@ -78,5 +93,5 @@ for i = 0, n - 1 do
 end
 flush_added(queue, sink)
 -- Deferred jobs wake an idle worker too, so it can shorten its wait to their due time.
-if any_ready then wake(KEYS[3]) end
+if any_ready and not wake_pending then rcall('RPUSH', KEYS[3], '1') end
 return out

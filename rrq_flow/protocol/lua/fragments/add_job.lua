@@ -2,8 +2,9 @@
   add_job: create one job record and put it in its queue; shared by enqueue and by the creation of
   children (complete, expand). Needs common and runs (a job of a run is counted in it).
 
-  check_add (before the script's first write) checks the keys add_job will read or write, the
-  `when` field and the priority; add_job then cannot fail half-way. (The arguments key args:<id>
+  check_add_job (before the script's first write) checks the keys add_job will read or write, the
+  `when` field and the priority; add_job then cannot fail half-way. check_add also checks the
+  queue's dead set, for a join that may be dead-lettered as it is made (fragments/groups.lua). (The arguments key args:<id>
   is only ever SET here, which no type can make fail.)
 
   The record is sparse: fields that are empty or 0 (unique_key, parent, run, priority, stalls,
@@ -19,7 +20,9 @@
 ]]
 local TERMINAL = { done = true, dead = true, failed = true, cancelled = true }
 
-local function check_add(queue, id, when, ukey, max_attempts, prio)
+-- check_add_job checks what add_job itself touches; check_add also the queue's dead set, for a
+-- caller whose job may be dead-lettered in the same step (a join: fragments/groups.lua).
+local function check_add_job(queue, id, when, ukey, max_attempts, prio)
   if id == '' then refuse('empty job id') end
   check_type(job_key(id), 'hash')
   if ukey ~= '' then
@@ -33,8 +36,13 @@ local function check_add(queue, id, when, ukey, max_attempts, prio)
     if (kind ~= '+' and kind ~= '=') or not ms then refuse('bad when field ' .. when) end
   end
   if not tonumber(max_attempts) then refuse('max attempts is not a number: ' .. max_attempts) end
-  check_queue(queue)
+  check_queue_new(queue)
   check_ready(queue_key(queue), prio)
+end
+
+local function check_add(queue, id, when, ukey, max_attempts, prio)
+  check_add_job(queue, id, when, ukey, max_attempts, prio)
+  check_type(dead_key(queue), 'zset')
 end
 
 -- Jobs this script created (an id twice in one call is one job).
@@ -67,8 +75,9 @@ local function add_job(queue, id, blob, when, ukey, parent, max_attempts, now, p
     if kind == '+' then ready_at = now + ms else ready_at = ms end
     if ready_at > now then status = 'scheduled' end
   end
-  local rec = { 'queue', queue, 'status', status, 'attempts', 0, 'max_attempts', max_attempts,
-    'epoch', 0, 'enqueued_at', now, 'ready_at', ready_at }
+  local ready_s = num_str(ready_at) -- strings, not numbers (see num_str)
+  local rec = { 'queue', queue, 'status', status, 'attempts', '0', 'max_attempts', max_attempts,
+    'epoch', '0', 'enqueued_at', num_str(now), 'ready_at', ready_s }
   if ukey ~= '' then
     rec[#rec + 1] = 'unique_key'
     rec[#rec + 1] = ukey
@@ -91,10 +100,10 @@ local function add_job(queue, id, blob, when, ukey, parent, max_attempts, now, p
   created[id] = true
   if uk then rcall('SET', uk, id) end
   if sink and level == queue_key(queue) then
-    sink[#sink + 1] = ready_at
+    sink[#sink + 1] = ready_s
     sink[#sink + 1] = id
   else
-    add_ready(queue_key(queue), prio, ready_at, id)
+    add_ready(queue_key(queue), prio, ready_s, id)
     if sink then sink.count = (sink.count or 0) + 1 end
   end
   if not sink then rcall('HINCRBY', stats_key(queue), 'enqueued', 1) end
