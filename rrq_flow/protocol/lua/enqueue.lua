@@ -54,8 +54,8 @@ local opts = {} -- by position: the decoded options
 for i = 0, n - 1 do
   local b = 6 + i * 3
   local blob = ARGV[b + 1]
-  local len = tonumber(string.match(blob, '^(%d+):'))
-  if not len or #blob < #tostring(len) + 1 + len then
+  local digits = string.match(blob, '^(%d+):')
+  if not digits or #blob < #digits + 1 + tonumber(digits) then
     refuse('job ' .. ARGV[b] .. ': arguments not of the form <bytes>:<args><kwargs>')
   end
   local o = EMPTY

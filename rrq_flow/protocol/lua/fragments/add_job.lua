@@ -20,6 +20,10 @@
 ]]
 local TERMINAL = { done = true, dead = true, failed = true, cancelled = true }
 
+-- queue -> {priority -> true}: the keys a new job of that queue and priority goes into, checked
+-- (once per script: a batch of a thousand jobs of one queue checks them once).
+local queues_checked = {}
+
 -- check_add_job checks what add_job itself touches; check_add also the queue's dead set, for a
 -- caller whose job may be dead-lettered in the same step (a join: fragments/groups.lua).
 local function check_add_job(queue, id, when, ukey, max_attempts, prio)
@@ -36,8 +40,17 @@ local function check_add_job(queue, id, when, ukey, max_attempts, prio)
     if (kind ~= '+' and kind ~= '=') or not ms then refuse('bad when field ' .. when) end
   end
   if not tonumber(max_attempts) then refuse('max attempts is not a number: ' .. max_attempts) end
-  check_queue_new(queue)
-  check_ready(queue_key(queue), prio)
+  local by_prio = queues_checked[queue]
+  if not by_prio then
+    by_prio = {}
+    queues_checked[queue] = by_prio
+  end
+  local pk = prio or ''
+  if not by_prio[pk] then
+    check_queue_new(queue)
+    check_ready(queue_key(queue), prio)
+    by_prio[pk] = true
+  end
 end
 
 local function check_add(queue, id, when, ukey, max_attempts, prio)
@@ -90,8 +103,9 @@ local function add_job(queue, id, blob, when, ukey, parent, max_attempts, now, p
     rec[#rec + 1] = 'run'
     rec[#rec + 1] = run
   end
-  local level = ready_key_for(queue_key(queue), prio)
-  if level ~= queue_key(queue) then
+  local qk = queue_key(queue)
+  local level = ready_key_for(qk, prio)
+  if level ~= qk then
     rec[#rec + 1] = 'priority'
     rec[#rec + 1] = prio
   end
@@ -99,11 +113,11 @@ local function add_job(queue, id, blob, when, ukey, parent, max_attempts, now, p
   rcall('SET', args_key(id), blob)
   created[id] = true
   if uk then rcall('SET', uk, id) end
-  if sink and level == queue_key(queue) then
+  if sink and level == qk then
     sink[#sink + 1] = ready_s
     sink[#sink + 1] = id
   else
-    add_ready(queue_key(queue), prio, ready_s, id)
+    add_ready(qk, prio, ready_s, id)
     if sink then sink.count = (sink.count or 0) + 1 end
   end
   if not sink then rcall('HINCRBY', stats_key(queue), 'enqueued', 1) end
