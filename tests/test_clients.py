@@ -28,7 +28,7 @@ from rrq_flow.errors import (
     UnknownQueueError,
 )
 from rrq_flow.protocol.ops import Completion, Failure
-from rrq_flow.protocol.scripts import preload_sync
+from rrq_flow.protocol.scripts import SCRIPT_NAMES, all_scripts, preload_sync
 from tests.conftest import make_pipeline, make_queue
 from tests.test_protocol_scripts import Proto
 
@@ -193,6 +193,19 @@ def test_sync_enqueue_many_reloads_scripts_after_script_flush(
         p.r.script_flush()
         ids = client.enqueue_many("q", [[2], [3]], batch_size=1)
     assert len(ids) == 2 and p.r.zcard(p.q().ready) == 3
+
+
+def test_a_producer_loads_only_the_enqueue_script(cfg: PipelineConfig, p: Proto) -> None:
+    """A producer's first pipelined enqueue loads what it calls by SHA, not every script (the
+    others are ~300 KB of Lua); its other calls fall back to EVAL on their own."""
+    p.r.script_flush()
+    with SyncClient(cfg) as client:
+        job_id = client.enqueue_many("q", [[1]])[0]
+        loaded = p.r.script_exists(*(s.sha for s in all_scripts()))
+        assert dict(zip(SCRIPT_NAMES, loaded, strict=True)) == {
+            name: name == "enqueue" for name in SCRIPT_NAMES
+        }
+    assert p.claim_one(job_id, gen=_generation(p)).epoch == 1  # claim.lua: NOSCRIPT, then EVAL
 
 
 def test_sync_wait_returns_result_of_completion(cfg: PipelineConfig, p: Proto) -> None:

@@ -28,7 +28,7 @@ from rrq_flow.errors import JobFailed, JobNotFound, RunNotFound
 from rrq_flow.failover import MasterWatch
 from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import Call, parse_enqueue
-from rrq_flow.protocol.scripts import call_async, preload_async
+from rrq_flow.protocol.scripts import ENQUEUE_SCRIPTS, call_async, preload_async
 
 
 class Client:
@@ -144,7 +144,7 @@ class Client:
         durability = self.config.redis.durability
         assert durability is not None
         if not self._scripts_loaded:
-            await preload_async(self.redis)
+            await preload_async(self.redis, ENQUEUE_SCRIPTS)
             self._scripts_loaded = True
         await self._master_watch.check_async(self.redis)
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -30,7 +30,7 @@ from rrq_flow.errors import JobFailed, JobNotFound, RunNotFound
 from rrq_flow.failover import MasterWatch
 from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import Call, parse_enqueue
-from rrq_flow.protocol.scripts import call_sync, pipe_evalsha, preload_sync
+from rrq_flow.protocol.scripts import ENQUEUE_SCRIPTS, call_sync, pipe_evalsha, preload_sync
 
 
 class SyncClient:
@@ -147,13 +147,14 @@ class SyncClient:
         """Enqueue calls in one pipeline (scripts loaded first); with ``redis.durability``
         followed by WAIT on the same connection (raises DurabilityError when short)."""
         if not self._scripts_loaded:
-            preload_sync(self.redis)
+            preload_sync(self.redis, ENQUEUE_SCRIPTS)
             self._scripts_loaded = True
         self._master_watch.check_sync(self.redis)
         try:
             return self._pipeline(calls)
         except redis.exceptions.NoScriptError:
-            preload_sync(self.redis)  # the server lost its script cache; enqueue is idempotent
+            # The server lost its script cache; enqueue is idempotent.
+            preload_sync(self.redis, ENQUEUE_SCRIPTS)
             return self._pipeline(calls)
 
     def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
