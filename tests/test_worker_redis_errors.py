@@ -137,6 +137,38 @@ async def test_busy_and_oom_replies_are_waited_out(
     assert text.count("Redis refused a call") <= 4  # once per kind and outage, not per call
 
 
+async def test_script_flush_while_jobs_run_loses_and_repeats_nothing(
+    redis_url: str, admin: redis.Redis
+) -> None:
+    """SCRIPT FLUSH (docs/operations.md says it is harmless) while a worker claims and
+    acknowledges: every call that meets NOSCRIPT loads the script again; no job is lost,
+    retried or run twice."""
+    cfg = make_pipeline(redis_url, make_queue("q", concurrency=4))
+    with SyncClient(cfg) as client:
+        ids = client.enqueue_many("q", [[0.01] for _ in range(300)])
+        done = trio.Event()
+        result: dict[str, Any] = {}
+
+        async def worker() -> None:
+            result["worker"], result["code"] = await run_burst(cfg, handlers={"q": handler})
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker)
+            flushes = 0
+            while not done.is_set() and flushes < 20:
+                await trio.sleep(0.05)
+                admin.script_flush()
+                flushes += 1
+            with trio.fail_after(60):
+                await done.wait()
+        infos = [client.job(i) for i in ids]
+    assert flushes >= 3  # the flushes landed while jobs ran
+    assert result["code"] == EXIT_OK
+    assert [i.status for i in infos] == ["done"] * len(ids)
+    assert {i.attempts for i in infos} == {1}
+
+
 async def test_a_dead_internal_task_gives_back_its_jobs_and_exits_non_zero(
     redis_url: str, monkeypatch: pytest.MonkeyPatch, sync_redis: redis.Redis
 ) -> None:
