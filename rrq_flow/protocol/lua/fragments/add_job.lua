@@ -3,9 +3,9 @@
   children (complete, expand). Needs common and runs (a job of a run is counted in it).
 
   check_add_job (before the script's first write) checks the keys add_job will read or write, the
-  `when` field and the priority; add_job then cannot fail half-way. check_add also checks the
-  queue's dead set, for a join that may be dead-lettered as it is made (fragments/groups.lua). (The arguments key args:<id>
-  is only ever SET here, which no type can make fail.)
+  `when` field and the priority; add_job then cannot fail half-way. (The arguments key args:<id>
+  is only ever SET here, which no type can make fail.) check_add also checks the queue's dead
+  set, for a join that may be dead-lettered as it is made (fragments/groups.lua).
 
   The record is sparse: fields that are empty or 0 (unique_key, parent, run, priority, stalls,
   claims) are left out and read as such, so that it stays small and in Redis' listpack encoding.
