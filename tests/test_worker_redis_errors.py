@@ -15,6 +15,7 @@ import trio
 
 from rrq_flow.client.admin import Admin
 from rrq_flow.client.sync_client import SyncClient
+from rrq_flow.config.model import PipelineConfig
 from rrq_flow.protocol.ops import Call, Protocol
 from rrq_flow.redis_errors import classify, error_code
 from rrq_flow.redis_server import RedisServerProcess
@@ -98,6 +99,20 @@ async def handler(seconds: float) -> str:
     return "ok"
 
 
+class Burst:
+    """An in-process burst worker run in the background: ``done`` is set when it exits, with
+    its exit code in ``code``."""
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        self.done = trio.Event()
+        self.code: int | None = None
+
+    async def run(self) -> None:
+        _, self.code = await run_burst(self.cfg, handlers={"q": handler})
+        self.done.set()
+
+
 async def test_busy_and_oom_replies_are_waited_out(
     redis_url: str,
     redis_server: RedisServerProcess,
@@ -110,15 +125,9 @@ async def test_busy_and_oom_replies_are_waited_out(
     admin.config_set("lua-time-limit", 50)
     with SyncClient(cfg) as client:
         ids = [client.enqueue("q", 0.1) for _ in range(30)]
-        done = trio.Event()
-        result: dict[str, Any] = {}
-
-        async def worker() -> None:
-            result["worker"], result["code"] = await run_burst(cfg, handlers={"q": handler})
-            done.set()
-
+        burst = Burst(cfg)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(worker)
+            nursery.start_soon(burst.run)
             await trio.sleep(0.3)
             killer = busy_for(redis_server, 1.5)
             await trio.to_thread.run_sync(killer.join)
@@ -127,9 +136,9 @@ async def test_busy_and_oom_replies_are_waited_out(
             await trio.sleep(1.5)
             admin.config_set("maxmemory", 0)
             with trio.fail_after(60):
-                await done.wait()
+                await burst.done.wait()
         statuses = [client.job(i).status for i in ids]
-    assert result["code"] == EXIT_OK
+    assert burst.code == EXIT_OK
     assert statuses == ["done"] * len(ids)
     text = caplog.text
     assert "BUSY" in text and "Redis unreachable or busy" in text
@@ -146,25 +155,19 @@ async def test_script_flush_while_jobs_run_loses_and_repeats_nothing(
     cfg = make_pipeline(redis_url, make_queue("q", concurrency=4))
     with SyncClient(cfg) as client:
         ids = client.enqueue_many("q", [[0.01] for _ in range(300)])
-        done = trio.Event()
-        result: dict[str, Any] = {}
-
-        async def worker() -> None:
-            result["worker"], result["code"] = await run_burst(cfg, handlers={"q": handler})
-            done.set()
-
+        burst = Burst(cfg)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(worker)
+            nursery.start_soon(burst.run)
             flushes = 0
-            while not done.is_set() and flushes < 20:
+            while not burst.done.is_set() and flushes < 20:
                 await trio.sleep(0.05)
                 admin.script_flush()
                 flushes += 1
             with trio.fail_after(60):
-                await done.wait()
+                await burst.done.wait()
         infos = [client.job(i) for i in ids]
     assert flushes >= 3  # the flushes landed while jobs ran
-    assert result["code"] == EXIT_OK
+    assert burst.code == EXIT_OK
     assert [i.status for i in infos] == ["done"] * len(ids)
     assert {i.attempts for i in infos} == {1}
 
