@@ -52,6 +52,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +184,42 @@ def adapter_env(port: int, tmp: Path) -> dict[str, str]:
     )
     env.setdefault("RRQFLOW_VENV", sys.prefix)
     return env
+
+
+@dataclass
+class Session:
+    """A private redis-server and the peer adapters to run against it."""
+
+    cmds: dict[str, list[str]]  # adapter command per system
+    env: dict[str, str]
+    r: redis.Redis
+    variants: dict[str, dict[str, Any]]  # per system: its adapter's `info` variants
+
+    def interleaved(self, systems: list[str], reps: int) -> Iterator[tuple[int, str]]:
+        """(repetition, system), the order rotating by one system each repetition."""
+        for rep in range(reps):
+            for s in systems[rep % len(systems) :] + systems[: rep % len(systems)]:
+                yield rep, s
+
+
+@contextmanager
+def session(systems: list[str], prefix: str) -> Iterator[Session]:
+    """Start a private redis-server (no persistence), ask each adapter for its variants, and
+    remove it all afterwards."""
+    cmds = {s: adapter(s) for s in systems}
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    server = start_redis_server(tmp / "redis", appendonly=False)
+    try:
+        env = adapter_env(server.port, tmp)
+        variants = {}
+        for s in systems:
+            info = subprocess.run([*cmds[s], "info"], env=env, capture_output=True, text=True)
+            variants[s] = json.loads(info.stdout.strip().splitlines()[-1])["variants"]
+        r = redis.Redis(host="127.0.0.1", port=server.port, decode_responses=True)
+        yield Session(cmds, env, r, variants)
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def measured_enqueue(
@@ -340,32 +379,22 @@ def main() -> int:
     ap.add_argument("--json", help="write every run and the medians here")
     args = ap.parse_args()
     systems = args.systems.split()
-    cmds = {s: adapter(s) for s in systems}
-    tmp = Path(tempfile.mkdtemp(prefix="rrqcost-"))
-    server = start_redis_server(tmp / "redis", appendonly=False)
-    try:
-        env = adapter_env(server.port, tmp)
-        bursts = {}
-        for s in systems:
-            info = subprocess.run([*cmds[s], "info"], env=env, capture_output=True, text=True)
-            variants = json.loads(info.stdout.strip().splitlines()[-1])["variants"]
-            bursts[s] = (next(iter(variants)), bool(next(iter(variants.values())).get("burst")))
-        r = redis.Redis(host="127.0.0.1", port=server.port, decode_responses=True)
+    with session(systems, "rrqcost-") as ses:
+        env, r = ses.env, ses.r
         runs = []
-        for rep in range(args.reps):
-            order = systems[rep % len(systems) :] + systems[: rep % len(systems)]
-            for s in order:
-                variant, burst = bursts[s]
-                res = one(variant, cmds[s], burst, r, env, args)
-                res["system"], res["rep"] = s, rep
-                print(
-                    f"[rep {rep}] {s}: worker {res['worker_cpu_us_steady']:.0f} µs/job, "
-                    f"redis process {res['redis_cpu_us_process']:.0f} / enqueue "
-                    f"{res['redis_cpu_us_enqueue']:.0f} µs/job",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                runs.append(res)
+        for rep, s in ses.interleaved(systems, args.reps):
+            variants = ses.variants[s]
+            burst = bool(next(iter(variants.values())).get("burst"))
+            res = one(next(iter(variants)), ses.cmds[s], burst, r, env, args)
+            res["system"], res["rep"] = s, rep
+            print(
+                f"[rep {rep}] {s}: worker {res['worker_cpu_us_steady']:.0f} µs/job, "
+                f"redis process {res['redis_cpu_us_process']:.0f} / enqueue "
+                f"{res['redis_cpu_us_enqueue']:.0f} µs/job",
+                file=sys.stderr,
+                flush=True,
+            )
+            runs.append(res)
         meta = {
             "n": args.n,
             "concurrency": args.concurrency,
@@ -383,9 +412,6 @@ def main() -> int:
             Path(args.json).write_text(
                 json.dumps({"meta": meta, "medians": med, "runs": runs}, indent=1)
             )
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -19,19 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import redis
-from cost_per_job import adapter, adapter_env, measured_enqueue, phase  # bench/, beside it
-
-from rrq_flow.redis_server import start_redis_server
+from cost_per_job import measured_enqueue, phase, session  # bench/, beside it
 
 SPACING_MS = "0.000001"  # never sleeps: each call starts when the previous one has returned
 
@@ -57,22 +52,13 @@ def main() -> int:
     ap.add_argument("--md", help="write the markdown table here")
     args = ap.parse_args()
     systems = args.systems.split()
-    cmds = {s: adapter(s) for s in systems}
-    tmp = Path(tempfile.mkdtemp(prefix="rrqsingle-"))
-    server = start_redis_server(tmp / "redis", appendonly=False)
-    try:
-        env = adapter_env(server.port, tmp)
-        variants = {}
-        for s in systems:
-            info = subprocess.run([*cmds[s], "info"], env=env, capture_output=True, text=True)
-            variants[s] = next(iter(json.loads(info.stdout.strip().splitlines()[-1])["variants"]))
-        r = redis.Redis(host="127.0.0.1", port=server.port, decode_responses=True)
+    with session(systems, "rrqsingle-") as ses:
+        r = ses.r
         runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
-        for rep in range(args.reps):
-            for s in systems[rep % len(systems) :] + systems[: rep % len(systems)]:
-                res = one(variants[s], cmds[s], r, env, args.n)
-                print(f"[rep {rep}] {s}: {res}", file=sys.stderr, flush=True)
-                runs[s].append(res)
+        for rep, s in ses.interleaved(systems, args.reps):
+            res = one(next(iter(ses.variants[s])), ses.cmds[s], r, ses.env, args.n)
+            print(f"[rep {rep}] {s}: {res}", file=sys.stderr, flush=True)
+            runs[s].append(res)
         lines = [
             f"N = {args.n} jobs, one call at a time, medians of {args.reps} interleaved "
             f"repetitions; redis-server {r.info('server')['redis_version']}, "
@@ -95,9 +81,6 @@ def main() -> int:
         print(md)
         if args.md:
             Path(args.md).write_text(md)
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
