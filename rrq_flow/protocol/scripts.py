@@ -168,6 +168,9 @@ def pipe_evalsha(pipe: Any, s: Script, keys: Sequence[str], args: Sequence[Scrip
     pipe.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)
 
 
+_TIME_SCRIPT = "return redis.call('TIME')"  # the server's clock from the node that owns a key
+
+
 def pipe_time(pipe: Any, key: str) -> None:
     """Queue the server's TIME on a redis-py pipeline. A Cluster pipeline cannot route a keyless
     command, so there it is asked through a one-line EVAL on ``key`` (the pipeline's own node:
@@ -175,12 +178,9 @@ def pipe_time(pipe: Any, key: str) -> None:
     from redis.cluster import ClusterPipeline
 
     if isinstance(pipe, ClusterPipeline):
-        pipe.execute_command("EVAL", "return redis.call('TIME')", 1, key)  # type: ignore[no-untyped-call]
+        pipe.execute_command("EVAL", _TIME_SCRIPT, 1, key)  # type: ignore[no-untyped-call]
     else:
         pipe.time()
-
-
-_TIME_SCRIPT = "return redis.call('TIME')"
 
 
 def pipe_server_ms(pipe: Any, key: str) -> Callable[[], Awaitable[int]]:
