@@ -7,6 +7,7 @@ states exactly what happened to the job it waits on.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import pytest
 import redis
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rrq_flow.client._core import JobSpec
 from rrq_flow.client.async_client import Client
@@ -27,7 +30,7 @@ from rrq_flow.errors import (
     PayloadError,
     UnknownQueueError,
 )
-from rrq_flow.protocol.ops import Completion, Failure
+from rrq_flow.protocol.ops import Completion, Failure, encode_json
 from rrq_flow.protocol.scripts import SCRIPT_NAMES, all_scripts, preload_sync
 from tests.conftest import make_pipeline, make_queue
 from tests.test_protocol_scripts import Proto
@@ -72,8 +75,12 @@ def _finish_by_hand(p: Proto, job_id: str, how: str, queue: str = "q") -> None:
         assert p.fail("w", [Failure(job_id, epoch, err, "dead")], queue=queue) == ["DEAD"]
 
 
+_CYCLE: list[Any] = []
+_CYCLE.append(_CYCLE)  # a list that contains itself
+
 BAD_PAYLOADS: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
     (({1, 2},), {}),
+    ((_CYCLE,), {}),
     ((float("nan"),), {}),
     ((), {"when": dt.datetime(2024, 1, 1)}),
     ((object(),), {}),
@@ -274,6 +281,34 @@ def test_sync_non_json_payload_writes_nothing(
         client.enqueue("q", *args, **kwargs)
     assert "not JSON" in str(exc.value) and "'q'" in str(exc.value)
     assert p.r.dbsize() == 0
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(_JSON_VALUES)
+def test_encode_json_writes_what_json_dumps_writes(value: Any) -> None:
+    """encode_json reuses one C encoder; its text is json.dumps' with the same options."""
+    expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    assert encode_json(value) == expected
+    assert encode_json((value,)) == f"[{expected}]"
+
+
+def test_encode_json_tells_a_cycle_from_a_deep_value() -> None:
+    with pytest.raises(ValueError, match="Circular reference"):
+        encode_json([1, _CYCLE])
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(100_000):
+        inner.append([])
+        inner = inner[0]
+    with pytest.raises(RecursionError):
+        encode_json(deep)
+    assert encode_json([1, "é", {"k": None}]) == '[1,"é",{"k":null}]'  # usable afterwards
 
 
 def test_sync_oversized_payload_writes_nothing(cfg: PipelineConfig, p: Proto) -> None:
