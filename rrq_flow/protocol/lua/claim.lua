@@ -177,15 +177,9 @@ local function claim_one(id)
   leases[#leases + 1] = lease_s
   leases[#leases + 1] = id
   local args, kwargs = unpack_args(blobs[id])
-  out[#out + 1] = id
-  out[#out + 1] = epoch
-  out[#out + 1] = attempt
-  out[#out + 1] = f[5]
-  out[#out + 1] = args
-  out[#out + 1] = kwargs
-  out[#out + 1] = f[6]
-  out[#out + 1] = f[7] or ''
-  out[#out + 1] = start_at
+  local o = 4 + count * 9 -- out's length (9 values a job; no # per value)
+  out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = id, epoch, attempt, f[5], args
+  out[o + 6], out[o + 7], out[o + 8], out[o + 9] = kwargs, f[6], f[7] or '', start_at
   count = count + 1
 end
 -- Highest priority first; within a level, by ready time (FIFO).

@@ -100,6 +100,7 @@ if p ~= #ARGV + 1 then refuse('expected ' .. (p - 1) .. ' arguments, got ' .. #A
 
 local now = now_ms()
 local now_s, ttl_s = num_str(now), ARGV[3] -- written per job: strings (see num_str)
+local NO_JOBS = {} -- an empty list, never written to
 local out = {}
 local done, freed = 0, false
 local settled = {} -- id -> epoch of the jobs this call completed (an id twice is completed once)
@@ -140,9 +141,11 @@ for j = 1, n do
     freed = true
     out[#out + 1] = 'OK'
   else
-    local children = {}
-    local woken = {}
-    local run, stack, parent_prio = f[6] or '', stack_decode(f[7]), f[8] or '0'
+    -- (No table is made for a job without children or groups: most jobs, once each.)
+    local children, woken = NO_JOBS, nil
+    if nchildren > 0 then children, woken = {}, {} end
+    local run, parent_prio = f[6] or '', f[8] or '0'
+    local stack = f[7] and f[7] ~= '' and stack_decode(f[7]) or NO_JOBS
     local opened = gspec ~= ''
     if opened then
       local spec = cjson.decode(gspec)
@@ -180,18 +183,23 @@ for j = 1, n do
       push_all(ck, children)
       rcall('PEXPIRE', ck, ttl_s)
     end
-    local fields = { 'status', 'done', 'finished_at', now_s, 'settled', 'complete' }
-    if #result > LONG_VALUE then
-      rcall('SET', result_key(id), result, 'PX', ttl_s)
-    else
-      fields[#fields + 1] = 'result'
-      fields[#fields + 1] = result
+    local long = #result > LONG_VALUE
+    if long then rcall('SET', result_key(id), result, 'PX', ttl_s) end
+    if long or #children > 0 then
+      local fields = { 'status', 'done', 'finished_at', now_s, 'settled', 'complete' }
+      if not long then
+        fields[#fields + 1] = 'result'
+        fields[#fields + 1] = result
+      end
+      if #children > 0 then
+        fields[#fields + 1] = 'children'
+        fields[#fields + 1] = #children
+      end
+      rcall('HSET', jk, unpack(fields))
+    else -- the usual job: a short result, no children
+      rcall('HSET', jk, 'status', 'done', 'finished_at', now_s, 'settled', 'complete', 'result',
+        result)
     end
-    if #children > 0 then
-      fields[#fields + 1] = 'children'
-      fields[#fields + 1] = #children
-    end
-    rcall('HSET', jk, unpack(fields))
     left[#left + 1] = id
     rcall('PEXPIRE', jk, ttl_s)
     if tonumber(f[9] or '0') > 1 then rcall('PEXPIRE', errors_key(id), ttl_s) end

@@ -58,20 +58,20 @@ local function check_add(queue, id, when, ukey, max_attempts, prio)
   check_type(dead_key(queue), 'zset')
 end
 
--- Jobs this script created (an id twice in one call is one job).
-local created = {}
-
--- Whether job `id`'s record exists: known from check_add's type check, or asked.
-local function job_exists(id, jk)
-  if created[id] then return true end
+-- Whether the job record `jk` exists: known from check_add's type check (add_job marks each
+-- record it creates, so an id twice in one call is one job), or asked.
+local function job_exists(jk)
   local t = checked[jk]
   if t == nil then return rcall('EXISTS', jk) == 1 end
   return t ~= 'none'
 end
 
+-- queue -> its key (made once per call, not once per job)
+local queue_keys = {}
+
 local function add_job(queue, id, blob, when, ukey, parent, max_attempts, now, prio, run, sink)
   local jk = job_key(id)
-  if job_exists(id, jk) then return id, 'exists', false end
+  if job_exists(jk) then return id, 'exists', false end
   local uk
   if ukey ~= '' then
     uk = unique_key(ukey)
@@ -103,7 +103,11 @@ local function add_job(queue, id, blob, when, ukey, parent, max_attempts, now, p
     rec[#rec + 1] = 'run'
     rec[#rec + 1] = run
   end
-  local qk = queue_key(queue)
+  local qk = queue_keys[queue]
+  if not qk then
+    qk = queue_key(queue)
+    queue_keys[queue] = qk
+  end
   local level = ready_key_for(qk, prio)
   if level ~= qk then
     rec[#rec + 1] = 'priority'
@@ -111,7 +115,7 @@ local function add_job(queue, id, blob, when, ukey, parent, max_attempts, now, p
   end
   rcall('HSET', jk, unpack(rec))
   rcall('SET', args_key(id), blob)
-  created[id] = true
+  checked[jk] = 'hash'
   if uk then rcall('SET', uk, id) end
   if sink and level == qk then
     sink[#sink + 1] = ready_s
