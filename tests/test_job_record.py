@@ -1,7 +1,8 @@
 """The compact job record and ``keep_args`` (issue 16: Redis memory per finished job).
 
-A job's arguments live in ``args:<id>`` beside its record, so the record holds only short values
-and stays in Redis' compact listpack encoding; a success drops the arguments unless the queue has
+A job's arguments live in the record's ``packed_args`` field when they fit a listpack value (64
+bytes), else in ``args:<id>`` beside the record, so the record holds only short values and stays in
+Redis' compact listpack encoding; a success drops the arguments unless the queue has
 ``keep_args: true``; dead, failed and cancelled jobs keep theirs (``dlq requeue`` runs them again).
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import redis
 import trio
 
@@ -22,6 +24,15 @@ from tests.test_protocol_scripts import Proto
 
 ARGS = json.dumps(["x" * 96])  # a 100-byte payload: over Redis' 64-byte listpack value limit
 KWARGS = '{"k":"v"}'
+SHORT = '["x"]'  # "5:" + args + kwargs: 16 bytes, kept in the record
+
+
+def args_place(p: Proto, job_id: str) -> str | None:
+    """Where the job's arguments are: 'record' (packed_args), 'key' (args:<id>) or None."""
+    in_record = p.r.hexists(p.layout.job(job_id), "packed_args")
+    in_key = p.r.exists(p.layout.job_args(job_id)) == 1
+    assert not (in_record and in_key)
+    return "record" if in_record else "key" if in_key else None
 
 
 async def refuse(*args: object, **kwargs: object) -> None:
@@ -45,6 +56,7 @@ def test_a_done_job_drops_its_args_and_its_record_stays_listpack(sync_redis: red
     p = Proto(sync_redis)
     p.enqueue(NewJob("a", ARGS, KWARGS), queue="other")
     assert sync_redis.get(p.layout.job_args("a")) == f"{len(ARGS)}:{ARGS}{KWARGS}"
+    assert args_place(p, "a") == "key"
     assert sync_redis.object("encoding", p.layout.job("a")) == "listpack"
     _done(p, "b")
     assert sync_redis.exists(p.layout.job_args("b")) == 0
@@ -53,6 +65,71 @@ def test_a_done_job_drops_its_args_and_its_record_stays_listpack(sync_redis: red
     assert record["status"] == "done" and "args" not in record
     info = JobInfo.from_record(record, job_id="b", args_blob=None)
     assert (info.id, info.args, info.kwargs, info.result) == ("b", [], {}, {"ok": True})
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "place"),
+    [
+        (SHORT, KWARGS, "record"),
+        (SHORT, "{}", "record"),
+        (
+            '["' + "x" * 55 + '"]',
+            "{}",
+            "record",
+        ),  # "59:" + 59 + 2 = 64 bytes: still a listpack value
+        ('["' + "x" * 56 + '"]', "{}", "key"),  # 65 bytes
+        (ARGS, "{}", "key"),
+    ],
+)
+def test_short_args_live_in_the_record_long_ones_beside_it(
+    sync_redis: redis.Redis, args: str, kwargs: str, place: str
+) -> None:
+    p = Proto(sync_redis)
+    p.enqueue(NewJob("a", args, kwargs))
+    assert args_place(p, "a") == place
+    assert sync_redis.object("encoding", p.layout.job("a")) == "listpack"
+    info = JobInfo.from_record(
+        sync_redis.hgetall(p.layout.job("a")),
+        job_id="a",
+        args_blob=sync_redis.get(p.layout.job_args("a")),
+    )
+    assert (info.args, info.kwargs) == (json.loads(args), json.loads(kwargs))
+    c = p.claim_one("a")
+    assert (c.args_json, c.kwargs_json) == (args, kwargs)
+    assert p.complete("w1", [Completion("a", c.epoch, "1")]) == ["OK"]
+    assert args_place(p, "a") is None
+    assert sync_redis.object("encoding", p.layout.job("a")) == "listpack"
+    # A repeated completion (a lost reply) changes nothing.
+    assert p.complete("w1", [Completion("a", c.epoch, "1")]) == ["ALREADY_DONE"]
+
+
+def test_short_args_kept_dead_or_requeued_stay_in_the_record(sync_redis: redis.Redis) -> None:
+    p = Proto(sync_redis)
+    p.p = Protocol(p.layout, frozenset({"q"}))  # keep_args
+    p.enqueue(NewJob("kept", SHORT, KWARGS))
+    c = p.claim_one("kept")
+    assert p.complete("w1", [Completion("kept", c.epoch, "1")]) == ["OK"]
+    assert args_place(p, "kept") == "record" and sync_redis.pttl(p.layout.job("kept")) > 0
+    assert (p.job("kept")["args"], p.job("kept")["kwargs"]) == (SHORT, KWARGS)
+    p.enqueue(NewJob("dead", SHORT, KWARGS))
+    c = p.claim_one("dead")
+    assert p.fail("w1", [Failure("dead", c.epoch, "{}", "dead")]) == ["DEAD"]
+    assert args_place(p, "dead") == "record"
+    assert p.requeue(["dead"]) == ["dead"]
+    again = p.claim_one("dead")
+    assert (again.args_json, again.kwargs_json) == (SHORT, KWARGS)
+
+
+def test_a_malformed_packed_args_field_is_refused_before_any_write(
+    sync_redis: redis.Redis,
+) -> None:
+    p = Proto(sync_redis)
+    p.enqueue(NewJob("a", SHORT))
+    sync_redis.hset(p.layout.job("a"), "packed_args", "not packed")
+    before = {k: sync_redis.dump(k) for k in sync_redis.keys("*")}
+    with pytest.raises(redis.ResponseError, match="does not hold job arguments"):
+        p.claim("w1", 1)
+    assert {k: sync_redis.dump(k) for k in sync_redis.keys("*")} == before
 
 
 def test_keep_args_keeps_them_for_the_result_ttl(sync_redis: redis.Redis) -> None:
@@ -101,6 +178,7 @@ def test_a_record_of_an_older_layout_still_runs_with_its_inline_args(
     p = Proto(sync_redis)
     p.enqueue(NewJob("a"))
     sync_redis.delete(p.layout.job_args("a"))
+    sync_redis.hdel(p.layout.job("a"), "packed_args")
     sync_redis.hset(p.layout.job("a"), mapping={"id": "a", "args": "[1]", "kwargs": '{"n":2}'})
     job = p.claim_one("a")
     assert (job.args_json, job.kwargs_json) == ("[1]", '{"n":2}')

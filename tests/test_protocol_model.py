@@ -36,10 +36,21 @@ from rrq_flow.protocol.ops import (
     Failure,
     NewJob,
     Protocol,
+    pack_args,
     parse_expand,
     split_args,
 )
 from tests.test_protocol_scripts import GEN, Proto
+
+
+def _args_for(job_id: str) -> str:
+    """A job's args JSON: short (kept in the record) for some ids, long (args:<id>) for others."""
+    return f'["{job_id}"]' if sum(map(ord, job_id)) % 2 else f'["{job_id}","{"x" * 64}"]'
+
+
+def _args_inline(j: MJob) -> bool:
+    return len(pack_args(j.args, "{}").encode()) <= 64
+
 
 EXAMPLES = int(os.environ.get("RRQ_MODEL_EXAMPLES", "60"))
 STEPS = int(os.environ.get("RRQ_MODEL_STEPS", "40"))
@@ -200,7 +211,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         ),
     )
     def enqueue(self, queue: str, specs: list[tuple[str, str, str]]) -> None:
-        jobs = [NewJob(i, f'["{i}"]', "{}", when or self._tick(), uk) for i, when, uk in specs]
+        jobs = [NewJob(i, _args_for(i), "{}", when or self._tick(), uk) for i, when, uk in specs]
         reply = self.p.enqueue(*jobs, queue=queue, max_attempts=QUEUES[queue].max_attempts)
         expected = [self._add(queue, j.id, j.args_json, j.when, j.unique_key, "") for j in jobs]
         assert reply == expected
@@ -534,12 +545,16 @@ class ProtocolMachine(RuleBasedStateMachine):
             assert int(rec["attempts"]) == j.attempts, (i, rec, j)
             assert 0 <= j.attempts <= j.max_attempts
             assert int(rec.get("stalls", 0)) == j.stalls
-            # The arguments live in args:<id>; a done job drops them unless its queue keeps them.
-            if self._args_kept(j):
-                assert split_args(blob) == (j.args, "{}"), (i, blob)
+            # The arguments live in the record (short) or args:<id> (long); a done job drops
+            # them unless its queue keeps them.
+            packed = rec.get("packed_args")
+            if self._args_kept(j) and _args_inline(j):
+                assert blob is None and split_args(packed) == (j.args, "{}"), (i, rec)
+            elif self._args_kept(j):
+                assert packed is None and split_args(blob) == (j.args, "{}"), (i, blob)
                 assert (args_ttl > 0) == (j.state in EXPIRING)
             else:
-                assert blob is None, (i, blob)
+                assert blob is None and packed is None, (i, blob, rec)
             assert rec.get("owner") == j.owner
             assert rec.get("settled") == j.settled
             assert (rec.get("cancel_requested") == "1") == j.cancel_requested
@@ -581,7 +596,11 @@ class ProtocolMachine(RuleBasedStateMachine):
         expected_jobs = {layout.job(i) for i in ids}
         expected_jobs |= {layout.job_errors(i) for i in ids if self.jobs[i].has_errors}
         expected_jobs |= {layout.job_children(i) for i in ids if self.jobs[i].children}
-        expected_jobs |= {layout.job_args(i) for i in ids if self._args_kept(self.jobs[i])}
+        expected_jobs |= {
+            layout.job_args(i)
+            for i in ids
+            if self._args_kept(self.jobs[i]) and not _args_inline(self.jobs[i])
+        }
         expected_jobs |= {layout.fanout(i, self.jobs[i].epoch) for i in ids if self.jobs[i].pending}
         per_job = tuple(
             layout.prefix + t for t in ("job:", "errors:", "children:", "fanout:", "args:")

@@ -128,9 +128,10 @@ class Proto:
     # --- reading -----------------------------------------------------------------------------
 
     def job(self, job_id: str) -> dict[str, str]:
-        """The record, with ``args``/``kwargs`` from ``args:<id>`` while that key exists."""
+        """The record, with ``args``/``kwargs`` from its ``packed_args`` field or ``args:<id>``
+        while they are kept."""
         record = self.r.hgetall(self.layout.job(job_id))
-        blob = self.r.get(self.layout.job_args(job_id))
+        blob = record.pop("packed_args", None) or self.r.get(self.layout.job_args(job_id))
         if record and blob is not None:
             record["args"], record["kwargs"] = split_args(blob)
         long_result = self.r.get(self.layout.job_result(job_id))

@@ -84,10 +84,13 @@ class JobInfo:
         long_result: str | None = None,
     ) -> JobInfo:
         """The job from its record, its error list, ``args_blob`` (the value of its
-        ``args:<id>`` key; None when gone: a done job of a queue without ``keep_args``) and
+        ``args:<id>`` key, where arguments longer than 64 bytes are kept; None when they are in
+        the record, or gone: a done job of a queue without ``keep_args``) and
         ``long_result`` (its ``result:<id>``, where a result over 64 bytes is kept)."""
         status = record.get("status", "")
-        if "args" in record:  # a record written by an older rrq-flow kept them inline
+        if "packed_args" in record:  # short arguments live in the record
+            args_json, kwargs_json = split_args(record["packed_args"])
+        elif "args" in record:  # a record written by an older rrq-flow kept them inline
             args_json, kwargs_json = record["args"], record.get("kwargs", "{}")
         else:
             args_json, kwargs_json = split_args(args_blob)

@@ -83,8 +83,10 @@ class KeyLayout:
 
     def job_args(self, job_id: str) -> str:
         """STRING: the job's arguments, ``<bytes of args>:<args JSON><kwargs JSON>`` (see
-        :func:`rrq_flow.protocol.ops.split_args`); kept beside the record so that the record stays
-        small, and deleted when the job is done (unless the queue has ``keep_args``)."""
+        :func:`rrq_flow.protocol.ops.split_args`), when longer than 64 bytes: kept beside the
+        record so that the record stays in Redis' compact listpack encoding (shorter ones are
+        in the record's ``packed_args`` field), and deleted when the job is done (unless the
+        queue has ``keep_args``)."""
         return f"{self.prefix}args:{job_id}"
 
     def job_result(self, job_id: str) -> str:

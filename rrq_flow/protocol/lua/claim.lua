@@ -59,18 +59,23 @@ local function check_candidate(id)
   if f then return f end
   local jk = job_key(id)
   f = check_hmget(jk, 'status', 'epoch', 'attempts', 'claims', 'max_attempts', 'enqueued_at',
-    'parent', 'priority')
+    'parent', 'priority', 'packed_args')
   recs[id] = f
   if WAITING[f[1]] then
-    local ak = args_key(id)
-    local blob = redis.pcall('GET', ak)
-    if type(blob) == 'table' and blob['err'] then refuse('key ' .. ak .. ' is not a string') end
+    local blob, where = f[9], jk
+    if not blob then -- longer arguments: beside the record
+      where = args_key(id)
+      blob = redis.pcall('GET', where)
+      if type(blob) == 'table' and blob['err'] then
+        refuse('key ' .. where .. ' is not a string')
+      end
+    end
     if not blob then
       -- A record written by an older rrq-flow keeps its arguments in the record itself.
       local old = rcall('HMGET', jk, 'args', 'kwargs')
       blob = pack_args(old[1] or '[]', old[2] or '{}')
     elseif not tonumber(string.match(blob, '^(%d+):')) then
-      refuse('key ' .. ak .. ' does not hold job arguments')
+      refuse('key ' .. where .. ' does not hold job arguments')
     end
     blobs[id] = blob
   end

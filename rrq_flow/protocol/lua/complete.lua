@@ -204,8 +204,8 @@ for j = 1, n do
     rcall('PEXPIRE', jk, ttl_s)
     if tonumber(f[9] or '0') > 1 then rcall('PEXPIRE', errors_key(id), ttl_s) end
     if keep_args then
-      rcall('PEXPIRE', args_key(id), ttl_s)
-    else
+      rcall('PEXPIRE', args_key(id), ttl_s) -- arguments in the record expire with it
+    elseif rcall('HDEL', jk, 'packed_args') == 0 then
       drop[#drop + 1] = args_key(id)
     end
     if f[5] and f[5] ~= '' then

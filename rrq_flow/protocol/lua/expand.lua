@@ -8,7 +8,7 @@
   ARGV[1] key prefix     ARGV[2] parent id, or '' to take over the parent whose last progress is
   oldest, if that was at least ARGV[5] ms ago
   ARGV[3] max children this call      ARGV[4] result ttl ms      ARGV[5] takeover idle ms
-  ARGV[6] keep args "1" | "0" (the queue's keep_args: "0" deletes the done parent's args:<id>)
+  ARGV[6] keep args "1" | "0" (the queue's keep_args: "0" deletes the done parent's arguments)
 
   Returns: {'NONE'} (nothing to take over, or the parent is not expanding: a stray entry is
   dropped) | {'MORE', parent id, created} | {'DONE', parent id, created}.
@@ -114,7 +114,9 @@ end
 rcall('HSET', jk, 'status', 'done', 'finished_at', now)
 rcall('ZREM', KEYS[1], id)
 expire_job(jk, id, ttl_ms)
-if ARGV[6] ~= '1' then rcall('DEL', args_key(id)) end
+if ARGV[6] ~= '1' and rcall('HDEL', jk, 'packed_args') == 0 then
+  rcall('DEL', args_key(id)) -- longer arguments, beside the record
+end
 release_unique(jk, id)
 -- Last: a group closed here makes its join after every value above arrived. An opener hands
 -- its own token in its outer group to the join of the group it opened (0 there).

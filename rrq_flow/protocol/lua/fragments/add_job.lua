@@ -3,9 +3,10 @@
   children (complete, expand). Needs common and runs (a job of a run is counted in it).
 
   check_add_job (before the script's first write) checks the keys add_job will read or write, the
-  `when` field and the priority; add_job then cannot fail half-way. (The arguments key args:<id>
-  is only ever SET here, which no type can make fail.) check_add also checks the queue's dead
-  set, for a join that may be dead-lettered as it is made (fragments/groups.lua).
+  `when` field and the priority; add_job then cannot fail half-way. (Short arguments go into the
+  record; longer ones into args:<id>, which is only ever SET here, which no type can make
+  fail.) check_add also checks the queue's dead set, for a join that may be dead-lettered as it
+  is made (fragments/groups.lua).
 
   The record is sparse: fields that are empty or 0 (unique_key, parent, run, priority, stalls,
   claims) are left out and read as such, so that it stays small and in Redis' listpack encoding.
@@ -113,8 +114,13 @@ local function add_job(queue, id, blob, when, ukey, parent, max_attempts, now, p
     rec[#rec + 1] = 'priority'
     rec[#rec + 1] = prio
   end
+  if #blob <= LONG_VALUE then
+    rec[#rec + 1] = 'packed_args'
+    rec[#rec + 1] = blob
+  else
+    rcall('SET', args_key(id), blob)
+  end
   rcall('HSET', jk, unpack(rec))
-  rcall('SET', args_key(id), blob)
   checked[jk] = 'hash'
   if uk then rcall('SET', uk, id) end
   if sink and level == qk then

@@ -34,13 +34,17 @@ local function num_str(n)
 end
 
 local function job_key(id) return PREFIX .. 'job:' .. id end
--- A job's arguments live beside its record, so the record stays small (and in Redis' compact
--- listpack encoding) and a success can drop them: "<bytes of args>:<args JSON><kwargs JSON>".
-local function args_key(id) return PREFIX .. 'args:' .. id end
--- A result longer than a listpack value (Redis' hash-max-listpack-value, 64 bytes by default)
--- is kept beside the record too, in result:<id>; the record then has no `result` field.
-local function result_key(id) return PREFIX .. 'result:' .. id end
+-- A value longer than a listpack value (Redis' hash-max-listpack-value, 64 bytes by default)
+-- would turn the record into a full hash table (about 4 times the memory, and never back), so
+-- it is kept beside the record instead.
 local LONG_VALUE = 64
+-- A job's arguments, "<bytes of args>:<args JSON><kwargs JSON>", are in its record's
+-- `packed_args` field when they fit a listpack value (no key of their own to create, read and
+-- delete per job), else beside the record in args:<id>. A success drops them either way
+-- (unless the queue has keep_args).
+local function args_key(id) return PREFIX .. 'args:' .. id end
+-- A result longer than LONG_VALUE is kept in result:<id>; the record then has no `result` field.
+local function result_key(id) return PREFIX .. 'result:' .. id end
 local function errors_key(id) return PREFIX .. 'errors:' .. id end
 local function children_key(id) return PREFIX .. 'children:' .. id end
 local function fanout_key(id, epoch) return PREFIX .. 'fanout:' .. epoch .. ':' .. id end
