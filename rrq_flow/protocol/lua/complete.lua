@@ -141,11 +141,10 @@ for j = 1, n do
     freed = true
     out[#out + 1] = 'OK'
   else
-    -- (No table is made for a job without children or groups: most jobs, once each.)
+    -- (No table is made for a job without children: most jobs, once each.)
     local children, woken = NO_JOBS, nil
     if nchildren > 0 then children, woken = {}, {} end
-    local run, parent_prio = f[6] or '', f[8] or '0'
-    local stack = f[7] and f[7] ~= '' and stack_decode(f[7]) or NO_JOBS
+    local run, stack, parent_prio = f[6] or '', stack_decode(f[7]), f[8] or '0'
     local opened = gspec ~= ''
     if opened then
       local spec = cjson.decode(gspec)

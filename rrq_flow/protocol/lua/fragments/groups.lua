@@ -20,8 +20,11 @@ local FAILED_KEPT = 1000
 
 local function group_key(g) return PREFIX .. 'group:' .. g end
 
+-- The stack of a job in no group: one table per call (no caller writes to a stack it is given).
+local NO_GROUPS = {}
+
 local function stack_decode(s)
-  if not s or s == '' then return {} end
+  if not s or s == '' then return NO_GROUPS end
   return cjson.decode(s)
 end
 
