@@ -167,7 +167,9 @@ class Client:
         if not record:
             raise JobNotFound(job_id)
         errors = await self.redis.lrange(layout.job_errors(job_id), 0, -1)
-        args_blob = await self.redis.get(layout.job_args(job_id))
+        args_blob = (  # short arguments are in the record: no round trip for args:<id>
+            None if "packed_args" in record else await self.redis.get(layout.job_args(job_id))
+        )
         long_result = await self.redis.get(layout.job_result(job_id))
         return JobInfo.from_record(
             dict(record),
