@@ -31,7 +31,7 @@ from rrq_flow.protocol.ops import (
     parse_reap,
     split_args,
 )
-from rrq_flow.protocol.scripts import call_sync
+from rrq_flow.protocol.scripts import call_sync, library
 
 GEN = "gen-1"
 TTL = 60_000
@@ -42,12 +42,19 @@ HARD = 60_000
 class Proto:
     """The Protocol call builders bound to one redis-py connection, with parsed replies."""
 
-    def __init__(self, r: redis.Redis, pipeline: str = "t"):
+    def __init__(self, r: redis.Redis, pipeline: str = "t", *, functions: bool = False):
+        """``functions``: call the scripts as functions of the library (FCALL, as the worker's
+        own connection does), not by EVALSHA."""
         self.r = r
         self.layout = KeyLayout(pipeline)
         self.p = Protocol(self.layout)
+        self.functions = functions
+        if functions and not r.function_list(library().name):
+            r.function_load(library().source)
 
     def run(self, call: Call) -> Any:
+        if self.functions:
+            return self.r.fcall(call.script.function, len(call.keys), *call.keys, *call.args)
         return call_sync(self.r, call.script, call.keys, call.args)
 
     def server_ms(self) -> int:
@@ -1212,3 +1219,31 @@ def test_every_helper_a_script_uses_is_defined_in_it() -> None:
         used = {h for h in helpers if re.search(rf"\b{h}\b", source)}
         assert used <= defined, (name, sorted(used - defined))
     assert len(script("heartbeat").source) < len(_read("fragments/common.lua"))
+
+
+def test_the_function_library_holds_every_script_and_starts_each_call_afresh(
+    sync_redis: redis.Redis,
+) -> None:
+    """The library's helpers outlive a call; the state a script keeps while it runs (the key
+    prefix, the key types it has checked) must not: each function starts as its EVAL would."""
+    from rrq_flow.protocol.scripts import SCRIPT_NAMES, script
+
+    a, b = Proto(sync_redis, "a", functions=True), Proto(sync_redis, "b", functions=True)
+    (entry,) = sync_redis.function_list(library().name)
+    functions = entry[entry.index("functions") + 1]
+    assert {f[f.index("name") + 1] for f in functions} == {script(n).function for n in SCRIPT_NAMES}
+    assert a.enqueue("x") == [("x", "new")] and b.enqueue("y") == [("y", "new")]
+    assert a.enqueue("z") == [("z", "new")]
+    assert set(sync_redis.keys("rrq:{b}:job:*")) == {b.layout.job("y")}
+    assert set(sync_redis.keys("rrq:{a}:job:*")) == {a.layout.job("x"), a.layout.job("z")}
+    # The ready set checked as a ZSET by those calls is now a string: the next call checks it
+    # again and refuses before its first write.
+    sync_redis.delete(a.q().ready)
+    sync_redis.set(a.q().ready, "x")
+    before = a.snapshot()
+    with pytest.raises(redis.ResponseError, match="nothing was written"):
+        a.enqueue("w")
+    assert a.snapshot() == before
+    sync_redis.delete(a.q().ready)
+    assert a.enqueue("w") == [("w", "new")]
+    assert a.claim(n=2).jobs[0].id == "w"

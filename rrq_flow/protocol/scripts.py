@@ -30,6 +30,7 @@ class Script:
     name: str
     source: str
     sha: str
+    function: str  # its name in the function library (see :func:`library`)
 
 
 def _read(relative: str) -> str:
@@ -40,7 +41,8 @@ def _read(relative: str) -> str:
 def script(name: str) -> Script:
     """The script ``lua/<name>.lua`` with its includes expanded to the definitions it uses."""
     source = expand_includes(_read(f"{name}.lua"))
-    return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
+    sha = hashlib.sha1(source.encode()).hexdigest()
+    return Script(name, source, sha, f"{library().name}_{name}")
 
 
 # A top-level definition in a fragment starts at column 0: `local function NAME`, `local NAME
@@ -57,7 +59,9 @@ _IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 @dataclass(frozen=True, slots=True)
 class _Definition:
     names: frozenset[str]
-    text: str
+    text: str  # the comment lines above it, then the definition
+    kind: str  # "function" | "value" (local NAME = ...) | "forward" (local NAME, no value)
+    statement: str = ""  # a value's assignment without `local` (the function library's reset)
 
 
 def _definitions(fragment: str) -> tuple[str, list[_Definition]]:
@@ -79,7 +83,20 @@ def _definitions(fragment: str) -> tuple[str, list[_Definition]]:
         else:
             out[-1][1].extend([*pending, line])
             pending = []
-    return "".join(head), [_Definition(frozenset(n), "".join(t)) for n, t in out]
+    return "".join(head), [_definition(names, "".join(lines)) for names, lines in out]
+
+
+def _definition(names: set[str], text: str) -> _Definition:
+    lines = text.splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if _DEFINITION.match(line))
+    m = _DEFINITION.match(lines[first])
+    assert m is not None
+    if m.group("fn") or m.group("late"):
+        return _Definition(frozenset(names), text, "function")
+    if not lines[first][m.end() :].lstrip().startswith("="):
+        return _Definition(frozenset(names), text, "forward")
+    statement = "".join(lines[first:]).removeprefix("local ")
+    return _Definition(frozenset(names), text, "value", statement)
 
 
 def expand_includes(source: str) -> str:
@@ -91,6 +108,23 @@ def expand_includes(source: str) -> str:
     fragments hold about 60 helpers; enqueue uses a third of them). Order is kept, so every
     helper is still defined before the helpers and code that refer to it.
     """
+    texts, fragments, chosen = _selection(source)
+    out, i = [texts[0]], 0
+    for (head, defs), text in zip(fragments, texts[1:], strict=True):
+        out.append(head)
+        for d in defs:
+            if i in chosen:
+                out.append(d.text)
+            i += 1
+        out.append(text)
+    return "".join(out)
+
+
+def _selection(
+    source: str,
+) -> tuple[list[str], list[tuple[str, list[_Definition]]], set[int]]:
+    """``source``'s text between its includes, the included fragments (leading comment,
+    definitions) and the indices of the definitions it uses, counted across the fragments."""
     parts = _INCLUDE.split(source)  # text, include name, text, include name, ..., text
     texts, names = parts[0::2], parts[1::2]
     fragments = [_definitions(_read(f"fragments/{n}.lua")) for n in names]
@@ -105,15 +139,7 @@ def expand_includes(source: str) -> str:
                 chosen.add(i)
                 wanted |= set(_IDENTIFIER.findall(d.text))
                 grew = True
-    out, i = [texts[0]], 0
-    for (head, defs), text in zip(fragments, texts[1:], strict=True):
-        out.append(head)
-        for d in defs:
-            if i in chosen:
-                out.append(d.text)
-            i += 1
-        out.append(text)
-    return "".join(out)
+    return texts, fragments, chosen
 
 
 SCRIPT_NAMES = (
@@ -133,6 +159,74 @@ SCRIPT_NAMES = (
     "stage",
     "expand",
 )
+
+
+# The fragments in the order the scripts include them (each includes some of them, in this order).
+FRAGMENT_ORDER = ("common", "runs", "add_job", "groups")
+
+
+@dataclass(frozen=True, slots=True)
+class Library:
+    """Every script as one Redis function library (Redis 7+), for FUNCTION LOAD and FCALL."""
+
+    name: str  # rrq_<12 hex digits of the sources' SHA-1>: each version is a library of its own
+    source: str
+
+
+_LIBRARY_HEAD = """--[[
+  rrq-flow's scripts as one function library (rrq_flow/protocol/scripts.py builds it from
+  lua/*.lua and lua/fragments/*.lua; docs/protocol.md). The fragments' helpers are built once,
+  when Redis loads the library, instead of on every call as in an EVAL. Each function starts as
+  its script does: it sets KEYS and ARGV and evaluates again every value definition its script
+  uses (the key prefix, the check tables, the number memo), so no state outlives a call. Then
+  it runs the script's own text unchanged.
+]]
+local KEYS, ARGV
+"""
+
+
+@cache
+def library() -> Library:
+    """The function library of every script in :data:`SCRIPT_NAMES`; function ``<name>_<script>``.
+
+    An EVAL runs the script's whole text on each call, so each helper a script uses is a
+    closure built anew per call: ~40 µs of a one-job ``complete``, a third of it. Loaded once as
+    a library, the helpers are built when Redis loads it (bench/results/costs-2026-12-01.md).
+    """
+    raw = {n: _read(f"{n}.lua") for n in SCRIPT_NAMES}
+    fragment_text = {f: _read(f"fragments/{f}.lua") for f in FRAGMENT_ORDER}
+    fragments = {f: _definitions(text) for f, text in fragment_text.items()}
+    digest = hashlib.sha1("\0".join([*raw.values(), *fragment_text.values()]).encode())
+    name = f"rrq_{digest.hexdigest()[:12]}"
+    functions = {
+        n for _, defs in fragments.values() for d in defs if d.kind == "function" for n in d.names
+    }
+    out = [f"#!lua name={name}\n", _LIBRARY_HEAD]
+    for head, defs in fragments.values():
+        out.append(head)
+        for d in defs:
+            if d.kind == "value":  # declared here, given its value at the start of each call
+                comments = d.text[: len(d.text) - len(d.statement) - len("local ")]
+                out.append(f"{comments}local {d.statement.split('=', 1)[0].strip()}\n")
+            else:
+                out.append(d.text)
+    for script_name, source in raw.items():
+        texts, used, chosen = _selection(source)
+        included = _INCLUDE.findall(source)
+        assert included == [f for f in FRAGMENT_ORDER if f in included], script_name
+        starts, i = ["KEYS, ARGV = keys, args\n"], 0
+        for _, defs in used:
+            for d in defs:
+                if i in chosen and d.kind == "value":
+                    starts.append(d.statement)
+                elif i in chosen and d.kind == "forward" and not d.names & functions:
+                    starts.append(f"{', '.join(sorted(d.names))} = nil\n")
+                i += 1
+        out.append(
+            f"redis.register_function('{name}_{script_name}', function(keys, args)\n"
+            f"{''.join(starts)}{''.join(texts)}\nend)\n"
+        )
+    return Library(name, "".join(out))
 
 
 # What a producer's pipelines call by SHA (its other calls go through call_sync/call_async,
