@@ -23,12 +23,13 @@ PIPELINE_COMMANDS: tuple[str, ...] = (
     "evalsha",
     "exec",  # MULTI/EXEC: the admin's one transaction (rrq_flow/client/admin.py)
     "exists",
+    "fcall",  # the scripts as functions (rrq_flow/worker/wake_connection.py); optional, below
+    "function|load",  # loads rrq-flow's function library where a server lacks it; optional
     "get",
     "hdel",
     "hget",
     "hgetall",
     "hincrby",
-    "hkeys",  # run records (protocol/lua/fragments/runs.lua)
     "hkeys",  # a batch run's per-queue job lists, when the run ends (fragments/runs.lua)
     "hmget",
     "hset",
@@ -57,7 +58,6 @@ PIPELINE_COMMANDS: tuple[str, ...] = (
     "zrangebyscore",
     "zrem",
     "zremrangebyrank",  # only the newest 1000 runs stay listed (fragments/runs.lua)
-    "zremrangebyrank",  # runs index trimming (protocol/lua/fragments/runs.lua)
     "zremrangebyscore",
     "zrevrange",
     "zrevrangebyscore",  # the dashboard's dead-letter pages (rrq_flow/client/browse.py)
@@ -102,8 +102,7 @@ local probes = {
   zcard = {z}, zcount = {z, '-inf', '+inf'}, zrange = {z, '0', '-1'},
   zrangebyscore = {z, '-inf', '+inf'}, zrem = {z, 'm'}, zremrangebyscore = {z, '2', '3'},
   zremrangebyrank = {z, '5', '6'}, zrevrange = {z, '0', '-1'}, zscore = {z, 'm'}, type = {s},
-  zrevrangebyscore = {z, '+inf', '-inf'}, hkeys = {h}, zremrangebyrank = {z, '5', '6'},
-  unlink = {s},
+  zrevrangebyscore = {z, '+inf', '-inf'}, unlink = {s},
 }
 local denied, unknown, unscriptable = {}, {}, {}
 for _, name in ipairs(ARGV) do
@@ -128,8 +127,9 @@ return {denied, unknown, unscriptable}
 """
 
 # In the rule, but not demanded: without INFO, `run` warns that it cannot check the server's
-# persistence and eviction settings and goes on (rrq_flow/server_checks.py).
-OPTIONAL = frozenset({"info"})
+# persistence and eviction settings and goes on (rrq_flow/server_checks.py); without FCALL or
+# FUNCTION LOAD (or on Redis 6, which has neither), the worker calls its scripts by EVALSHA.
+OPTIONAL = frozenset({"info", "fcall", "function|load"})
 
 SCRIPT_COMMANDS = tuple(
     c for c in PIPELINE_COMMANDS if c not in TOP_LEVEL_ONLY and c not in OPTIONAL

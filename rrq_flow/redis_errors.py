@@ -102,7 +102,7 @@ def error_code(exc: BaseException) -> str:
     inner = _INNER_CODE.search(text)
     if inner is not None:
         return inner.group(1)
-    if "user_script" in text:
+    if "user_script" in text or "user_function" in text:
         return "SCRIPT"  # a script raised an error: a bug, or damaged data
     return ""
 

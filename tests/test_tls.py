@@ -20,6 +20,7 @@ from redis.retry import Retry
 from rrq_flow.cli import main
 from rrq_flow.config.model import RedisSettings, TLSSettings
 from rrq_flow.connection import open_async_redis, open_sync_redis
+from rrq_flow.protocol.scripts import script
 from rrq_flow.worker.wake_connection import wake_connection_for
 from tests.tls_support import Certs, make_certs, start_tls_server
 
@@ -165,7 +166,7 @@ def test_every_connection_kind_checks_the_host_name(tls: TLSServers) -> None:
     async def wake(url: str) -> object:
         conn = wake_connection_for(url, settings)
         try:
-            return await conn.wait_then_claim(["k"], 0.01, "0" * 40, ["k"], [])
+            return await conn.wait_then_claim(["k"], 0.01, script("claim"), ["k"], [])
         finally:
             await conn.aclose()
 

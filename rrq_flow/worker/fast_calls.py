@@ -4,7 +4,9 @@ connection, with coredis as the fallback.
 These calls are the worker's Redis traffic per job. On coredis each costs a few hundred µs of
 the worker's CPU (request objects, a writer and a reader task, pool checkout, anyio timeouts);
 on :class:`~rrq_flow.worker.wake_connection.WakeConnection` (one socket, one write, hiredis'
-reader) a fraction of that (bench/results/perf-2026-11-30.md).
+reader) a fraction of that (bench/results/perf-2026-11-30.md). There the scripts are called as
+functions of rrq-flow's library (FCALL: no helpers built per call), which the connection loads
+when the server lacks it; the coredis fallback calls them by EVALSHA.
 
 The fast path is only an optimisation: whenever it fails for any reason (connection lost,
 timeout, NOSCRIPT after a Redis restart, ASK during a slot migration, an error reply), the same
@@ -48,7 +50,7 @@ class FastCalls:
         try:
             # Shielded from outside, bounded by its own deadline: one scope, not two.
             with trio.CancelScope(shield=True, deadline=trio.current_time() + caller.timeout):
-                reply = await self.connection.evalsha(call.script.sha, call.keys, call.args)
+                reply = await self.connection.call(call.script, call.keys, call.args)
                 done = True
             if not done:  # the deadline cancelled it (the connection is closed and reopened)
                 raise trio.TooSlowError

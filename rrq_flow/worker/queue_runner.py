@@ -378,7 +378,7 @@ class QueueRunner:
                 _, claimed = await self._wake.wait_then_claim(
                     [self.layout.queue(self.name).wake, self._stop_key],
                     timeout,
-                    call.script.sha,
+                    call.script,
                     call.keys,
                     call.args,
                 )

@@ -3,9 +3,14 @@
 This is the pick-up path of every job that reaches an idle worker, and the one place where
 the client's own overhead is most of the latency: coredis spends about 170 µs of CPU on a
 two-command pipeline where this minimal RESP2 client spends about 60 (bench/README.md). It
-speaks just what that path needs: AUTH, SELECT, one pipelined BLPOP + EVALSHA, and reading
+speaks just what that path needs: AUTH, SELECT, one pipelined BLPOP + script call, and reading
 their replies. Everything else stays on coredis, which is also the fallback when this
 connection cannot be used (see :func:`wake_connection_for`).
+
+It calls the scripts as functions of rrq-flow's library (FCALL; loaded by FUNCTION LOAD the
+first time the server lacks it), where each call skips building the scripts' helpers
+(docs/protocol.md). A server without functions (Redis 6) or a user without FCALL or FUNCTION
+LOAD gets EVALSHA, as before.
 
 A connection that fails, times out or is cancelled mid-call is closed and reopened on the
 next use: a reply arriving late must never be read as the answer to a later call. Where it
@@ -15,6 +20,7 @@ named now, with a Cluster the owner of the queue's slot, following ``MOVED`` and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,9 +30,12 @@ import trio
 
 from rrq_flow.config.model import RedisSettings
 from rrq_flow.connection import RedisLocation, open_stream
+from rrq_flow.protocol.scripts import Script, ScriptArg, library
 from rrq_flow.worker.wake_locator import FixedLocator, Locator, locator_for
 
 Reply = Any  # str | int | None | list[Reply]
+
+log = logging.getLogger("rrq_flow.worker")
 
 
 class ReplyError(coredis.exceptions.ResponseError):
@@ -74,6 +83,8 @@ class WakeConnection:
         self.settings = settings
         self._stream: trio.abc.Stream | None = None
         self._parser = _Parser()
+        # Calls go by FCALL until the server or the user turns functions down (then EVALSHA).
+        self.functions = True
 
     async def _connect(self) -> trio.abc.Stream:
         loc = await self.locator.locate()
@@ -111,31 +122,75 @@ class WakeConnection:
         self,
         wait_keys: Sequence[str],
         timeout: float,
-        sha: str,
+        script: Script,
         keys: Sequence[str],
-        args: Sequence[str | int | float],
+        args: Sequence[ScriptArg],
     ) -> tuple[Reply, Reply]:
-        """Send ``BLPOP wait_keys timeout`` and ``EVALSHA sha`` in one write; return both replies.
+        """Send ``BLPOP wait_keys timeout`` and the call of ``script`` in one write; return both
+        replies.
 
         Raises coredis' ConnectionError (a TRANSIENT error of the worker) when the connection
-        breaks, NoScriptError when Redis lost the script, ReplyError for any other error reply.
+        breaks, NoScriptError when Redis lacks the script or the function library (loaded now:
+        the caller's next call finds it), ReplyError for any other error reply.
         """
-        woke, claimed = await self._roundtrip(
-            _encode("BLPOP", *wait_keys, f"{timeout:.3f}")
-            + _encode("EVALSHA", sha, len(keys), *keys, *args),
-            2,
-        )
+        try:
+            woke, claimed = await self._roundtrip(
+                _encode("BLPOP", *wait_keys, f"{timeout:.3f}") + self._command(script, keys, args),
+                2,
+            )
+        except ReplyError as exc:
+            if await self._function_missing(exc):
+                raise coredis.exceptions.NoScriptError(str(exc)) from exc
+            raise
         return woke, claimed
 
-    async def evalsha(
-        self, sha: str, keys: Sequence[str], args: Sequence[str | int | float]
-    ) -> Reply:
-        """One ``EVALSHA`` (a queue runner's direct claim or acknowledgement); its reply.
+    async def call(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Reply:
+        """One call of ``script`` (a queue runner's direct claim or acknowledgement); its reply.
 
-        Raises as :meth:`wait_then_claim` does.
+        Raises as :meth:`wait_then_claim` does, except that a missing function library is
+        loaded and the call made again.
         """
-        (reply,) = await self._roundtrip(_encode("EVALSHA", sha, len(keys), *keys, *args), 1)
+        try:
+            (reply,) = await self._roundtrip(self._command(script, keys, args), 1)
+        except ReplyError as exc:
+            if not await self._function_missing(exc):
+                raise
+            (reply,) = await self._roundtrip(self._command(script, keys, args), 1)
         return reply
+
+    def _command(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> bytes:
+        if self.functions:
+            return _encode("FCALL", script.function, len(keys), *keys, *args)
+        return _encode("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def _function_missing(self, exc: ReplyError) -> bool:
+        """Whether ``exc`` says an FCALL did not run for want of its function; if so, the
+        library is loaded now, or calls go by EVALSHA from now on where the server (Redis 6) or
+        the user (no FCALL or FUNCTION LOAD in its ACL rule) cannot have it."""
+        text = str(exc)
+        if not self.functions:
+            return False
+        if text.startswith("ERR Function not found"):
+            try:
+                await self._roundtrip(_encode("FUNCTION", "LOAD", library().source), 1)
+            except ReplyError as refused:
+                if "already exists" in str(refused):
+                    return True  # another worker loaded it first
+                if not _turned_down(str(refused)):
+                    raise
+                self._without_functions(str(refused))
+            return True
+        if _turned_down(text):
+            self._without_functions(text)
+            return True
+        return False
+
+    def _without_functions(self, why: str) -> None:
+        global _told_without_functions
+        self.functions = False
+        if not _told_without_functions:
+            _told_without_functions = True
+            log.info("Redis functions unavailable (%s): scripts are called by EVALSHA", why)
 
     async def _roundtrip(self, payload: bytes, count: int) -> list[Reply]:
         """Send ``payload`` (``count`` commands) in one write; their replies, errors raised."""
@@ -178,6 +233,18 @@ class WakeConnection:
         if stream is not None:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
+
+
+_told_without_functions = False  # logged once per process
+
+
+def _turned_down(text: str) -> bool:
+    """Whether an error reply refuses FCALL or FUNCTION itself: unknown to the server (Redis 6,
+    or renamed away) or not in the user's ACL rule."""
+    lowered = text.lower()
+    return ("unknown command" in lowered or lowered.startswith("noperm")) and (
+        "fcall" in lowered or "function" in lowered
+    )
 
 
 def wake_connection_for(url: str, settings: RedisSettings, key: str = "") -> WakeConnection:
