@@ -191,7 +191,8 @@ def library() -> Library:
 
     An EVAL runs the script's whole text on each call, so each helper a script uses is a
     closure built anew per call: ~40 µs of a one-job ``complete``, a third of it. Loaded once as
-    a library, the helpers are built when Redis loads it (bench/results/costs-2026-12-01.md).
+    a library, the helpers are built when Redis loads it
+    (bench/results/costs-2026-11-30-functions.md).
     """
     raw = {n: _read(f"{n}.lua") for n in SCRIPT_NAMES}
     fragment_text = {f: _read(f"fragments/{f}.lua") for f in FRAGMENT_ORDER}
