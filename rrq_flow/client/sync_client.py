@@ -30,7 +30,14 @@ from rrq_flow.errors import JobFailed, JobNotFound, RunNotFound
 from rrq_flow.failover import MasterWatch
 from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import Call, parse_enqueue
-from rrq_flow.protocol.scripts import ENQUEUE_SCRIPTS, call_sync, pipe_evalsha, preload_sync
+from rrq_flow.protocol.scripts import (
+    ENQUEUE_SCRIPTS,
+    FunctionsUnavailable,
+    call_sync,
+    fcall_sync,
+    pipe_evalsha,
+    preload_sync,
+)
 
 
 class SyncClient:
@@ -54,6 +61,10 @@ class SyncClient:
         extra = {"retry": Retry(NoBackoff(), 0)} if fail_fast else {}
         self.redis: redis.Redis = open_sync_redis(url, config.redis, **extra)
         self._scripts_loaded = False
+        # One script call goes by FCALL (docs/protocol.md, "Functions") until the server or the
+        # user turns functions down; a Cluster client calls by EVALSHA (it would have to load
+        # the library on each master).
+        self._functions = not isinstance(self.redis, redis.RedisCluster)
         self._partitions_checked = False
         self._master_watch = MasterWatch()
 
@@ -74,6 +85,11 @@ class SyncClient:
 
     def _run(self, call: Call) -> Any:
         self._master_watch.check_sync(self.redis)
+        if self._functions:
+            try:
+                return fcall_sync(self.redis, call.script, call.keys, call.args)
+            except FunctionsUnavailable:
+                self._functions = False
         return call_sync(self.redis, call.script, call.keys, call.args)
 
     # --- producing ---------------------------------------------------------------------------

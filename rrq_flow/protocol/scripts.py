@@ -257,6 +257,54 @@ def call_sync(client: Any, s: Script, keys: Sequence[str], args: Sequence[Script
         return client.eval(s.source, len(keys), *keys, *args)
 
 
+class FunctionsUnavailable(Exception):
+    """The server has no functions (Redis 6, or FCALL renamed away), or the user may not run
+    FCALL or FUNCTION LOAD: call the scripts by EVALSHA."""
+
+
+def function_refusal(text: str) -> str | None:
+    """What an error reply to FCALL or FUNCTION LOAD says about functions (as hiredis gives it,
+    "ERR ...", or as redis-py does, without the code): ``"missing"`` (the library is not
+    loaded), ``"unavailable"`` (the command is unknown, or not in the user's ACL rule), or None
+    (anything else, e.g. an error of the script itself)."""
+    lowered = text.lower().removeprefix("-").removeprefix("err ")
+    if lowered.startswith("function not found"):
+        return "missing"
+    if lowered.startswith("unknown command") and (
+        "fcall" in lowered[:40] or "function" in lowered[:40]
+    ):
+        return "unavailable"
+    if "no permissions to run the 'fcall'" in lowered or "run the 'function|load'" in lowered:
+        return "unavailable"
+    return None
+
+
+def fcall_sync(client: Any, s: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+    """Run ``s`` as its function of the library (FCALL) on a redis-py client, loading the
+    library where the server lacks it. Raises FunctionsUnavailable where functions cannot be
+    used (the caller then calls by EVALSHA, :func:`call_sync`), and any other error as is."""
+    import redis.exceptions
+
+    for attempt in range(2):
+        try:
+            return client.fcall(s.function, len(keys), *keys, *args)
+        except redis.exceptions.ResponseError as exc:
+            refusal = function_refusal(str(exc))
+            if refusal == "unavailable" or (refusal == "missing" and attempt):
+                raise FunctionsUnavailable(str(exc)) from exc
+            if refusal is None:
+                raise
+        try:
+            client.function_load(library().source)
+        except redis.exceptions.ResponseError as exc:
+            if "already exists" in str(exc):
+                continue  # loaded by someone else in the meantime
+            if function_refusal(str(exc)) == "unavailable":
+                raise FunctionsUnavailable(str(exc)) from exc
+            raise
+    raise AssertionError("unreachable")  # the second attempt returns or raises
+
+
 def pipe_evalsha(pipe: Any, s: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> None:
     """Queue an EVALSHA of ``s`` on a redis-py pipeline (a cluster pipeline refuses ``evalsha()``
     but routes the raw command by its keys)."""

@@ -30,7 +30,7 @@ import trio
 
 from rrq_flow.config.model import RedisSettings
 from rrq_flow.connection import RedisLocation, open_stream
-from rrq_flow.protocol.scripts import Script, ScriptArg, library
+from rrq_flow.protocol.scripts import Script, ScriptArg, function_refusal, library
 from rrq_flow.worker.wake_locator import FixedLocator, Locator, locator_for
 
 Reply = Any  # str | int | None | list[Reply]
@@ -170,17 +170,18 @@ class WakeConnection:
         text = str(exc)
         if not self.functions:
             return False
-        if text.startswith("ERR Function not found"):
+        refusal = function_refusal(text)
+        if refusal == "missing":
             try:
                 await self._roundtrip(_encode("FUNCTION", "LOAD", library().source), 1)
             except ReplyError as refused:
                 if "already exists" in str(refused):
                     return True  # another worker loaded it first
-                if not _turned_down(str(refused)):
+                if function_refusal(str(refused)) != "unavailable":
                     raise
                 self._without_functions(str(refused))
             return True
-        if _turned_down(text):
+        if refusal == "unavailable":
             self._without_functions(text)
             return True
         return False
@@ -236,15 +237,6 @@ class WakeConnection:
 
 
 _told_without_functions = False  # logged once per process
-
-
-def _turned_down(text: str) -> bool:
-    """Whether an error reply refuses FCALL or FUNCTION itself: unknown to the server (Redis 6,
-    or renamed away) or not in the user's ACL rule."""
-    lowered = text.lower()
-    return ("unknown command" in lowered or lowered.startswith("noperm")) and (
-        "fcall" in lowered or "function" in lowered
-    )
 
 
 def wake_connection_for(url: str, settings: RedisSettings, key: str = "") -> WakeConnection:
