@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,8 +39,8 @@ from rrq_flow.protocol.scripts import (
     library,
     preload_sync,
 )
-from rrq_flow.redis_server import free_port, start_redis_server
 from tests.conftest import make_pipeline, make_queue
+from tests.functions_support import calls, libraries, users_without_functions
 from tests.test_protocol_scripts import Proto
 
 
@@ -169,49 +170,30 @@ def test_sync_defer_and_at(cfg: PipelineConfig, p: Proto) -> None:
     assert p.r.zscore(p.q().ready, e) == 946684800000
 
 
-def _calls(r: redis.Redis, command: str) -> int:
-    return int(r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
-
-
-def _libraries(r: redis.Redis) -> list[str]:
-    return [lib[lib.index("library_name") + 1] for lib in r.function_list()]
-
-
 def test_sync_enqueue_calls_a_function_and_loads_the_library(cfg: PipelineConfig, p: Proto) -> None:
     p.r.function_flush()  # as on a new server
     with SyncClient(cfg) as client:
-        evalsha, fcall = _calls(p.r, "evalsha"), _calls(p.r, "fcall")
+        evalsha, fcall = calls(p.r, "evalsha"), calls(p.r, "fcall")
         first = client.enqueue("q", 1)
-        assert _libraries(p.r) == [library().name]
+        assert libraries(p.r) == [library().name]
         second = client.enqueue("q", 2, k="v")
-        assert _calls(p.r, "evalsha") == evalsha and _calls(p.r, "fcall") >= fcall + 2
+        assert calls(p.r, "evalsha") == evalsha and calls(p.r, "fcall") >= fcall + 2
         assert client.job(first).args == [1] and client.job(second).kwargs == {"k": "v"}
         p.r.function_flush()  # e.g. a restart without persistence: loaded again
         third = client.enqueue("q", 3)
-    assert _libraries(p.r) == [library().name]
+    assert libraries(p.r) == [library().name]
     assert set(p.r.zrange(p.q().ready, 0, -1)) == {first, second, third}
 
 
-def test_sync_client_without_fcall_or_function_load_calls_by_evalsha(tmp_path: Any) -> None:
-    server = start_redis_server(tmp_path, port=free_port(), appendonly=False)
-    try:
-        admin = redis.Redis(port=server.port, decode_responses=True)
-        for user, denied in (("nofcall", "-fcall"), ("noload", "-function|load")):
-            admin.acl_setuser(
-                user, enabled=True, passwords=["+pw"], keys="*", commands=["+@all", denied]
-            )
-            admin.function_flush()
-            url = f"redis://{user}:pw@127.0.0.1:{server.port}/0"
-            config = make_pipeline(url, make_queue("q"))
-            with SyncClient(config) as client:
-                evalsha = _calls(admin, "evalsha") + _calls(admin, "eval")
-                job = client.enqueue("q", user)
-                assert not client._functions, user
-                assert client.job(job).args == [user]
-                assert _calls(admin, "evalsha") + _calls(admin, "eval") > evalsha
-            assert admin.function_list() == [], user
-    finally:
-        server.stop()
+def test_sync_client_without_fcall_or_function_load_calls_by_evalsha(tmp_path: Path) -> None:
+    for admin, user, url in users_without_functions(tmp_path):
+        with SyncClient(make_pipeline(url, make_queue("q"))) as client:
+            evalsha = calls(admin, "evalsha") + calls(admin, "eval")
+            job = client.enqueue("q", user)
+            assert not client._functions, user
+            assert client.job(job).args == [user]
+            assert calls(admin, "evalsha") + calls(admin, "eval") > evalsha
+        assert admin.function_list() == [], user
 
 
 @pytest.mark.parametrize(

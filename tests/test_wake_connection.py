@@ -23,6 +23,7 @@ from rrq_flow.worker.wake_connection import (
     _Parser,
     wake_connection_for,
 )
+from tests.functions_support import calls, libraries, users_without_functions
 
 FAST = RedisSettings(connect_timeout=2)
 
@@ -130,14 +131,6 @@ async def test_a_cancelled_call_never_hands_its_late_reply_to_the_next(
     assert claimed[0] == "fresh" and woke == ["w", "t"]
 
 
-def _calls(r: redis.Redis, command: str) -> int:
-    return int(r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
-
-
-def _libraries(r: redis.Redis) -> list[str]:
-    return [lib[lib.index("library_name") + 1] for lib in r.function_list()]
-
-
 def _empty_claim(r: redis.Redis) -> Call:
     """A claim of queue q of pipeline wt, which has no jobs: it answers OK and writes nothing."""
     layout = KeyLayout("wt")
@@ -150,15 +143,15 @@ async def test_scripts_are_functions_and_a_missing_library_is_loaded(
 ) -> None:
     sync_redis.function_flush()  # as after a restart that kept no data
     call = _empty_claim(sync_redis)
-    evalsha = _calls(sync_redis, "evalsha")
+    evalsha = calls(sync_redis, "evalsha")
     reply = await conn.call(call.script, call.keys, call.args)
     assert reply[:4] == ["OK", reply[1], -1, 0]
-    assert _libraries(sync_redis) == [library().name]
+    assert libraries(sync_redis) == [library().name]
     # In the wait, a missing library is loaded and the claim left to the caller's direct call.
     sync_redis.function_flush()
     with pytest.raises(coredis.exceptions.NoScriptError):
         await conn.wait_then_claim(["w"], 0.01, call.script, call.keys, call.args)
-    assert _libraries(sync_redis) == [library().name]
+    assert libraries(sync_redis) == [library().name]
     woke, claimed = await conn.wait_then_claim(["w"], 0.01, call.script, call.keys, call.args)
     assert woke is None and claimed[0] == "OK"
     # Another connection finds the library there; one that loads it at the same time is told
@@ -168,38 +161,28 @@ async def test_scripts_are_functions_and_a_missing_library_is_loaded(
         assert (await other.call(call.script, call.keys, call.args))[0] == "OK"
     finally:
         await other.aclose()
-    assert conn.functions and _calls(sync_redis, "evalsha") == evalsha
-    assert _calls(sync_redis, "fcall") >= 3
+    assert conn.functions and calls(sync_redis, "evalsha") == evalsha
+    assert calls(sync_redis, "fcall") >= 3
 
 
 async def _claims_by_evalsha(url: str, admin: redis.Redis) -> WakeConnection:
     call = _empty_claim(admin)
     admin.script_load(call.script.source)
     conn = wake_connection_for(url, FAST)
-    evalsha = _calls(admin, "evalsha")
+    evalsha = calls(admin, "evalsha")
     assert (await conn.call(call.script, call.keys, call.args))[0] == "OK"
     _, claimed = await conn.wait_then_claim(["w"], 0.01, call.script, call.keys, call.args)
     assert claimed[0] == "OK"
-    assert _calls(admin, "evalsha") == evalsha + 2
+    assert calls(admin, "evalsha") == evalsha + 2
     return conn
 
 
 async def test_a_user_without_fcall_or_function_load_gets_evalsha(tmp_path: Path) -> None:
-    server = start_redis_server(tmp_path, port=_free_port(), appendonly=False)
-    try:
-        admin = redis.Redis(port=server.port, decode_responses=True)
-        for name, denied in (("nofcall", "-fcall"), ("noload", "-function|load")):
-            admin.acl_setuser(
-                name, enabled=True, passwords=["+pw"], keys="*", commands=["+@all", denied]
-            )
-            admin.function_flush()
-            url = f"redis://{name}:pw@127.0.0.1:{server.port}/0"
-            conn = await _claims_by_evalsha(url, admin)
-            await conn.aclose()
-            assert not conn.functions, name
-            assert admin.function_list() == [], name
-    finally:
-        server.stop()
+    for admin, user, url in users_without_functions(tmp_path):
+        conn = await _claims_by_evalsha(url, admin)
+        await conn.aclose()
+        assert not conn.functions, user
+        assert admin.function_list() == [], user
 
 
 async def test_a_server_without_functions_gets_evalsha(tmp_path: Path) -> None:
