@@ -42,7 +42,7 @@ def script(name: str) -> Script:
     """The script ``lua/<name>.lua`` with its includes expanded to the definitions it uses."""
     source = expand_includes(_read(f"{name}.lua"))
     sha = hashlib.sha1(source.encode()).hexdigest()
-    return Script(name, source, sha, f"{library().name}_{name}")
+    return Script(name, source, sha, f"{library_name()}_{name}")
 
 
 # A top-level definition in a fragment starts at column 0: `local function NAME`, `local NAME
@@ -62,6 +62,12 @@ class _Definition:
     text: str  # the comment lines above it, then the definition
     kind: str  # "function" | "value" (local NAME = ...) | "forward" (local NAME, no value)
     statement: str = ""  # a value's assignment without `local` (the function library's reset)
+
+
+@cache
+def _fragment(name: str) -> tuple[str, list[_Definition]]:
+    """``lua/fragments/<name>.lua`` as :func:`_definitions` splits it (read and split once)."""
+    return _definitions(_read(f"fragments/{name}.lua"))
 
 
 def _definitions(fragment: str) -> tuple[str, list[_Definition]]:
@@ -127,7 +133,7 @@ def _selection(
     definitions) and the indices of the definitions it uses, counted across the fragments."""
     parts = _INCLUDE.split(source)  # text, include name, text, include name, ..., text
     texts, names = parts[0::2], parts[1::2]
-    fragments = [_definitions(_read(f"fragments/{n}.lua")) for n in names]
+    fragments = [_fragment(n) for n in names]
     wanted = set(_IDENTIFIER.findall("".join(texts)))
     chosen: set[int] = set()
     flat = [d for _, defs in fragments for d in defs]
@@ -186,6 +192,15 @@ local KEYS, ARGV
 
 
 @cache
+def library_name() -> str:
+    """``rrq_<12 hex digits of the SHA-1 of every script and fragment source>``: each version of
+    the scripts is a library of its own (its functions are ``<name>_<script>``)."""
+    sources = [_read(f"{n}.lua") for n in SCRIPT_NAMES]
+    sources += [_read(f"fragments/{f}.lua") for f in FRAGMENT_ORDER]
+    return f"rrq_{hashlib.sha1(chr(0).join(sources).encode()).hexdigest()[:12]}"
+
+
+@cache
 def library() -> Library:
     """The function library of every script in :data:`SCRIPT_NAMES`; function ``<name>_<script>``.
 
@@ -195,15 +210,11 @@ def library() -> Library:
     (bench/results/costs-2026-11-30-functions.md).
     """
     raw = {n: _read(f"{n}.lua") for n in SCRIPT_NAMES}
-    fragment_text = {f: _read(f"fragments/{f}.lua") for f in FRAGMENT_ORDER}
-    fragments = {f: _definitions(text) for f, text in fragment_text.items()}
-    digest = hashlib.sha1("\0".join([*raw.values(), *fragment_text.values()]).encode())
-    name = f"rrq_{digest.hexdigest()[:12]}"
-    functions = {
-        n for _, defs in fragments.values() for d in defs if d.kind == "function" for n in d.names
-    }
+    fragments = [_fragment(f) for f in FRAGMENT_ORDER]
+    name = library_name()
+    functions = {n for _, defs in fragments for d in defs if d.kind == "function" for n in d.names}
     out = [f"#!lua name={name}\n", _LIBRARY_HEAD]
-    for head, defs in fragments.values():
+    for head, defs in fragments:
         out.append(head)
         for d in defs:
             if d.kind == "value":  # declared here, given its value at the start of each call
