@@ -31,7 +31,7 @@ from rrq_flow.errors import (
     PayloadError,
     UnknownQueueError,
 )
-from rrq_flow.protocol.ops import Completion, Failure, encode_json
+from rrq_flow.protocol.ops import Completion, Failure, decode_json, encode_json
 from rrq_flow.protocol.scripts import (
     SCRIPT_NAMES,
     all_scripts,
@@ -360,6 +360,51 @@ def test_encode_json_writes_what_json_dumps_writes(value: Any) -> None:
     expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     assert encode_json(value) == expected
     assert encode_json((value,)) == f"[{expected}]"
+
+
+_ANY_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(_ANY_JSON_VALUES, st.booleans())
+def test_decode_json_reads_what_json_loads_reads(value: Any, ascii_only: bool) -> None:
+    """decode_json (orjson, json.loads for what orjson refuses) gives json.loads' value: the
+    same types too (compared through repr: NaN is not equal to itself), for integers past 64
+    bits, NaN and Infinity, lone surrogates, escaped or not."""
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    assert repr(decode_json(text)) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"\\ud800"',
+        "1e400",
+        "-0",
+        "1.0",
+        '{"a":1,"a":2}',
+        " [1] ",
+        "NaN",
+        "[-Infinity]",
+        str(2**64),
+        str(-(2**63) - 1),
+    ],
+)
+def test_decode_json_agrees_with_json_loads_at_the_edges(text: str) -> None:
+    assert repr(decode_json(text)) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize("text", ["", "[1,]", "[1] x", "{'a': 1}", "[" * 5000])
+def test_decode_json_raises_what_json_loads_raises(text: str) -> None:
+    """A text that is no JSON fails as json.loads fails (a handler's outcome records it)."""
+    with pytest.raises(Exception) as ours:
+        decode_json(text)
+    with pytest.raises(Exception) as theirs:
+        json.loads(text)
+    assert type(ours.value) is type(theirs.value) and str(ours.value) == str(theirs.value)
 
 
 def test_encode_json_tells_a_cycle_from_a_deep_value() -> None:

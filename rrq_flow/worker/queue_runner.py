@@ -17,7 +17,6 @@ deadline past the local timeout.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from rrq_flow.protocol.ops import (
     ClaimReply,
     Completion,
     Failure,
+    decode_json,
     encode_json,
     ms,
     parse_claim,
@@ -581,8 +581,8 @@ class QueueRunner:
         try:
             if cfg.join:
                 ctx.group = await self._group_of(job.id)
-            args = json.loads(job.args_json)
-            kwargs = {} if job.kwargs_json == "{}" else json.loads(job.kwargs_json)
+            args = decode_json(job.args_json)
+            kwargs = {} if job.kwargs_json == "{}" else decode_json(job.kwargs_json)
             result = await self.run_handler(args, kwargs, ctx, started)
         except trio.Cancelled:
             # Ours (the slot's scope absorbs it; the runner settles the job) or the worker's.
