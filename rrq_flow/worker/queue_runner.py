@@ -2,9 +2,11 @@
 
 One QueueRunner per queue, each in its own nursery, with its own ``concurrency`` slots, so a busy
 queue never starves another. Claims are sized to the free slots plus a small ``prefetch`` (one
-script call per batch; two jobs ahead per slot while the queue's jobs take under
+script call per batch; four jobs ahead per slot while the queue's jobs take under
 :data:`SHORT_JOB_SECONDS`, one under :data:`MEDIUM_JOB_SECONDS`), so a freed slot starts its next
-job without waiting for a claim round trip; ``concurrency`` long-lived runner tasks take claimed
+job without waiting for a claim round trip; the next claim goes out when half of the jobs
+claimed ahead are left, so its round trip overlaps the other half;
+``concurrency`` long-lived runner tasks take claimed
 jobs from a channel (no task spawn per job); outcomes are buffered and sent as one script call
 per batch while the previous batch is in flight (pipelined acknowledgements, no added latency).
 An idle queue blocks on its wake-up list instead of polling.
@@ -71,7 +73,7 @@ log = logging.getLogger("rrq_flow.worker")
 job_log = logging.getLogger(JOBS_LOGGER)
 
 MAX_CLAIM = 500  # jobs per claim call
-SHORT_JOB_SECONDS = 0.01  # recent jobs this short: claim two jobs ahead per slot
+SHORT_JOB_SECONDS = 0.01  # recent jobs this short: claim four jobs ahead per slot
 MEDIUM_JOB_SECONDS = 0.1  # this short: one ahead per slot
 STOP_TOKEN_TTL_MS = 10_000  # a stop token nobody took is gone after this
 OUTCOME_WORDS = {
@@ -198,6 +200,11 @@ class QueueRunner:
         # The claim loop's direct claims share its wake connection (both are its, in turn);
         # the acknowledgements have their own.
         self._claims = FastCalls(worker.caller, self._wake)
+        # The claim loop's wait while this runner holds enough (see _claim_loop), and the event
+        # of that wait the runners set when the jobs claimed ahead run low.
+        self._line_event: trio.Event | None = None
+        self._refill: trio.Event | None = None
+        self._low_water = 0
         self._acks_calls = FastCalls(
             worker.caller, wake_connection_for(worker.url, worker.config.redis, wake_key)
         )
@@ -263,8 +270,10 @@ class QueueRunner:
         w = self.worker
         wait: float | None = None  # block this long for work before the next claim
         while not w.stopping.is_set():
-            # Claims are shielded: never start one once the worker is being torn down.
-            await trio.lowlevel.checkpoint()
+            # Claims are shielded: never start one once the worker is being torn down. No
+            # yield otherwise (every round waits for Redis or for the runners anyway): a yield
+            # here, after a claim, let the runners empty the buffer before the next decision.
+            await trio.lowlevel.checkpoint_if_cancelled()
             recent = self._recent_seconds
             if recent is None or recent >= MEDIUM_JOB_SECONDS:
                 prefetch = self.prefetch
@@ -272,18 +281,30 @@ class QueueRunner:
                 prefetch = self._prefetch_short
             else:
                 prefetch = self._prefetch_medium
+            self._low_water = prefetch // 2
             free = self.cfg.concurrency + prefetch - self.slots.claimed
             if w.max_jobs is not None:
                 free = min(free, w.max_jobs - w.claimed_total)
                 if free <= 0 and self.claimed == 0:
                     w.request_stop("max jobs reached")
                     return
-            if free <= 0:
+            if free <= 0 or len(self.buffered) > self._low_water:
                 if w.stopping.is_set():
                     return
-                # Before any checkpoint: no wake-up is missed (a freed slot, or the stop, which
-                # _unblock_on_stop turns into a wake-up of the whole line).
-                await self.slots.line_up().wait()
+                # Before any checkpoint: no wake-up is missed (a freed slot, the claimed-ahead
+                # jobs running low, or the stop, which _unblock_on_stop turns into a wake-up of
+                # the whole line and of the refill).
+                if free <= 0:
+                    self._line_event = self.slots.line_up()
+                else:
+                    # Slots are free but more than half the jobs claimed ahead still wait: the
+                    # next claim goes out when the runners have taken them down to half, in
+                    # time to arrive before they run out (not a claim per freed slot).
+                    self._line_event = self._refill = trio.Event()
+                try:
+                    await self._line_event.wait()
+                finally:
+                    self._line_event = self._refill = None
                 continue
             if self._claim_unknown:
                 await self._give_back_orphans()
@@ -449,6 +470,8 @@ class QueueRunner:
         w = self.worker
         await w.stopping.wait()
         self.slots.wake_all()  # claim loops waiting for a free slot see the stop
+        if self._refill is not None:
+            self._refill.set()  # and this one, if it waits for its buffer to run low
         try:
             with trio.fail_after(w.caller.timeout):
                 async with w.redis.pipeline(transaction=False) as pipe:
@@ -509,6 +532,8 @@ class QueueRunner:
                 await trio.sleep_until(held.not_before)
             now = trio.current_time()
         del self.buffered[job.id, job.epoch]
+        if self._line_event is not None and len(self.buffered) <= self._low_water:
+            await self._claim_first()
         waited = now - max(held.claimed, held.not_before)
         if held.stop_reason in ("given back", "cancelled"):
             pass  # already settled by the lease refresher
@@ -523,6 +548,21 @@ class QueueRunner:
             await self._run_one(slot, job, held.renewed, now)
             return
         self._slot_done()
+
+    async def _claim_first(self) -> None:
+        """The jobs claimed ahead ran low while the claim loop waits: wake it (when it waits
+        for that), and yield until it has sent its claim, so that claim's round trip overlaps
+        the jobs still waiting here instead of following them. (Trio runs a woken task in its
+        next batch, and a runner takes waiting jobs without a checkpoint: without this the
+        claim went out only once the runners had emptied the buffer, and the worker then sat
+        idle for a whole round trip per claim.)"""
+        line = self._line_event
+        if self._refill is not None:
+            self._refill.set()
+        if line is None or not line.is_set():
+            return
+        while self._line_event is line:
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _release_buffered(self) -> None:
         """Give back every prefetched job at once when the worker stops claiming."""
