@@ -204,7 +204,7 @@ class QueueRunner:
         # of that wait the runners set when the jobs claimed ahead run low.
         self._line_event: trio.Event | None = None
         self._refill: trio.Event | None = None
-        self._low_water = 0
+        self._low_water: int | None = None  # short jobs: claim again at this many waiting
         self._acks_calls = FastCalls(
             worker.caller, wake_connection_for(worker.url, worker.config.redis, wake_key)
         )
@@ -275,20 +275,25 @@ class QueueRunner:
             # here, after a claim, let the runners empty the buffer before the next decision.
             await trio.lowlevel.checkpoint_if_cancelled()
             recent = self._recent_seconds
+            # Short jobs: the next claim waits for the buffer to run down to half (below).
+            # Longer ones: a claim as soon as a slot frees, as the jobs themselves leave the
+            # loop time to claim; holding a wave's starts for a claim would only delay them.
+            self._low_water = None
             if recent is None or recent >= MEDIUM_JOB_SECONDS:
                 prefetch = self.prefetch
             elif recent < SHORT_JOB_SECONDS:
                 prefetch = self._prefetch_short
+                self._low_water = prefetch // 2
             else:
                 prefetch = self._prefetch_medium
-            self._low_water = prefetch // 2
             free = self.cfg.concurrency + prefetch - self.slots.claimed
             if w.max_jobs is not None:
                 free = min(free, w.max_jobs - w.claimed_total)
                 if free <= 0 and self.claimed == 0:
                     w.request_stop("max jobs reached")
                     return
-            if free <= 0 or len(self.buffered) > self._low_water:
+            low = self._low_water
+            if free <= 0 or (low is not None and len(self.buffered) > low):
                 if w.stopping.is_set():
                     return
                 # Before any checkpoint: no wake-up is missed (a freed slot, the claimed-ahead
@@ -532,7 +537,8 @@ class QueueRunner:
                 await trio.sleep_until(held.not_before)
             now = trio.current_time()
         del self.buffered[job.id, job.epoch]
-        if self._line_event is not None and len(self.buffered) <= self._low_water:
+        low = self._low_water
+        if low is not None and self._line_event is not None and len(self.buffered) <= low:
             await self._claim_first()
         waited = now - max(held.claimed, held.not_before)
         if held.stop_reason in ("given back", "cancelled"):
