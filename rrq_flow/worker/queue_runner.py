@@ -4,8 +4,8 @@ One QueueRunner per queue, each in its own nursery, with its own ``concurrency``
 queue never starves another. Claims are sized to the free slots plus a small ``prefetch`` (one
 script call per batch; four jobs ahead per slot while the queue's jobs take under
 :data:`SHORT_JOB_SECONDS`, one under :data:`MEDIUM_JOB_SECONDS`), so a freed slot starts its next
-job without waiting for a claim round trip; the next claim goes out when half of the jobs
-claimed ahead are left, so its round trip overlaps the other half;
+job without waiting for a claim round trip (for short jobs the next claim goes out when half
+of the jobs claimed ahead are left, so its round trip overlaps the other half);
 ``concurrency`` long-lived runner tasks take claimed
 jobs from a channel (no task spawn per job); outcomes are buffered and sent as one script call
 per batch while the previous batch is in flight (pipelined acknowledgements, no added latency).
