@@ -185,6 +185,22 @@ def test_sync_enqueue_calls_a_function_and_loads_the_library(cfg: PipelineConfig
     assert set(p.r.zrange(p.q().ready, 0, -1)) == {first, second, third}
 
 
+def test_sync_enqueue_reconnects_and_reports_script_errors(cfg: PipelineConfig, p: Proto) -> None:
+    """One enqueue goes around redis-py's per-command bookkeeping (scripts.lean_command) but
+    keeps its connection handling: a connection killed between two calls is made again (the
+    pool checks it on checkout); and an error reply of the script reaches the caller as
+    redis-py raises it, with nothing written."""
+    with SyncClient(cfg) as client:
+        first = client.enqueue("q", 1)
+        assert p.r.client_kill_filter(_type="normal", skipme=True) >= 1  # the producer's
+        second = client.enqueue("q", 2)
+        p.r.set(p.q().wake, "not a list")
+        with pytest.raises(redis.exceptions.ResponseError, match="nothing was written"):
+            client.enqueue("q", 3)
+    assert set(p.r.zrange(p.q().ready, 0, -1)) == {first, second}
+    assert p.r.get(p.q().wake) == "not a list"
+
+
 def test_sync_client_without_fcall_or_function_load_calls_by_evalsha(tmp_path: Path) -> None:
     for admin, user, url in users_without_functions(tmp_path):
         with SyncClient(make_pipeline(url, make_queue("q"))) as client:
