@@ -14,12 +14,11 @@ import trio
 from rrq_flow.config.model import RedisSettings
 from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import Call, Protocol
-from rrq_flow.protocol.scripts import Script, library
+from rrq_flow.protocol.scripts import Script, library, pack_command
 from rrq_flow.redis_server import start_redis_server
 from rrq_flow.worker.wake_connection import (
     ReplyError,
     WakeConnection,
-    _encode,
     _Parser,
     wake_connection_for,
 )
@@ -72,7 +71,7 @@ async def conn(redis_url: str) -> AsyncIterator[WakeConnection]:
 
 
 def test_encode_is_a_resp_array_of_bulk_strings() -> None:
-    assert _encode("BLPOP", "k", 1.5) == b"*3\r\n$5\r\nBLPOP\r\n$1\r\nk\r\n$3\r\n1.5\r\n"
+    assert pack_command("BLPOP", "k", 1.5) == b"*3\r\n$5\r\nBLPOP\r\n$1\r\nk\r\n$3\r\n1.5\r\n"
 
 
 async def test_wait_then_claim_returns_both_replies(

@@ -339,11 +339,17 @@ def lean_command(client: Any, *command: ScriptArg) -> Any:
 
 
 def _send_and_read(conn: Any, command: Sequence[ScriptArg]) -> Any:
-    # hiredis' packer (C; the same text as redis-py's encoder for str, int and float), sent as
-    # one chunk: send_packed_command takes a list of chunks.
-    packed = hiredis.pack_command(tuple(command))  # type: ignore[arg-type]  # stub: a 1-tuple
-    conn.send_packed_command([packed])
+    # Sent as one chunk: send_packed_command takes a list of chunks.
+    conn.send_packed_command([pack_command(*command)])
     return conn.read_response()
+
+
+def pack_command(*parts: str | bytes | int | float) -> bytes:
+    """One command as a RESP array of bulk strings: hiredis' packer (C, not a loop of ours; the
+    same text as redis-py's encoder for str, int and float). The worker's own connection and
+    :func:`lean_command` send what it packs."""
+    packed: bytes = hiredis.pack_command(parts)  # type: ignore[arg-type]  # stub: a 1-tuple
+    return packed
 
 
 def pipe_evalsha(pipe: Any, s: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> None:

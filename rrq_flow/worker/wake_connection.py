@@ -31,6 +31,7 @@ import trio
 from rrq_flow.config.model import RedisSettings
 from rrq_flow.connection import RedisLocation, open_stream
 from rrq_flow.protocol.scripts import Script, ScriptArg, function_refusal, library
+from rrq_flow.protocol.scripts import pack_command as _encode
 from rrq_flow.worker.wake_locator import FixedLocator, Locator, locator_for
 
 Reply = Any  # str | int | None | list[Reply]
@@ -40,12 +41,6 @@ log = logging.getLogger("rrq_flow.worker")
 
 class ReplyError(coredis.exceptions.ResponseError):
     """Redis answered with an error (``-ERR ...``) to a command of this connection."""
-
-
-def _encode(*parts: str | bytes | int | float) -> bytes:
-    """One command as a RESP array of bulk strings (hiredis' packer: C, not a loop of ours)."""
-    packed: bytes = hiredis.pack_command(parts)  # type: ignore[arg-type]  # stub: a 1-tuple
-    return packed
 
 
 _INCOMPLETE = object()  # hiredis' answer while a reply is not whole yet

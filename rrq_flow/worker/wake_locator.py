@@ -72,7 +72,8 @@ async def query(
 ) -> list[object]:
     """Send ``commands`` to ``address`` on a fresh connection; their replies (errors as
     ReplyError objects). Raises coredis' ConnectionError when the node cannot be asked."""
-    from rrq_flow.worker.wake_connection import _encode, _Parser
+    from rrq_flow.protocol.scripts import pack_command
+    from rrq_flow.worker.wake_connection import _Parser
 
     parser = _Parser()
     replies: list[object] = []
@@ -80,7 +81,7 @@ async def query(
         with trio.fail_after(timeout):
             stream = await trio.open_tcp_stream(*address)
             async with stream:
-                await stream.send_all(b"".join(_encode(*c) for c in commands))
+                await stream.send_all(b"".join(pack_command(*c) for c in commands))
                 while len(replies) < len(commands):
                     complete, reply = parser.reply()
                     if complete:
