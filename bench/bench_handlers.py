@@ -30,6 +30,17 @@ async def job(t0: float, sleep_s: float = 0.0) -> int:
     return 1
 
 
+async def job_with_cpu(t0: float, sleep_s: float = 0.0) -> int:
+    """:func:`job`, with the worker's CPU clock (``time.process_time()``) at the job's end as
+    a fourth field, for bench/interleave_worker.sh: the worker's CPU per job over the steady
+    part of a burst, start-up and shutdown left out."""
+    start = time.time()
+    if sleep_s:
+        await trio.sleep(sleep_s)
+    os.write(_fd(), b"%.6f %.6f %.6f %.6f\n" % (t0, start, time.time(), time.process_time()))
+    return 1
+
+
 def noop(x: int) -> int:
     """A no-op ``def`` handler (bench/process_overhead.py: ``executor: process``)."""
     return x

@@ -7,7 +7,7 @@
 # with PYTHONPATH=TREE from an empty directory (python -m puts the current directory first on
 # sys.path). Per run: N jobs enqueued by bench/rrqflow_enqueue.py (SyncClient.enqueue_many),
 # then `rrq-flow run --burst`; printed: jobs/s (first start to last end), the worker's CPU per
-# job and its busy fraction over the steady part (5 %..95 % of the jobs, from bench/cpu_job.py),
+# job and its busy fraction over the steady part (5 %..95 % of the jobs, from bench_handlers.job_with_cpu),
 # Redis script time per job (INFO commandstats) and jobs per script call. Needs a redis-server
 # on $PORT (default 6390; started here without persistence if none answers) and peerbench's
 # benchjob.py (for the enqueue side) at $PEERBENCH (default /work/shared/bench-peers).
@@ -29,7 +29,7 @@ redis:
   persistence: none
 queues:
   bench:
-    handler: cpu_job:trio_job
+    handler: bench_handlers:job_with_cpu
     concurrency: 10
 YAML
 export REDIS_URL=redis://127.0.0.1:$PORT BENCH_OUT=$WORK/out.txt
