@@ -497,9 +497,9 @@ def test_default_prefetch_is_a_tenth_of_concurrency() -> None:
     assert make_queue("q", concurrency=55).claim_ahead == 5
     assert make_queue("q", concurrency=50, prefetch=0).claim_ahead == 0
     assert make_queue("q", concurrency=1, prefetch=3).claim_ahead == 3
-    # While the jobs are short: four per slot, unless the file sets it or flow control is on.
-    assert make_queue("q", concurrency=1).claim_ahead_short == 4
-    assert make_queue("q", concurrency=10).claim_ahead_short == 40
+    # While the jobs are short: eight per slot, unless the file sets it or flow control is on.
+    assert make_queue("q", concurrency=1).claim_ahead_short == 8
+    assert make_queue("q", concurrency=10).claim_ahead_short == 80
     assert make_queue("q", concurrency=10, prefetch=0).claim_ahead_short == 0
     assert make_queue("q", concurrency=10, prefetch=3).claim_ahead_short == 3
     assert make_queue("q", concurrency=10, max_running=4).claim_ahead_short == 0
@@ -523,7 +523,7 @@ def _claim_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 @pytest.mark.parametrize(
     ("handler", "args", "n", "sizes_between"),
     [
-        ("tests.handlers:echo", [], 300, (13, 20)),  # short jobs: 4 slots + up to 16 ahead
+        ("tests.handlers:echo", [], 300, (21, 36)),  # short jobs: 4 slots + up to 32 ahead
         ("tests.handlers:sleep_for", [0.03], 16, (5, 8)),  # 30 ms jobs: up to 4 ahead
         ("tests.handlers:sleep_for", [0.15], 8, (1, 4)),  # 150 ms jobs: free slots only
     ],
@@ -536,7 +536,7 @@ async def test_default_prefetch_claims_ahead_per_slot_only_while_jobs_are_short(
     n: int,
     sizes_between: tuple[int, int],
 ) -> None:
-    """Claiming ahead pays while a job costs about as much as a claim round trip (four per
+    """Claiming ahead pays while a job costs about as much as a claim round trip (eight per
     slot) or while jobs are short enough that one claimed ahead waits little (one per slot,
     under 100 ms); behind longer jobs it would wait while another worker could run it."""
     sizes = _claim_sizes(monkeypatch)
@@ -556,7 +556,7 @@ async def test_the_next_claim_goes_out_while_half_the_jobs_claimed_ahead_still_w
     to half of prefetch, and goes out before they run out: its round trip overlaps the jobs
     still waiting. (A runner takes a waiting job without a checkpoint; before the refill, the
     claim loop ran only once the runners had emptied the buffer, and every claim found it
-    empty.) Short jobs at concurrency 4: 16 ahead, the next claim at 8 or fewer waiting."""
+    empty.) Short jobs at concurrency 4: 32 ahead, the next claim at 16 or fewer waiting."""
     waiting: list[int] = []
     real = QueueRunner._claim_directly
 
@@ -570,9 +570,9 @@ async def test_the_next_claim_goes_out_while_half_the_jobs_claimed_ahead_still_w
         client.enqueue_many("q", [[]] * 1000)
     worker, code = await run_burst(cfg)
     assert code == EXIT_OK and worker.stats.tally("q").done == 1000
-    assert max(waiting) <= 8, waiting  # never before half of them were taken
+    assert max(waiting) <= 16, waiting  # never before half of them were taken
     # A runner that takes the buffer to half yields until the claim is sent; the other three
-    # may start a job each meanwhile, so a claim finds 5 to 8 waiting. Allowed for: the first
+    # may start a job each meanwhile, so a claim finds 13 to 16 waiting. Allowed for: the first
     # claims (jobs not yet known to be short), and a stall of the machine that makes the jobs
     # look longer for a while (fewer claimed ahead).
     assert sum(1 for n in waiting if n > 0) >= len(waiting) * 3 // 4, waiting

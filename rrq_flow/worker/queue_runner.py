@@ -2,7 +2,7 @@
 
 One QueueRunner per queue, each in its own nursery, with its own ``concurrency`` slots, so a busy
 queue never starves another. Claims are sized to the free slots plus a small ``prefetch`` (one
-script call per batch; four jobs ahead per slot while the queue's jobs take under
+script call per batch; eight jobs ahead per slot while the queue's jobs take under
 :data:`SHORT_JOB_SECONDS`, one under :data:`MEDIUM_JOB_SECONDS`), so a freed slot starts its next
 job without waiting for a claim round trip (for short jobs the next claim goes out when half
 of the jobs claimed ahead are left, so its round trip overlaps the other half);
@@ -73,7 +73,7 @@ log = logging.getLogger("rrq_flow.worker")
 job_log = logging.getLogger(JOBS_LOGGER)
 
 MAX_CLAIM = 500  # jobs per claim call
-SHORT_JOB_SECONDS = 0.01  # recent jobs this short: claim four jobs ahead per slot
+SHORT_JOB_SECONDS = 0.01  # recent jobs this short: claim eight jobs ahead per slot
 MEDIUM_JOB_SECONDS = 0.1  # this short: one ahead per slot
 STOP_TOKEN_TTL_MS = 10_000  # a stop token nobody took is gone after this
 OUTCOME_WORDS = {
