@@ -89,3 +89,13 @@ async def fail_unless_exists(path: str, message: str = "not there yet") -> str:
     if not os.path.exists(path):
         raise ValueError(message)
     return "ran"
+
+
+async def worker_runtime() -> dict[str, Any]:
+    """How the process running this job runs its loop (rrq_flow.worker.runtime)."""
+    import gc
+
+    return {
+        "clock": type(trio.lowlevel.current_clock()).__name__,
+        "frozen": gc.get_freeze_count(),
+    }

@@ -228,6 +228,7 @@ def _run_in_process(
 ) -> tuple[int, Any, float, str]:
     import trio
 
+    from rrq_flow.worker.runtime import run_worker_loop
     from rrq_flow.worker.worker import Worker
 
     worker = Worker(
@@ -250,7 +251,7 @@ def _run_in_process(
                 progress.finish()
         return code
 
-    code = trio.run(main)
+    code = run_worker_loop(main)
     return code, worker.stats, worker.wall_time, worker.stop_reason or "stopped"
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import trio
 
 from rrq_flow.logs import setup_logging
+from rrq_flow.worker.runtime import run_worker_loop
 
 log = logging.getLogger("rrq_flow.worker")
 
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             nursery.cancel_scope.cancel()
         return code
 
-    code = trio.run(run)
+    code = run_worker_loop(run)
     if args.stats_file is not None:
         payload = {
             "stats": worker.stats.to_json(),
