@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -18,9 +19,12 @@ import redis
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from rrq_flow.client._core import JobSpec
 from rrq_flow.client.async_client import Client
+from rrq_flow.client.held_connection import HeldConnection
 from rrq_flow.client.jobinfo import JobInfo
 from rrq_flow.client.sync_client import SyncClient
 from rrq_flow.config.model import PipelineConfig
@@ -199,6 +203,69 @@ def test_sync_enqueue_reconnects_and_reports_script_errors(cfg: PipelineConfig, 
             client.enqueue("q", 3)
     assert set(p.r.zrange(p.q().ready, 0, -1)) == {first, second}
     assert p.r.get(p.q().wake) == "not a list"
+
+
+def test_single_enqueues_keep_one_connection_and_threads_get_their_own_replies(
+    cfg: PipelineConfig, p: Proto
+) -> None:
+    """One-at-a-time calls go over one connection kept out of the pool (HeldConnection); a
+    thread that finds it busy goes through the pool, and every call gets its own reply."""
+    with SyncClient(cfg) as client:
+        sequential = [client.enqueue("q", i) for i in range(20)]
+        producers = [c for c in p.r.client_list() if c["cmd"] == "fcall"]
+        assert len(producers) == 1, producers
+        errors: list[BaseException] = []
+
+        def produce(t: int) -> None:
+            try:
+                for i in range(25):
+                    job_id = client.enqueue("q", t, i)
+                    assert client.job(job_id).args == [t, i]
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=produce, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+    assert p.r.zcard(p.q().ready) == 20 + 8 * 25
+    assert client.job(sequential[-1]).args == [19]
+
+
+def test_a_call_that_timed_out_is_never_answered_by_its_late_reply(redis_url: str) -> None:
+    """A SET held up by CLIENT PAUSE times out; its reply would arrive after the pause. The
+    held connection is dropped on such an error (redis-py drops it on a read error, and
+    HeldConnection on any error but an error reply), so the next call reads its own reply."""
+    admin = redis.Redis.from_url(redis_url)
+    slow = redis.Redis.from_url(redis_url, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    held = HeldConnection(slow)
+    assert held.call("PING") in (True, b"PONG")
+    admin.execute_command("CLIENT", "PAUSE", 500, "WRITE")
+    with pytest.raises(redis.exceptions.TimeoutError):
+        held.call("SET", "late", "1")
+    time.sleep(0.6)  # the pause is over: the SET, if it ran, has answered by now
+    assert held.call("ECHO", "mine") == b"mine"
+    held.close()
+    slow.close()
+    admin.close()
+
+
+def test_a_forked_child_never_uses_its_parents_held_connection(redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url)
+    held = HeldConnection(r)
+    assert held.call("ECHO", "before") == b"before"
+    pid = os.fork()
+    if pid == 0:  # the child: its own connection, or its replies would mix with the parent's
+        ok = all(held.call("ECHO", f"child {i}") == f"child {i}".encode() for i in range(50))
+        os._exit(0 if ok else 1)
+    for i in range(50):
+        assert held.call("ECHO", f"parent {i}") == f"parent {i}".encode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    held.close()
+    r.close()
 
 
 def test_sync_client_without_fcall_or_function_load_calls_by_evalsha(tmp_path: Path) -> None:

@@ -134,6 +134,12 @@ class ClientCore:
         self.parts = Partitions(config.pipeline, config.partitions)
         self.generation = new_generation()
 
+    def enqueue_call(self, queue: str, job: NewJob) -> Call:
+        """The call that enqueues one job, in its partition (no grouping to do for one)."""
+        k = self.parts.index(job.id, job.unique_key)
+        max_attempts = self.config.queue(queue).retry.max_attempts
+        return self.parts.protocols[k].enqueue(queue, max_attempts, self.generation, (job,))
+
     def enqueue_calls(self, queue: str, batches: Sequence[Sequence[NewJob]]) -> list[RoutedCall]:
         """One enqueue call per batch and partition, each with the positions (in the order the
         jobs were given) of its jobs, so the ids can be put back in that order."""

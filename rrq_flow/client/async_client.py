@@ -93,8 +93,7 @@ class Client:
         job = self._core.build_job(
             queue, JobSpec(args, kwargs, job_id, unique_key, defer, at, priority, run)
         )
-        (routed,) = self._core.enqueue_calls(queue, [[job]])
-        call = routed.call
+        call = self._core.enqueue_call(queue, job)
         await self._check_partitions()
         if self.config.redis.durability is not None:
             return parse_enqueue((await self._durable([call]))[0], call)[0][0]

@@ -21,6 +21,7 @@ from rrq_flow.client.batch_runs import (
     RunReader,
     final_stages,
 )
+from rrq_flow.client.held_connection import HeldConnection
 from rrq_flow.client.jobinfo import JobInfo
 from rrq_flow.client.partition_check import check_partitions_sync
 from rrq_flow.config.model import PipelineConfig
@@ -67,6 +68,8 @@ class SyncClient:
         self._functions = not isinstance(self.redis, redis.RedisCluster)
         self._partitions_checked = False
         self._master_watch = MasterWatch()
+        # One-at-a-time script calls skip the pool's checkout (client/held_connection.py).
+        self._held = HeldConnection(self.redis)
 
     def __enter__(self) -> SyncClient:
         return self
@@ -80,6 +83,7 @@ class SyncClient:
         self.close()
 
     def close(self) -> None:
+        self._held.close()
         self.redis.close()
         self._stack.close()
 
@@ -87,7 +91,7 @@ class SyncClient:
         self._master_watch.check_sync(self.redis)
         if self._functions:
             try:
-                return fcall_sync(self.redis, call.script, call.keys, call.args)
+                return fcall_sync(self.redis, call.script, call.keys, call.args, self._held.call)
             except FunctionsUnavailable:
                 self._functions = False
         return call_sync(self.redis, call.script, call.keys, call.args)
@@ -117,8 +121,7 @@ class SyncClient:
         """
         spec = JobSpec(args, kwargs, job_id, unique_key, defer, at, priority, run)
         job = self._core.build_job(queue, spec)
-        (routed,) = self._core.enqueue_calls(queue, [[job]])
-        call = routed.call
+        call = self._core.enqueue_call(queue, job)
         self._check_partitions()
         if self.config.redis.durability is not None:
             return parse_enqueue(self._send_enqueues([call])[0], call)[0][0]

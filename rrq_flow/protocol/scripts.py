@@ -291,14 +291,23 @@ def function_refusal(text: str) -> str | None:
     return None
 
 
-def fcall_sync(client: Any, s: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+def fcall_sync(
+    client: Any,
+    s: Script,
+    keys: Sequence[str],
+    args: Sequence[ScriptArg],
+    send: Callable[..., Any] | None = None,
+) -> Any:
     """Run ``s`` as its function of the library (FCALL) on a redis-py client, loading the
     library where the server lacks it. Raises FunctionsUnavailable where functions cannot be
-    used (the caller then calls by EVALSHA, :func:`call_sync`), and any other error as is."""
+    used (the caller then calls by EVALSHA, :func:`call_sync`), and any other error as is.
+    ``send``: what sends the command (default: :func:`lean_command` on ``client``)."""
     import redis.exceptions
 
     for attempt in range(2):
         try:
+            if send is not None:
+                return send("FCALL", s.function, len(keys), *keys, *args)
             return lean_command(client, "FCALL", s.function, len(keys), *keys, *args)
         except redis.exceptions.ResponseError as exc:
             refusal = function_refusal(str(exc))
@@ -332,14 +341,15 @@ def lean_command(client: Any, *command: ScriptArg) -> Any:
     conn = pool.get_connection()
     try:
         return conn.retry.call_with_retry(
-            lambda: _send_and_read(conn, command), lambda _error: conn.disconnect()
+            lambda: send_and_read(conn, command), lambda _error: conn.disconnect()
         )
     finally:
         pool.release(conn)
 
 
-def _send_and_read(conn: Any, command: Sequence[ScriptArg]) -> Any:
-    # Sent as one chunk: send_packed_command takes a list of chunks.
+def send_and_read(conn: Any, command: Sequence[ScriptArg]) -> Any:
+    """Send ``command`` on a redis-py connection (packed by hiredis, as one chunk: the
+    connection takes a list of chunks) and read its reply."""
     conn.send_packed_command([pack_command(*command)])
     return conn.read_response()
 
