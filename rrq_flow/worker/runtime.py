@@ -22,8 +22,9 @@ def freeze_startup_heap() -> None:
     A worker's start-up (trio, coredis with its type checks, the handlers' modules) leaves a few
     hundred thousand long-lived objects, and every full collection walked them all: 60-77 ms on
     the benchmark VM, during which no job of the process ran and every timer fired late. Frozen,
-    they are skipped (a full collection then took ~1 ms). Reference counting still frees them;
-    only cycles among them would stay, and start-up makes none that die later.
+    they are skipped (a full collection then took ~1 ms). Reference counting still frees
+    them; only a reference cycle among them that becomes garbage later is never collected,
+    which is why the collection comes first (start-up's own garbage goes before the freeze).
     """
     gc.collect()
     gc.freeze()
