@@ -155,18 +155,25 @@ def _history(path: Path) -> dict[str, list[tuple[str, float]]]:
     return events
 
 
-def test_two_worker_processes_never_run_one_job_twice(tmp_path: Path, redis_url: str) -> None:
+def _all_ended(events: dict[str, list[tuple[str, float]]], n: int) -> bool:
+    return len(events) == n and all(len(e) >= 2 for e in events.values())
+
+
+def test_two_worker_processes_never_run_one_job_twice(
+    tmp_path: Path, redis_url: str, sync_redis: redis.Redis
+) -> None:
+    """Both processes are up (registered) before the jobs arrive, so both take part however
+    their start-ups differ (one used to drain the 600 jobs before the other had imported)."""
     p = write_pipeline(
         tmp_path, redis_url, "  q: {handler: 'tests.handlers:record', concurrency: 20}"
     )
     history = tmp_path / "history.txt"
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text("".join(f'["{history}", 0.01]\n' for _ in range(600)))
-    assert cli("enqueue", str(p), "q", "--jsonl", str(jobs)).returncode == 0
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [
         subprocess.Popen(
-            [*CLI, "run", str(p), "--burst"],
+            [*CLI, "run", str(p)],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -175,6 +182,18 @@ def test_two_worker_processes_never_run_one_job_twice(tmp_path: Path, redis_url:
         )
         for _ in range(2)
     ]
+    try:
+        deadline = time.monotonic() + 60  # generous: only a broken start-up takes this long
+        while sync_redis.zcard(KeyLayout("t").workers) < 2:
+            assert time.monotonic() < deadline and all(proc.poll() is None for proc in procs)
+            time.sleep(0.05)
+        assert cli("enqueue", str(p), "q", "--jsonl", str(jobs)).returncode == 0
+        while not (history.exists() and _all_ended(_history(history), 600)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
     outputs = [proc.communicate(timeout=60)[0] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0]
     events = _history(history)
