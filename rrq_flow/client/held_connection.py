@@ -9,7 +9,7 @@ from typing import Any
 import redis
 import redis.exceptions
 
-from rrq_flow.protocol.scripts import ScriptArg, lean_command, send_and_read
+from rrq_flow.protocol.scripts import ScriptArg, call_on, lean_command
 
 # Pools whose connections all go to one fixed address: a Sentinel pool picks the master per
 # checkout (a held connection would stay with the old one), a Cluster client has no one pool.
@@ -50,9 +50,7 @@ class HeldConnection:
         try:
             conn = self._ready()
             try:
-                return conn.retry.call_with_retry(
-                    lambda: send_and_read(conn, command), lambda _error: conn.disconnect()
-                )
+                return call_on(conn, command)
             except redis.exceptions.ResponseError:
                 raise  # the whole reply was read: the connection is clean
             except BaseException:

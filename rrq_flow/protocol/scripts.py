@@ -340,16 +340,21 @@ def lean_command(client: Any, *command: ScriptArg) -> Any:
         return client.execute_command(*command)
     conn = pool.get_connection()
     try:
-        return conn.retry.call_with_retry(
-            lambda: send_and_read(conn, command), lambda _error: conn.disconnect()
-        )
+        return call_on(conn, command)
     finally:
         pool.release(conn)
 
 
-def send_and_read(conn: Any, command: Sequence[ScriptArg]) -> Any:
-    """Send ``command`` on a redis-py connection (packed by hiredis, as one chunk: the
-    connection takes a list of chunks) and read its reply."""
+def call_on(conn: Any, command: Sequence[ScriptArg]) -> Any:
+    """``command`` on a redis-py connection, under the connection's own retry policy (a
+    connection error or timeout disconnects and tries again); its reply."""
+    return conn.retry.call_with_retry(
+        lambda: _send_and_read(conn, command), lambda _error: conn.disconnect()
+    )
+
+
+def _send_and_read(conn: Any, command: Sequence[ScriptArg]) -> Any:
+    # Sent as one chunk (packed by hiredis): send_packed_command takes a list of chunks.
     conn.send_packed_command([pack_command(*command)])
     return conn.read_response()
 
