@@ -115,6 +115,8 @@ class TimerfdClock(trio.abc.Clock):
         # As trio's SystemClock: a random offset, so that mixing these times with another
         # clock's breaks loudly rather than by coincidence.
         self.offset = random.uniform(10000, 200000)
+        # The deadline the timer was last armed at. Once it has fired, trio never asks for it
+        # again (no time is left to it), so it needs no forgetting.
         self._armed = math.inf
 
     def start_clock(self) -> None:
@@ -143,7 +145,6 @@ class TimerfdClock(trio.abc.Clock):
         while True:
             await trio.lowlevel.wait_readable(self.timer.fd)
             self.timer.consume()
-            self._armed = math.inf
 
 
 def make_clock() -> TimerfdClock | None:
