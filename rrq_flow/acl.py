@@ -78,8 +78,12 @@ def acl_rule(pipeline: str, password: str = "<password>") -> str:
 
 
 # Sent at top level only (Redis refuses them inside a script); the check exercises them by
-# how it runs: a trivial EVAL, a BLPOP of 10 ms on a scratch key, SCRIPT LOAD of the probe,
-# EVALSHA of it (and, from the sync client, WATCH/MULTI/EXEC around a PING, and UNWATCH).
+# how it runs: a trivial EVAL, a BLPOP on a scratch key inside MULTI/EXEC, SCRIPT LOAD of the
+# probe, EVALSHA of it (and, from the sync client, WATCH/MULTI/EXEC around a PING, and UNWATCH).
+# The BLPOP goes in a transaction because there it never blocks (it answers at once, as LPOP
+# would) while Redis still checks its permission when it is queued: a BLPOP with a timeout
+# returns only at Redis' next timer tick (every 100 ms at the default hz 10), which cost every
+# command that checks access 0-100 ms before it could start.
 TOP_LEVEL_ONLY = frozenset(
     {"blpop", "eval", "evalsha", "exec", "multi", "script|load", "unwatch", "watch"}
 )
@@ -162,10 +166,10 @@ def missing_commands_sync(client: Any, pipeline: str) -> list[str]:
     through them.
     """
     client.eval("return 1", 0)
-    client.execute_command("BLPOP", probe_key(pipeline) + "l", "0.01")  # blpop() rounds to 0
     transaction = client.pipeline(transaction=True)
-    # A keyed command: a Redis Cluster's transaction must name the slot it runs in.
+    # Keyed commands: a Redis Cluster's transaction must name the slot it runs in.
     transaction.exists(probe_key(pipeline))
+    transaction.execute_command("BLPOP", probe_key(pipeline) + "l", "0.01")  # never blocks here
     transaction.execute()
     return _missing(probe_reply_sync(client, pipeline))
 
@@ -173,7 +177,8 @@ def missing_commands_sync(client: Any, pipeline: str) -> list[str]:
 async def missing_commands_async(client: Any, pipeline: str) -> list[str]:
     """The same for a coredis client."""
     await client.eval("return 1", keys=[], args=[])
-    await client.blpop([probe_key(pipeline) + "l"], timeout=0.01)
+    async with client.pipeline(transaction=True) as transaction:
+        transaction.blpop([probe_key(pipeline) + "l"], timeout=0.01)  # never blocks here
     sha = await client.script_load(_PROBE)
     reply = await client.evalsha(sha, keys=[probe_key(pipeline)], args=list(SCRIPT_COMMANDS))
     return _missing(reply)
