@@ -170,18 +170,40 @@ def missing_commands_sync(client: Any, pipeline: str) -> list[str]:
     # Keyed commands: a Redis Cluster's transaction must name the slot it runs in.
     transaction.exists(probe_key(pipeline))
     transaction.execute_command("BLPOP", probe_key(pipeline) + "l", "0.01")  # never blocks here
-    transaction.execute()
+    try:
+        transaction.execute()
+    except Exception as exc:
+        if not _refused_for_memory(exc):
+            raise
+        client.execute_command("BLPOP", probe_key(pipeline) + "l", "0.01")  # see _refused_...
     return _missing(probe_reply_sync(client, pipeline))
 
 
 async def missing_commands_async(client: Any, pipeline: str) -> list[str]:
     """The same for a coredis client."""
     await client.eval("return 1", keys=[], args=[])
-    async with client.pipeline(transaction=True) as transaction:
-        transaction.blpop([probe_key(pipeline) + "l"], timeout=0.01)  # never blocks here
+    try:
+        async with client.pipeline(transaction=True) as transaction:
+            transaction.blpop([probe_key(pipeline) + "l"], timeout=0.01)  # never blocks here
+    except Exception as exc:
+        if not _refused_for_memory(exc):
+            raise
+        await client.blpop([probe_key(pipeline) + "l"], timeout=0.01)  # see _refused_...
     sha = await client.script_load(_PROBE)
     reply = await client.evalsha(sha, keys=[probe_key(pipeline)], args=list(SCRIPT_COMMANDS))
     return _missing(reply)
+
+
+def _refused_for_memory(exc: BaseException) -> bool:
+    """Whether the transaction was refused for want of memory (``OOM``), not for permission.
+
+    At maxmemory Redis refuses every command queued in MULTI (after checking its permission), so
+    the check then sends BLPOP on its own, which waits for Redis' next timer tick: slower, but
+    the operator's commands (status, health...) still run while Redis is full.
+    """
+    from rrq_flow.redis_errors import error_code
+
+    return error_code(exc) == "OOM"
 
 
 def denial_message(user: str, missing: list[str], pipeline: str) -> str:

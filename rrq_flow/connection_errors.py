@@ -8,6 +8,8 @@ that and returns one of:
 - ``authentication failed for user U at URL: ...`` (wrong password, disabled user);
 - ``permission denied: user U lacks COMMAND ...`` (an ACL rule without a command rrq-flow needs);
 - ``TLS certificate problem with URL: ...`` (unknown CA, host name mismatch, expired);
+- ``Redis at URL refused the call: ...`` (an error reply such as OOM or MISCONF, with what to
+  do about it);
 - ``cannot reach Redis at URL: ...`` (anything else: refused, timed out, reset).
 
 Every one of them is exit code 3 on the command line.
@@ -97,8 +99,7 @@ def _is_denial(text: str) -> bool:
 
 def _leaf_text(exc: BaseException) -> str:
     """The most specific message: the first non-group member of a group, else the exception."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
+    exc = _leaf(exc)
     text = str(exc) or type(exc).__name__
     found = _NO_MASTER.match(text)
     if found:
@@ -121,9 +122,33 @@ def explain(exc: BaseException, url: str) -> str:
     elif what == "tls":
         reason = getattr(item, "verify_message", None) or getattr(item, "reason", None) or item
         text = f"TLS certificate problem with {shown}: {reason}"
+    elif _is_refusal(exc):
+        text = f"Redis at {shown} refused the call: {_leaf_text(exc)}"
+        advice = _advice(exc)
+        if advice:
+            text = f"{text} ({advice})"
     else:
         text = f"cannot reach Redis at {shown}: {_leaf_text(exc)}"
     return scrub(text, url)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    """An error reply (OOM, MISCONF...): Redis was reached, and said no."""
+    from rrq_flow.redis_errors import is_error_reply
+
+    return is_error_reply(_leaf(exc))
+
+
+def _advice(exc: BaseException) -> str | None:
+    from rrq_flow.redis_errors import ADVICE, error_code
+
+    return ADVICE.get(error_code(_leaf(exc)))
 
 
 def describe_denial(message: str, user: str) -> str:

@@ -59,7 +59,25 @@ _CLASS_CODES: tuple[tuple[type[BaseException], str], ...] = (
     (coredis.exceptions.ExecAbortError, "EXECABORT"),
 )
 
+# redis-py (the sync client) maps these codes to classes and drops the code from the message;
+# by name, so that this module need not import redis-py (a worker never does).
+_REDIS_PY_CODES = {
+    "OutOfMemoryError": "OOM",
+    "NoPermissionError": "NOPERM",
+    "AuthenticationError": "WRONGPASS",
+    "ReadOnlyError": "READONLY",
+    "BusyLoadingError": "LOADING",
+    "ExecAbortError": "EXECABORT",
+    "NoScriptError": "NOSCRIPT",
+    "TryAgainError": "TRYAGAIN",
+    "ClusterDownError": "CLUSTERDOWN",
+    "MasterDownError": "MASTERDOWN",
+}
+
 _INNER_CODE = re.compile(r"(?:^|\s)-([A-Z]{2,})\s")
+# Both clients report an error reply inside a pipeline as "Command # n (...) of pipeline caused
+# error: <reply>" (coredis keeps the reply's code; redis-py maps it to a class, above).
+_PIPELINE_CODE = re.compile(r"of pipeline caused error: ([A-Z]{2,})\s")
 
 # What an operator should do about the commonest refusals.
 ADVICE = {
@@ -91,6 +109,10 @@ def error_code(exc: BaseException) -> str:
         return "LOADING"
     if isinstance(exc, coredis.exceptions.NoScriptError):
         return "NOSCRIPT"
+    if type(exc).__module__.startswith("redis."):
+        for cls in type(exc).__mro__:
+            if cls.__name__ in _REDIS_PY_CODES:
+                return _REDIS_PY_CODES[cls.__name__]
     try:
         text = str(exc).lstrip("-")
     except Exception:
@@ -98,6 +120,9 @@ def error_code(exc: BaseException) -> str:
     word = text.split(" ", 1)[0]
     if word.isupper() and word.isalpha():
         return word
+    piped = _PIPELINE_CODE.search(text)
+    if piped is not None:
+        return piped.group(1)
     # Redis 6 wraps a refusal inside a script: "Error running script (...): ... -OOM command..."
     inner = _INNER_CODE.search(text)
     if inner is not None:
@@ -122,6 +147,14 @@ def is_stale_master(exc: BaseException) -> bool:
     return error_code(exc) in STALE_MASTER_CODES
 
 
+def is_error_reply(exc: BaseException) -> bool:
+    """True for an error reply from Redis to either client (not a connection failure)."""
+    return any(
+        cls.__name__ == "ResponseError" and cls.__module__.startswith(("redis.", "coredis."))
+        for cls in type(exc).__mro__
+    )
+
+
 def explain(exc: BaseException) -> str:
     """One line for a log: what failed and, for an ``operator`` reply, what to do."""
     try:
@@ -142,5 +175,6 @@ __all__ = [
     "classify",
     "error_code",
     "explain",
+    "is_error_reply",
     "is_stale_master",
 ]

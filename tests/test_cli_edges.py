@@ -466,3 +466,42 @@ def test_a_read_only_state_directory_is_named(
         f"rrq-flow: {state}: it is not writable; the embedded Redis keeps its data there (fix "
         "its permissions, or set redis.url to use another Redis)\n"
     )
+
+
+# --- Redis at maxmemory: one line and exit 3, never a traceback --------------------------------
+
+
+def test_a_full_redis_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    """maxmemory reached (noeviction): writes are refused with what to do; the access check
+    itself still passes (Redis refuses everything queued in MULTI then), so a read-only command
+    such as `health` still answers."""
+    from rrq_flow.redis_server import start_redis_server
+
+    base = tmp_path / "redis"
+    base.mkdir()
+    server = start_redis_server(base, unix_socket=base / "r.sock", appendonly=False)
+    try:
+        path = tmp_path / "full.yaml"
+        path.write_text(
+            f'version: 1\npipeline: t\nredis: {{url: "{server.url}", persistence: none}}\n{QUEUES}'
+        )
+        admin = redis.Redis(unix_socket_path=str(base / "r.sock"))
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)
+        jobs = tmp_path / "jobs.jsonl"
+        jobs.write_text("[1]\n[2]\n")
+        for args in (
+            ("enqueue", str(path), "q", "--args", "[1]"),
+            ("enqueue", str(path), "q", "--jsonl", str(jobs)),
+            ("run", str(path), "--burst", "--progress", "off", "--input", f"q={jobs}"),
+        ):
+            out = cli(*args)
+            assert out.returncode == 3, (args, out.stderr)
+            assert "Traceback" not in out.stderr, out.stderr
+            assert "refused the call" in out.stderr and "out of memory" in out.stderr, out.stderr
+        health = cli("health", str(path))
+        assert health.returncode == 1 and "no live worker" in health.stdout + health.stderr
+        assert "refused" not in health.stderr and "Traceback" not in health.stderr
+        admin.close()
+    finally:
+        server.stop()

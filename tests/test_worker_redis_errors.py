@@ -17,7 +17,7 @@ from rrq_flow.client.admin import Admin
 from rrq_flow.client.sync_client import SyncClient
 from rrq_flow.config.model import PipelineConfig
 from rrq_flow.protocol.ops import Call, Protocol
-from rrq_flow.redis_errors import classify, error_code
+from rrq_flow.redis_errors import classify, error_code, is_error_reply
 from rrq_flow.redis_server import RedisServerProcess
 from rrq_flow.worker.queue_runner import QueueRunner
 from rrq_flow.worker.wake_connection import ReplyError
@@ -92,6 +92,15 @@ def test_error_replies_are_classified() -> None:
     redis6 = "Error running script (call to f_49): @user_script:160: -OOM command not allowed"
     assert error_code(reply(redis6)) == "OOM"
     assert classify(TimeoutError()) == "transient"
+    # Inside a pipeline: coredis keeps the code after its prefix, redis-py maps it to a class.
+    piped = "Command # 1 (BLPOP k 0.01) of pipeline caused error: OOM command not allowed"
+    assert error_code(reply(piped)) == "OOM"
+    refused = redis.exceptions.OutOfMemoryError("Command # 1 (EXISTS k) of pipeline caused error")
+    assert error_code(refused) == "OOM" and classify(refused) == "operator"
+    assert is_error_reply(refused) and is_error_reply(reply("MISCONF x"))
+    assert not is_error_reply(redis.exceptions.ConnectionError("x")) and not is_error_reply(
+        OSError()
+    )
 
 
 async def handler(seconds: float) -> str:

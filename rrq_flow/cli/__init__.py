@@ -99,6 +99,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = handler(args)
     except _common.ExitWith as exc:
         code = exc.code
+    except Exception as exc:
+        # The last line of defence: an error reply no command handled (OOM, MISCONF... on a
+        # write) is one line and exit 3, not a traceback.
+        from rrq_flow.redis_errors import is_error_reply
+
+        if not is_error_reply(exc):
+            raise
+        _common.error(_common.redis_refusal(exc))
+        code = _common.EXIT_REDIS
     except KeyboardInterrupt:
         _common.note_error("interrupted")
         code = 130

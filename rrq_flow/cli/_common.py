@@ -119,6 +119,21 @@ def redis_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def redis_refusals() -> tuple[type[BaseException], ...]:
+    """Error replies to the sync client (OOM, MISCONF, a script error...): Redis answered, and
+    refused the call."""
+    import redis
+
+    return (redis.exceptions.ResponseError,)
+
+
+def redis_refusal(exc: BaseException) -> str:
+    """One line for an error reply, with what to do about the common ones (OOM, MISCONF...)."""
+    from rrq_flow.redis_errors import explain
+
+    return f"Redis refused the call: {explain(exc)}"
+
+
 def redis_failure(exc: BaseException, url: str) -> str:
     """One line for a Redis failure (auth, permission, TLS, unreachable), password hidden."""
     from rrq_flow.connection_errors import explain

@@ -19,6 +19,8 @@ from rrq_flow.cli._common import (
     print_json,
     redis_errors,
     redis_failure,
+    redis_refusal,
+    redis_refusals,
 )
 from rrq_flow.cli.input_stream import InputFile, check_inputs, enqueue_inputs
 
@@ -214,8 +216,8 @@ def _enqueue_inputs(config: Any, url: str, inputs: list[InputFile], run: str | N
     client = SyncClient(config, url=url)
     try:
         enqueue_inputs(client, inputs, run)
-    except redis_errors() as exc:
-        error(redis_failure(exc, url))
+    except (*redis_errors(), *redis_refusals()) as exc:
+        error(redis_refusal(exc) if isinstance(exc, redis_refusals()) else redis_failure(exc, url))
         done = ", ".join(f"{f.enqueued} of {f.jobs} from {f.path}" for f in inputs)
         detail(f"enqueued before the failure: {done} (run {run})")
         raise ExitWith(EXIT_REDIS) from None
