@@ -1,12 +1,14 @@
-"""``rrq-flow run --input`` streams its file (issue 16, target 5): checked whole in a first pass,
-enqueued in bounded batches in a second, all or nothing kept — against a real Redis.
+"""``rrq-flow run --input`` and ``rrq-flow enqueue --jsonl`` stream their file (issue 16, target 5):
+checked whole in a first pass, enqueued in bounded batches in a second, all or nothing kept —
+against a real Redis.
 
-The large test (marked ``slow``) sizes itself with RRQ_INPUT_LINES (default 1,000,000) and checks
-the enqueue side's peak RSS stays under 150 MB whatever the size.
+The large tests (marked ``slow``) size themselves with RRQ_INPUT_LINES (default 1,000,000) and
+check the enqueue side's peak RSS stays under 150 MB whatever the size.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -107,6 +109,79 @@ def test_stdin_is_read_once_and_enqueued(tmp_path: Path, redis_url: str) -> None
     assert "enqueued 30 job(s) into q" in out.stderr
 
 
+def test_enqueue_jsonl_prints_each_batch_of_ids_as_it_goes_in(
+    tmp_path: Path,
+    redis_url: str,
+    sync_redis: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(input_stream, "CHUNK", 7)  # 50 jobs: 8 batches, the last one short
+    p = _pipeline(tmp_path, redis_url)
+    data = tmp_path / "in.jsonl"
+    lines = [
+        f'{{"args": [{i}], "job_id": "j{i}"}}\n' + ("\n" if i % 10 == 0 else "") for i in range(50)
+    ]
+    data.write_text("".join(lines))
+    assert main(["enqueue", str(p), "q", "--jsonl", str(data), "--priority", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == [f"j{i}" for i in range(50)]
+    assert "enqueued 50 job(s) into q" in err
+    with SyncClient(load(p)) as client:
+        assert client.job("j49").priority == 3  # --priority reached the lines of the second pass
+    # --json: the same ids, in the file's order, in one object.
+    sync_redis.flushdb()
+    assert main(["enqueue", str(p), "q", "--jsonl", str(data), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["count"] == 50 and shown["ids"] == [f"j{i}" for i in range(50)]
+
+
+def test_enqueue_jsonl_bad_line_after_many_batches_enqueues_nothing(
+    tmp_path: Path,
+    redis_url: str,
+    sync_redis: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(input_stream, "CHUNK", 7)
+    p = _pipeline(tmp_path, redis_url)
+    data = tmp_path / "in.jsonl"
+    # Found only by encoding the line as the enqueue does (a lone surrogate in unique_key).
+    data.write_text("".join(f"[{i}]\n" for i in range(40)) + '{"unique_key": "\\ud800"}\n')
+    assert main(["enqueue", str(p), "q", "--jsonl", str(data)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and f"{data}:41:" in err and "nothing was enqueued" in err
+    assert sync_redis.dbsize() == 0
+
+
+def test_enqueue_jsonl_says_how_many_jobs_are_in_when_redis_fails_half_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real refusal mid-file: Redis reaches maxmemory after some batches (noeviction)."""
+    monkeypatch.setattr(input_stream, "CHUNK", 500)
+    base = Path(tempfile.mkdtemp(prefix="rrqin-"))
+    server = start_redis_server(base, unix_socket=base / "r.sock", appendonly=False)
+    try:
+        p = _pipeline(tmp_path, server.url, ", persistence: none")
+        admin = redis.Redis(unix_socket_path=str(base / "r.sock"))
+        used = int(admin.info("memory")["used_memory"])
+        admin.config_set("maxmemory", used + 2_000_000)  # room for a few batches, not 20
+        admin.config_set("maxmemory-policy", "noeviction")
+        data = tmp_path / "in.jsonl"
+        pad = "x" * 400
+        data.write_text("".join(f'[{i}, "{pad}"]\n' for i in range(10_000)))
+        assert main(["enqueue", str(p), "q", "--jsonl", str(data)]) == 3
+        out, err = capsys.readouterr()
+        printed = out.split()
+        assert 0 < len(printed) < 10_000 and len(printed) % 500 == 0  # whole batches only
+        assert f"{len(printed)} of the file's 10000 jobs were enqueued before the failure" in err
+        assert "Traceback" not in err
+        admin.close()
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def _sample_hwm(pid: int, samples: list[int], stop: threading.Event) -> None:
     """Append the VmHWM (kB) of ``pid`` every 20 ms until ``stop`` is set or it is gone."""
     status = Path(f"/proc/{pid}/status")
@@ -121,6 +196,41 @@ def _sample_hwm(pid: int, samples: list[int], stop: threading.Event) -> None:
         stop.wait(0.02)
 
 
+def _write_big_file(path: Path, n: int) -> None:
+    """n lines of ~100-byte payloads."""
+    pad = "x" * 90
+    with path.open("w") as f:
+        for start in range(0, n, 10_000):
+            f.write("".join(f'[{i}, "{pad}"]\n' for i in range(start, min(n, start + 10_000))))
+
+
+def _run_measured(cmd: list[str]) -> tuple[int, str, float]:
+    """Run ``cmd`` (stdout discarded); its exit code, stderr and peak RSS in MB."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    # The child's own high-water mark (VmHWM), sampled while it runs: wait4's ru_maxrss is
+    # not usable here, because Linux carries the RSS of the process that spawned it (this
+    # pytest, ~190 MB after the long tests) across the exec into the child's figure.
+    samples: list[int] = []
+    stop = threading.Event()
+    sampler = threading.Thread(target=_sample_hwm, args=(proc.pid, samples, stop))
+    sampler.start()
+    try:
+        err = proc.stderr.read().decode()
+    finally:
+        stop.set()
+        sampler.join()
+    proc.wait()
+    assert samples, "no VmHWM sample of the child was read"
+    return proc.returncode, err, max(samples) / 1024  # kB
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_a_large_input_streams_in_bounded_memory(tmp_path: Path) -> None:
@@ -128,42 +238,42 @@ def test_a_large_input_streams_in_bounded_memory(tmp_path: Path) -> None:
     every line enqueued, peak RSS of the process under 150 MB whatever N is."""
     n = int(os.environ.get("RRQ_INPUT_LINES", "1000000"))
     data = tmp_path / "big.jsonl"
-    pad = "x" * 90
-    with data.open("w") as f:
-        for start in range(0, n, 10_000):
-            f.write("".join(f'[{i}, "{pad}"]\n' for i in range(start, min(n, start + 10_000))))
+    _write_big_file(data, n)
     base = Path(tempfile.mkdtemp(prefix="rrqin-"))
     server = start_redis_server(base, unix_socket=base / "r.sock", appendonly=False)
     try:
         p = _pipeline(tmp_path, server.url, ", persistence: none")
         cmd = [sys.executable, "-m", "rrq_flow", "run", str(p), "--input", f"q={data}"]
         cmd += ["--run", "big", "--max-jobs", "1", "--progress", "off"]
-        proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        assert proc.stderr is not None
-        # The child's own high-water mark (VmHWM), sampled while it runs: wait4's ru_maxrss is
-        # not usable here, because Linux carries the RSS of the process that spawned it (this
-        # pytest, ~190 MB after the long tests) across the exec into the child's figure.
-        samples: list[int] = []
-        stop = threading.Event()
-        sampler = threading.Thread(target=_sample_hwm, args=(proc.pid, samples, stop))
-        sampler.start()
-        try:
-            err = proc.stderr.read().decode()
-        finally:
-            stop.set()
-            sampler.join()
-        proc.wait()
-        assert proc.returncode == 0, err[-2000:]
+        code, err, peak_mb = _run_measured(cmd)
+        assert code == 0, err[-2000:]
         assert f"enqueued {n} job(s) into q" in err
-        assert samples, "no VmHWM sample of the child was read"
-        peak_mb = max(samples) / 1024  # kB
-        print(f"{n} lines: peak RSS {peak_mb:.1f} MB")
+        print(f"run --input, {n} lines: peak RSS {peak_mb:.1f} MB")
+        assert peak_mb <= RSS_LIMIT_MB, peak_mb
+        with SyncClient(load(p)) as client:
+            assert client.run("big").total == n
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_a_large_jsonl_enqueue_streams_in_bounded_memory(tmp_path: Path) -> None:
+    """The same N lines through `rrq-flow enqueue --jsonl` (ids printed batch by batch): every
+    line enqueued, peak RSS under 150 MB whatever N is."""
+    n = int(os.environ.get("RRQ_INPUT_LINES", "1000000"))
+    data = tmp_path / "big.jsonl"
+    _write_big_file(data, n)
+    base = Path(tempfile.mkdtemp(prefix="rrqin-"))
+    server = start_redis_server(base, unix_socket=base / "r.sock", appendonly=False)
+    try:
+        p = _pipeline(tmp_path, server.url, ", persistence: none")
+        cmd = [sys.executable, "-m", "rrq_flow", "enqueue", str(p), "q", "--jsonl", str(data)]
+        code, err, peak_mb = _run_measured([*cmd, "--run", "big"])
+        assert code == 0, err[-2000:]
+        assert f"enqueued {n} job(s) into q" in err
+        print(f"enqueue --jsonl, {n} lines: peak RSS {peak_mb:.1f} MB")
         assert peak_mb <= RSS_LIMIT_MB, peak_mb
         with SyncClient(load(p)) as client:
             assert client.run("big").total == n

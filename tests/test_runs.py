@@ -12,7 +12,8 @@ import redis
 import trio
 
 from rrq_flow.cli import main
-from rrq_flow.client.jsonl import JsonlError, read_jobs
+from rrq_flow.client._core import JobSpec
+from rrq_flow.client.jsonl import check_line
 from rrq_flow.errors import RunNotFound
 from tests.conftest import make_pipeline, make_queue, run_burst
 
@@ -117,10 +118,13 @@ def test_async_client_wait_run_and_descendants(redis_url: str) -> None:
 
 
 def test_jsonl_lines_may_name_their_run() -> None:
-    specs = read_jobs(['{"args": [1], "run": "x.1"}', "[2]"], "f", "q", 1000)
-    assert specs[0].run == "x.1" and specs[1].run is None
-    with pytest.raises(JsonlError, match="run id"):
-        read_jobs(['{"args": [1], "run": "bad run"}'], "f", "q", 1000)
+    named, unnamed = (
+        check_line(line, "q", 1000) for line in ('{"args": [1], "run": "x.1"}', "[2]")
+    )
+    assert isinstance(named, JobSpec) and isinstance(unnamed, JobSpec)
+    assert named.run == "x.1" and unnamed.run is None
+    bad = check_line('{"args": [1], "run": "bad run"}', "q", 1000)
+    assert isinstance(bad, str) and "run id" in bad
 
 
 def test_cli_run_input_generates_a_run_and_results_prints_it(

@@ -15,7 +15,6 @@ from rrq_flow.cli._common import (
     ExitWith,
     add_json_flag,
     add_pipeline_argument,
-    detail,
     error,
     load_pipeline,
     open_jobs_file,
@@ -24,16 +23,20 @@ from rrq_flow.cli._common import (
     parse_run_arg,
     print_json,
     redis_errors,
+    redis_refusal,
+    redis_refusals,
 )
 
 HELP = """\
 Enqueue one job (positional args as a JSON array, keyword args as a JSON object), or many from a
-JSON Lines file: one job per line, either a JSON array of args or an object with any of
-args / kwargs / job_id / unique_key / defer / priority / run (docs/configuration.md, "JSON Lines
-input"). Every line is checked first; a bad line is reported with its number and nothing from the
-file is enqueued. Prints the job ids (one per line). Arguments may nest at most 100 levels deep
-and must be valid UTF-8 text (exit 2 otherwise). --run NAME puts the jobs (those whose line names
-no run) and everything descending from them into a batch run: see `rrq-flow runs` and `results`.
+JSON Lines file: one job per line, either a JSON array of args or an object with any of args /
+kwargs / job_id / unique_key / defer / priority / run (docs/configuration.md, "JSON Lines input").
+Every line is checked first; a bad line is reported with its number and nothing from the file is
+enqueued. Then the file is read again and enqueued in batches (its size does not matter); the job
+ids are printed one per line, each batch's once it is in. Arguments may nest at most 100 levels
+deep and must be valid UTF-8 text (exit 2 otherwise). --run NAME puts the jobs (those whose line
+names no run) and everything descending from them into a batch run: see `rrq-flow runs` and
+`results`.
 
 examples:
   rrq-flow enqueue pipeline.yaml fetch --args '["https://example.com/a.png"]'
@@ -97,94 +100,134 @@ def _json_arg(text: str | None, kind: type, flag: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rrq_flow.client._core import ClientCore, JobSpec
-    from rrq_flow.client.jsonl import JsonlError, read_jobs
-    from rrq_flow.errors import PayloadError, UnknownQueueError
-    from rrq_flow.protocol.ids import job_id_problem
+    from rrq_flow.errors import UnknownQueueError
 
     config = load_pipeline(args.pipeline)
     try:
-        queue_cfg = config.queue(args.queue)
+        config.queue(args.queue)
     except UnknownQueueError as exc:
         error(str(exc))
         return EXIT_USAGE
     if args.jsonl is not None:
-        if any(x is not None for x in (args.args, args.kwargs, args.job_id, args.unique_key)):
-            error(
-                "--jsonl reads every job from the file: drop --args/--kwargs/--job-id/--unique-key"
-            )
-            return EXIT_USAGE
-        try:
-            stream = open_jobs_file(args.jsonl)
-        except OSError as exc:
-            error(f"cannot read {args.jsonl}: {exc.strerror}")
-            return EXIT_USAGE
-        try:
-            with stream:
-                specs = read_jobs(
-                    stream,
-                    args.jsonl,
-                    args.queue,
-                    queue_cfg.max_payload_bytes,
-                    args.priority,
-                )
-        except JsonlError as exc:
-            for line in str(exc).splitlines():
-                detail(line)
-            return EXIT_USAGE
-    else:
-        if args.job_id is not None and (problem := job_id_problem(args.job_id)) is not None:
-            error(f"--job-id: {problem}")
-            return EXIT_USAGE
-        job_args = _json_arg(args.args, list, "--args")
-        job_kwargs = _json_arg(args.kwargs, dict, "--kwargs")
-        specs = [
-            JobSpec(
-                tuple(job_args),
-                job_kwargs,
-                args.job_id,
-                args.unique_key,
-                args.defer,
-                priority=args.priority,
-            )
-        ]
-        try:  # checked before connecting: bad input is exit 2 whether or not Redis is up
-            ClientCore(config).build_job(args.queue, specs[0])
-        except (PayloadError, ValueError) as exc:
-            error(str(exc))
-            return EXIT_USAGE
+        return _enqueue_jsonl(args, config)
+    return _enqueue_one(args, config)
+
+
+def _enqueue_one(args: argparse.Namespace, config: Any) -> int:
+    """One job from --args / --kwargs / --job-id / --unique-key / --defer / --priority."""
+    from rrq_flow.client._core import ClientCore, JobSpec
+    from rrq_flow.errors import PayloadError
+    from rrq_flow.protocol.ids import job_id_problem
+
+    if args.job_id is not None and (problem := job_id_problem(args.job_id)) is not None:
+        error(f"--job-id: {problem}")
+        return EXIT_USAGE
+    job_args = _json_arg(args.args, list, "--args")
+    job_kwargs = _json_arg(args.kwargs, dict, "--kwargs")
+    spec = JobSpec(
+        tuple(job_args),
+        job_kwargs,
+        args.job_id,
+        args.unique_key,
+        args.defer,
+        priority=args.priority,
+    )
+    try:  # checked before connecting: bad input is exit 2 whether or not Redis is up
+        ClientCore(config).build_job(args.queue, spec)
+    except (PayloadError, ValueError) as exc:
+        error(str(exc))
+        return EXIT_USAGE
     client = open_sync_client(config)
     try:
         started = time.perf_counter()
-        ids = client.enqueue_many(args.queue, specs, run=args.run)
+        ids = client.enqueue_many(args.queue, [spec], run=args.run)
         elapsed = time.perf_counter() - started
     except (PayloadError, ValueError) as exc:
         error(str(exc))
         return EXIT_USAGE
+    except redis_refusals() as exc:
+        error(redis_refusal(exc))
+        return EXIT_REDIS
     except redis_errors() as exc:
         error(
-            f"Redis failed while enqueueing: {exc}. Batches sent before the failure may be in; "
-            "give jobs explicit job_id values to make a re-run safe"
+            f"Redis failed while enqueueing: {exc}. The job may be in all the same: give it a "
+            "--job-id to make a re-run enqueue it once"
         )
         return EXIT_REDIS
     finally:
         client.close()
     if args.json:
-        print_json(
-            {
-                "queue": args.queue,
-                "run": args.run,
-                "count": len(ids),
-                "seconds": round(elapsed, 4),
-                "ids": ids,
-            }
-        )
+        print_json(_summary(args, ids, elapsed))
     else:
         sys.stdout.write("".join(f"{i}\n" for i in ids))
-        if args.jsonl is not None:
-            rate = len(ids) / elapsed if elapsed > 0 else 0
-            print(
-                f"enqueued {len(ids)} job(s) into {args.queue} in {elapsed:.2f}s ({rate:,.0f}/s)",
-                file=sys.stderr,
-            )
     return EXIT_OK
+
+
+def _enqueue_jsonl(args: argparse.Namespace, config: Any) -> int:
+    """A JSON Lines file, streamed (rrq_flow.cli.input_stream): every line is checked in a first
+    pass (a bad line: exit 2, nothing enqueued), then the file is read again and enqueued in
+    batches, each batch's ids printed once it is in. Memory does not grow with the file, except
+    that --json keeps the ids for its one JSON object."""
+    from rrq_flow.cli.input_stream import check_file, enqueue_file
+
+    if any(x is not None for x in (args.args, args.kwargs, args.job_id, args.unique_key)):
+        error("--jsonl reads every job from the file: drop --args/--kwargs/--job-id/--unique-key")
+        return EXIT_USAGE
+    try:
+        stream = open_jobs_file(args.jsonl)
+    except OSError as exc:
+        error(f"cannot read {args.jsonl}: {exc.strerror}")
+        return EXIT_USAGE
+    with stream:
+        checked = check_file(
+            stream, config, args.queue, args.jsonl, args.jsonl, args.priority, args.run
+        )
+    ids: list[str] = []
+
+    def took(batch: list[str]) -> None:
+        if args.json:
+            ids.extend(batch)
+        else:
+            sys.stdout.write("".join(f"{i}\n" for i in batch))
+            sys.stdout.flush()
+
+    try:
+        client = open_sync_client(config)
+    except BaseException:
+        checked.close()
+        raise
+    try:
+        started = time.perf_counter()
+        enqueue_file(client, checked, args.run, took)
+        elapsed = time.perf_counter() - started
+    except (*redis_errors(), *redis_refusals()) as exc:
+        refused = isinstance(exc, redis_refusals())
+        error(
+            f"{redis_refusal(exc) if refused else f'Redis failed while enqueueing: {exc}'}. "
+            f"{checked.enqueued} of the file's {checked.jobs} jobs were enqueued before the "
+            "failure (the batch that failed may be in too); give the lines job_id values to "
+            "make a re-run enqueue each job once"
+        )
+        return EXIT_REDIS
+    finally:
+        client.close()
+    if args.json:
+        print_json(_summary(args, ids, elapsed))
+    else:
+        rate = checked.enqueued / elapsed if elapsed > 0 else 0
+        print(
+            f"enqueued {checked.enqueued} job(s) into {args.queue} in {elapsed:.2f}s "
+            f"({rate:,.0f}/s)",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _summary(args: argparse.Namespace, ids: list[str], elapsed: float) -> dict[str, Any]:
+    return {
+        "queue": args.queue,
+        "run": args.run,
+        "count": len(ids),
+        "seconds": round(elapsed, 4),
+        "ids": ids,
+    }

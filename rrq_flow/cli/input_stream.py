@@ -1,4 +1,5 @@
-"""``rrq-flow run --input QUEUE=FILE``, streamed: memory independent of the file's size.
+"""JSON Lines files streamed into a queue (``rrq-flow run --input QUEUE=FILE`` and ``rrq-flow
+enqueue PIPELINE QUEUE --jsonl FILE``): memory independent of the file's size.
 
 Two passes over each file. The first checks every line exactly as the enqueue will encode it
 (``ClientCore.build_job``) and keeps only a count and the first bad lines, so that one bad line
@@ -19,6 +20,8 @@ import stat
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -29,13 +32,15 @@ CHUNK = 10_000  # jobs per enqueue_many call in the second pass: bounds the memo
 
 @dataclass
 class InputFile:
-    """One ``--input`` after its first pass."""
+    """One file after its first pass."""
 
     queue: str
     path: str  # as given ('-' for stdin)
+    label: str  # how messages name it: "--input QUEUE=FILE" (run) or the path (enqueue)
     jobs: int  # good lines counted by the first pass
     stamp: tuple[int, int, int, int] | None  # (dev, inode, size, mtime_ns); None if spooled
     spool: IO[bytes] | None = field(default=None, repr=False)  # the copy of a stream
+    priority: int = 0  # of the lines that set none (enqueue --priority)
     enqueued: int = 0  # jobs the second pass has enqueued so far
 
     def open(self) -> IO[bytes]:
@@ -46,10 +51,7 @@ class InputFile:
         stream = open(self.path, "rb")  # noqa: SIM115 - the caller closes it
         if _stamp(stream) != self.stamp:
             stream.close()
-            error(
-                f"--input {self.queue}={self.path}: the file changed after it was checked; "
-                "nothing was enqueued"
-            )
+            error(f"{self.label}: the file changed after it was checked; nothing was enqueued")
             raise ExitWith(EXIT_USAGE)
         return stream
 
@@ -64,12 +66,10 @@ def _stamp(stream: IO[bytes]) -> tuple[int, int, int, int]:
 
 
 def check_inputs(items: list[str], config: Any) -> list[InputFile]:
-    """First pass over every ``QUEUE=FILE``: exit 2 (nothing enqueued) on any bad line."""
-    from rrq_flow.client._core import ClientCore
-    from rrq_flow.client.jsonl import BadLines, JsonlError, check_line
+    """First pass over every ``QUEUE=FILE`` of ``run --input``: exit 2 (nothing enqueued) on
+    any bad line."""
     from rrq_flow.errors import UnknownQueueError
 
-    core = ClientCore(config)
     checked: list[InputFile] = []
     try:
         for item in items:
@@ -78,7 +78,7 @@ def check_inputs(items: list[str], config: Any) -> list[InputFile]:
                 error(f"--input {item!r}: expected QUEUE=FILE")
                 raise ExitWith(EXIT_USAGE)
             try:
-                cfg = config.queue(queue)
+                config.queue(queue)
             except UnknownQueueError as exc:
                 error(f"--input {item!r}: {exc}")
                 raise ExitWith(EXIT_USAGE) from None
@@ -87,32 +87,8 @@ def check_inputs(items: list[str], config: Any) -> list[InputFile]:
             except OSError as exc:
                 error(f"--input {item!r}: cannot read {path}: {exc.strerror}")
                 raise ExitWith(EXIT_USAGE) from None
-            bad = BadLines(path)
-            jobs = 0
-
-            def build(spec: Any, queue: str = queue) -> None:
-                core.build_job(queue, spec)
-
             with stream:
-                stamp: tuple[int, int, int, int] | None = _stamp(stream)
-                spool = None
-                if path == "-" or not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-                    stamp, spool = None, tempfile.TemporaryFile()  # noqa: SIM115
-                for number, raw in enumerate(stream, start=1):
-                    if spool is not None:
-                        spool.write(raw)
-                    result = check_line(raw, queue, cfg.max_payload_bytes, check=build)
-                    if isinstance(result, str):
-                        bad.add(number, result)
-                    elif result is not None:
-                        jobs += 1
-            checked.append(InputFile(queue, path, jobs, stamp, spool))
-            try:
-                bad.raise_if_any()
-            except JsonlError as exc:
-                for line in str(exc).splitlines():
-                    detail(line)
-                raise ExitWith(EXIT_USAGE) from None
+                checked.append(check_file(stream, config, queue, path, f"--input {queue}={path}"))
     except BaseException:
         for f in checked:
             f.close()
@@ -120,15 +96,65 @@ def check_inputs(items: list[str], config: Any) -> list[InputFile]:
     return checked
 
 
+def check_file(
+    stream: IO[bytes],
+    config: Any,
+    queue: str,
+    path: str,
+    label: str,
+    priority: int = 0,
+    run: str | None = None,
+) -> InputFile:
+    """The first pass over one open file: every line encoded as the enqueue will encode it
+    (``ClientCore.build_job``, with ``priority`` for lines that set none and ``run`` for lines
+    that name none). Exit 2, the bad lines listed and nothing enqueued, if any line is bad."""
+    from rrq_flow.client._core import ClientCore
+    from rrq_flow.client.jsonl import BadLines, JsonlError, check_line
+
+    core = ClientCore(config)
+    max_bytes = config.queue(queue).max_payload_bytes
+
+    def build(spec: Any) -> None:
+        core.build_job(queue, spec, run)
+
+    bad = BadLines(path)
+    jobs = 0
+    stamp: tuple[int, int, int, int] | None = _stamp(stream)
+    spool = None
+    if path == "-" or not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+        stamp, spool = None, tempfile.TemporaryFile()  # noqa: SIM115 - InputFile.close
+    try:
+        for number, raw in enumerate(stream, start=1):
+            if spool is not None:
+                spool.write(raw)
+            result = check_line(raw, queue, max_bytes, priority, check=build)
+            if isinstance(result, str):
+                bad.add(number, result)
+            elif result is not None:
+                jobs += 1
+        bad.raise_if_any()
+    except JsonlError as exc:
+        if spool is not None:
+            spool.close()
+        for line in str(exc).splitlines():
+            detail(line)
+        raise ExitWith(EXIT_USAGE) from None
+    except BaseException:
+        if spool is not None:
+            spool.close()
+        raise
+    return InputFile(queue, path, label, jobs, stamp, spool, priority)
+
+
 def enqueue_inputs(client: Any, inputs: list[InputFile], run: str | None) -> None:
-    """Second pass: enqueue each checked file in batches of CHUNK jobs (one status line each).
+    """Second pass of ``run --input``: each checked file in batches of CHUNK jobs (one status
+    line each).
 
     Redis errors propagate (the caller reports them, with ``InputFile.enqueued``).
     """
     for f in inputs:
         started = time.perf_counter()
-        with f.open() as stream:
-            _enqueue_file(client, f, stream, run)
+        enqueue_file(client, f, run)
         elapsed = time.perf_counter() - started
         rate = f.enqueued / elapsed if elapsed > 0 else 0
         print(
@@ -137,42 +163,85 @@ def enqueue_inputs(client: Any, inputs: list[InputFile], run: str | None) -> Non
         )
 
 
-def _enqueue_file(client: Any, f: InputFile, stream: IO[bytes], run: str | None) -> None:
+def enqueue_file(
+    client: Any,
+    f: InputFile,
+    run: str | None,
+    on_batch: Callable[[list[str]], None] | None = None,
+) -> None:
+    """The second pass over one checked file: enqueued in batches of CHUNK jobs, each batch's
+    ids (in the file's order) handed to ``on_batch`` once it is in. Closes the file.
+
+    One batch is in flight (sent from a helper thread, which waits for Redis' answer with the
+    GIL released) while the next is read and built: the reading and Redis' work overlap, as
+    they did when one ``enqueue_many`` call sent the whole file. Batches go out, and are handed
+    to ``on_batch``, in order. Redis errors propagate (the caller reports them, with
+    ``f.enqueued``, which counts the batches Redis answered).
+    """
     from rrq_flow.client.jsonl import check_line
 
     max_bytes = client.config.queue(f.queue).max_payload_bytes
     chunk: list[Any] = []
     number = 0
-    for number, raw in enumerate(stream, start=1):
-        result = check_line(raw, f.queue, max_bytes)
-        if isinstance(result, str):
-            raise _changed(f, number, result, run)
-        if result is not None:
-            chunk.append(result)
-            if len(chunk) >= CHUNK:
-                _send(client, f, chunk, number, run)
-                chunk = []
-    if chunk:
-        _send(client, f, chunk, number, run)
+    in_flight: Future[None] | None = None
+
+    def send(batch: list[Any], last_line: int) -> Future[None]:
+        if in_flight is not None:
+            in_flight.result()  # in order, one at a time; its error is raised here
+        return sender.submit(_send, client, f, batch, last_line, run, on_batch)
+
+    try:
+        with f.open() as stream, ThreadPoolExecutor(1, "rrq-flow-enqueue") as sender:
+            for number, raw in enumerate(stream, start=1):
+                # Parsed only: enqueue_many encodes (and checks) each job once more anyway.
+                result = check_line(raw, f.queue, max_bytes, f.priority, check=_parsed_only)
+                if isinstance(result, str):
+                    if in_flight is not None:
+                        in_flight.result()  # so that the message counts it
+                    raise _changed(f, number, result, run)
+                if result is not None:
+                    chunk.append(result)
+                    if len(chunk) >= CHUNK:
+                        in_flight = send(chunk, number)
+                        chunk = []
+            if chunk:
+                in_flight = send(chunk, number)
+            if in_flight is not None:
+                in_flight.result()
+    finally:
+        f.close()
 
 
-def _send(client: Any, f: InputFile, chunk: list[Any], number: int, run: str | None) -> None:
+def _parsed_only(spec: Any) -> None:
+    """The second pass's check of a line: none beyond parsing (see enqueue_file)."""
+
+
+def _send(
+    client: Any,
+    f: InputFile,
+    chunk: list[Any],
+    number: int,
+    run: str | None,
+    on_batch: Callable[[list[str]], None] | None,
+) -> None:
     from rrq_flow.errors import PayloadError
 
     try:
-        client.enqueue_many(f.queue, chunk, run=run)
+        ids = client.enqueue_many(f.queue, chunk, run=run)
     except (PayloadError, ValueError) as exc:
         raise _changed(f, number, str(exc), run) from None
     f.enqueued += len(chunk)
+    if on_batch is not None:
+        on_batch(ids)
 
 
 def _changed(f: InputFile, number: int, problem: str, run: str | None) -> ExitWith:
     """A line the first pass accepted no longer is: the file changed under us."""
     error(
-        f"--input {f.queue}={f.path}:{number}: {problem} (the file changed while being "
-        f"enqueued; {f.enqueued} of its jobs were enqueued, run {run})"
+        f"{f.label}:{number}: {problem} (the file changed while being enqueued; "
+        f"{f.enqueued} of its jobs were enqueued, run {run})"
     )
     return ExitWith(EXIT_USAGE)
 
 
-__all__ = ["CHUNK", "InputFile", "check_inputs", "enqueue_inputs"]
+__all__ = ["CHUNK", "InputFile", "check_file", "check_inputs", "enqueue_file", "enqueue_inputs"]

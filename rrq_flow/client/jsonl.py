@@ -4,7 +4,7 @@ before anything is enqueued, so a bad line means nothing from the file is writte
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,27 +132,3 @@ class BadLines:
     def raise_if_any(self) -> None:
         if self.count:
             raise JsonlError(self.source, self.errors, self.count)
-
-
-def read_jobs(
-    lines: Iterable[str | bytes],
-    source: str,
-    queue: str,
-    max_payload_bytes: int,
-    priority: int = 0,
-) -> list[JobSpec]:
-    """Parse and check every line (blank lines skipped); raise JsonlError listing bad lines.
-
-    Lines may be bytes (read the file in binary mode): a line that is not UTF-8 is then one
-    bad line with its number, not an exception half-way through the file.
-    """
-    specs: list[JobSpec] = []
-    bad = BadLines(source)
-    for number, raw in enumerate(lines, start=1):
-        result = check_line(raw, queue, max_payload_bytes, priority)
-        if isinstance(result, str):
-            bad.add(number, result)
-        elif result is not None:
-            specs.append(result)
-    bad.raise_if_any()
-    return specs
