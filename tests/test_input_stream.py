@@ -57,7 +57,9 @@ def test_input_is_enqueued_in_batches_and_every_job_runs(
         assert sorted(r["result"]["args"][0] for r in client.results("r1")) == list(range(50))
 
 
+@pytest.mark.parametrize("command", ["run", "enqueue"])
 def test_a_bad_line_after_many_batches_enqueues_nothing(
+    command: str,
     tmp_path: Path,
     redis_url: str,
     sync_redis: redis.Redis,
@@ -70,10 +72,14 @@ def test_a_bad_line_after_many_batches_enqueues_nothing(
     # The last line is JSON but its unique_key has a lone surrogate: only encoding it as the
     # enqueue does (not parsing) finds it.
     data.write_text("".join(f"[{i}]\n" for i in range(40)) + '{"unique_key": "\\ud800"}\n')
-    assert main(["run", str(p), "--burst", "--input", f"q={data}"]) == 2
-    err = capsys.readouterr().err
+    args = {
+        "run": ["run", str(p), "--burst", "--input", f"q={data}"],
+        "enqueue": ["enqueue", str(p), "q", "--jsonl", str(data)],
+    }[command]
+    assert main(args) == 2
+    out, err = capsys.readouterr()
     assert f"{data}:41:" in err and "nothing was enqueued" in err
-    assert sync_redis.dbsize() == 0
+    assert out == "" and sync_redis.dbsize() == 0
 
 
 def test_a_file_changed_between_the_passes_is_refused(
@@ -134,24 +140,6 @@ def test_enqueue_jsonl_prints_each_batch_of_ids_as_it_goes_in(
     assert main(["enqueue", str(p), "q", "--jsonl", str(data), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["count"] == 50 and shown["ids"] == [f"j{i}" for i in range(50)]
-
-
-def test_enqueue_jsonl_bad_line_after_many_batches_enqueues_nothing(
-    tmp_path: Path,
-    redis_url: str,
-    sync_redis: redis.Redis,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    monkeypatch.setattr(input_stream, "CHUNK", 7)
-    p = _pipeline(tmp_path, redis_url)
-    data = tmp_path / "in.jsonl"
-    # Found only by encoding the line as the enqueue does (a lone surrogate in unique_key).
-    data.write_text("".join(f"[{i}]\n" for i in range(40)) + '{"unique_key": "\\ud800"}\n')
-    assert main(["enqueue", str(p), "q", "--jsonl", str(data)]) == 2
-    out, err = capsys.readouterr()
-    assert out == "" and f"{data}:41:" in err and "nothing was enqueued" in err
-    assert sync_redis.dbsize() == 0
 
 
 def test_enqueue_jsonl_says_how_many_jobs_are_in_when_redis_fails_half_way(
@@ -233,9 +221,11 @@ def _run_measured(cmd: list[str]) -> tuple[int, str, float]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_a_large_input_streams_in_bounded_memory(tmp_path: Path) -> None:
-    """N lines of ~100-byte payloads through `rrq-flow run --input` (enqueue, then one job):
-    every line enqueued, peak RSS of the process under 150 MB whatever N is."""
+@pytest.mark.parametrize("command", ["run --input", "enqueue --jsonl"])
+def test_a_large_input_streams_in_bounded_memory(command: str, tmp_path: Path) -> None:
+    """N lines of ~100-byte payloads through `rrq-flow run --input` (enqueue, then one job) or
+    `rrq-flow enqueue --jsonl` (ids printed batch by batch): every line enqueued, peak RSS of
+    the process under 150 MB whatever N is."""
     n = int(os.environ.get("RRQ_INPUT_LINES", "1000000"))
     data = tmp_path / "big.jsonl"
     _write_big_file(data, n)
@@ -243,37 +233,15 @@ def test_a_large_input_streams_in_bounded_memory(tmp_path: Path) -> None:
     server = start_redis_server(base, unix_socket=base / "r.sock", appendonly=False)
     try:
         p = _pipeline(tmp_path, server.url, ", persistence: none")
-        cmd = [sys.executable, "-m", "rrq_flow", "run", str(p), "--input", f"q={data}"]
-        cmd += ["--run", "big", "--max-jobs", "1", "--progress", "off"]
-        code, err, peak_mb = _run_measured(cmd)
-        assert code == 0, err[-2000:]
-        assert f"enqueued {n} job(s) into q" in err
-        print(f"run --input, {n} lines: peak RSS {peak_mb:.1f} MB")
-        assert peak_mb <= RSS_LIMIT_MB, peak_mb
-        with SyncClient(load(p)) as client:
-            assert client.run("big").total == n
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(3600)
-def test_a_large_jsonl_enqueue_streams_in_bounded_memory(tmp_path: Path) -> None:
-    """The same N lines through `rrq-flow enqueue --jsonl` (ids printed batch by batch): every
-    line enqueued, peak RSS under 150 MB whatever N is."""
-    n = int(os.environ.get("RRQ_INPUT_LINES", "1000000"))
-    data = tmp_path / "big.jsonl"
-    _write_big_file(data, n)
-    base = Path(tempfile.mkdtemp(prefix="rrqin-"))
-    server = start_redis_server(base, unix_socket=base / "r.sock", appendonly=False)
-    try:
-        p = _pipeline(tmp_path, server.url, ", persistence: none")
-        cmd = [sys.executable, "-m", "rrq_flow", "enqueue", str(p), "q", "--jsonl", str(data)]
+        cmd = [sys.executable, "-m", "rrq_flow"]
+        if command == "run --input":
+            cmd += ["run", str(p), "--input", f"q={data}", "--max-jobs", "1", "--progress", "off"]
+        else:
+            cmd += ["enqueue", str(p), "q", "--jsonl", str(data)]
         code, err, peak_mb = _run_measured([*cmd, "--run", "big"])
         assert code == 0, err[-2000:]
         assert f"enqueued {n} job(s) into q" in err
-        print(f"enqueue --jsonl, {n} lines: peak RSS {peak_mb:.1f} MB")
+        print(f"{command}, {n} lines: peak RSS {peak_mb:.1f} MB")
         assert peak_mb <= RSS_LIMIT_MB, peak_mb
         with SyncClient(load(p)) as client:
             assert client.run("big").total == n

@@ -156,11 +156,7 @@ def _enqueue_one(args: argparse.Namespace, config: Any) -> int:
         return EXIT_REDIS
     finally:
         client.close()
-    if args.json:
-        print_json(_summary(args, ids, elapsed))
-    else:
-        sys.stdout.write("".join(f"{i}\n" for i in ids))
-    return EXIT_OK
+    return _report(args, ids, len(ids), elapsed)
 
 
 def _enqueue_jsonl(args: argparse.Namespace, config: Any) -> int:
@@ -211,23 +207,21 @@ def _enqueue_jsonl(args: argparse.Namespace, config: Any) -> int:
         return EXIT_REDIS
     finally:
         client.close()
+    return _report(args, ids, checked.enqueued, elapsed)
+
+
+def _report(args: argparse.Namespace, ids: list[str], count: int, elapsed: float) -> int:
+    """--json: one object with every id. Else the ids, one per line (a --jsonl file's were
+    printed batch by batch already: then a line on stderr says how many and how fast)."""
     if args.json:
-        print_json(_summary(args, ids, elapsed))
+        summary = {"queue": args.queue, "run": args.run, "count": count}
+        print_json({**summary, "seconds": round(elapsed, 4), "ids": ids})
+    elif args.jsonl is None:
+        sys.stdout.write("".join(f"{i}\n" for i in ids))
     else:
-        rate = checked.enqueued / elapsed if elapsed > 0 else 0
+        rate = count / elapsed if elapsed > 0 else 0
         print(
-            f"enqueued {checked.enqueued} job(s) into {args.queue} in {elapsed:.2f}s "
-            f"({rate:,.0f}/s)",
+            f"enqueued {count} job(s) into {args.queue} in {elapsed:.2f}s ({rate:,.0f}/s)",
             file=sys.stderr,
         )
     return EXIT_OK
-
-
-def _summary(args: argparse.Namespace, ids: list[str], elapsed: float) -> dict[str, Any]:
-    return {
-        "queue": args.queue,
-        "run": args.run,
-        "count": len(ids),
-        "seconds": round(elapsed, 4),
-        "ids": ids,
-    }
