@@ -118,12 +118,10 @@ def test_async_client_wait_run_and_descendants(redis_url: str) -> None:
 
 
 def test_jsonl_lines_may_name_their_run() -> None:
-    named, unnamed = (
-        check_line(line, "q", 1000) for line in ('{"args": [1], "run": "x.1"}', "[2]")
-    )
+    named, unnamed = (check_line(line) for line in ('{"args": [1], "run": "x.1"}', "[2]"))
     assert isinstance(named, JobSpec) and isinstance(unnamed, JobSpec)
     assert named.run == "x.1" and unnamed.run is None
-    bad = check_line('{"args": [1], "run": "bad run"}', "q", 1000)
+    bad = check_line('{"args": [1], "run": "bad run"}')
     assert isinstance(bad, str) and "run id" in bad
 
 

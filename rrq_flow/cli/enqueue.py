@@ -176,7 +176,13 @@ def _enqueue_jsonl(args: argparse.Namespace, config: Any) -> int:
         return EXIT_USAGE
     with stream:
         checked = check_file(
-            stream, config, args.queue, args.jsonl, args.jsonl, args.priority, args.run
+            stream,
+            config,
+            args.queue,
+            path=args.jsonl,
+            label=args.jsonl,
+            priority=args.priority,
+            run=args.run,
         )
     ids: list[str] = []
 

@@ -112,7 +112,6 @@ def check_file(
     from rrq_flow.client.jsonl import BadLines, JsonlError, check_line
 
     core = ClientCore(config)
-    max_bytes = config.queue(queue).max_payload_bytes
 
     def build(spec: Any) -> None:
         core.build_job(queue, spec, run)
@@ -127,7 +126,7 @@ def check_file(
         for number, raw in enumerate(stream, start=1):
             if spool is not None:
                 spool.write(raw)
-            result = check_line(raw, queue, max_bytes, priority, check=build)
+            result = check_line(raw, priority, check=build)
             if isinstance(result, str):
                 bad.add(number, result)
             elif result is not None:
@@ -180,7 +179,6 @@ def enqueue_file(
     """
     from rrq_flow.client.jsonl import check_line
 
-    max_bytes = client.config.queue(f.queue).max_payload_bytes
     chunk: list[Any] = []
     number = 0
     in_flight: Future[None] | None = None
@@ -194,7 +192,7 @@ def enqueue_file(
         with f.open() as stream, ThreadPoolExecutor(1, "rrq-flow-enqueue") as sender:
             for number, raw in enumerate(stream, start=1):
                 # Parsed only: enqueue_many encodes (and checks) each job once more anyway.
-                result = check_line(raw, f.queue, max_bytes, f.priority, check=_parsed_only)
+                result = check_line(raw, f.priority)
                 if isinstance(result, str):
                     if in_flight is not None:
                         in_flight.result()  # so that the message counts it
@@ -210,10 +208,6 @@ def enqueue_file(
                 in_flight.result()
     finally:
         f.close()
-
-
-def _parsed_only(spec: Any) -> None:
-    """The second pass's check of a line: none beyond parsing (see enqueue_file)."""
 
 
 def _send(

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rrq_flow.client._core import JobSpec, check_priority, encode_payload, when_field
+from rrq_flow.client._core import JobSpec, check_priority
 from rrq_flow.client.payload import JsonLimitError, loads
 from rrq_flow.errors import PayloadError, RRQFlowError
 from rrq_flow.protocol.ids import validate_job_id
@@ -88,24 +88,20 @@ def _text(raw: str | bytes) -> str:
 
 def check_line(
     raw: str | bytes,
-    queue: str,
-    max_payload_bytes: int,
     priority: int = 0,
     check: Callable[[JobSpec], object] | None = None,
 ) -> JobSpec | str | None:
     """One line: None if blank, the JobSpec if good, else the message saying what is wrong.
 
-    ``check``, if given, is run on the spec too (say, encoding it exactly as the enqueue will,
-    ``ClientCore.build_job``); what it raises makes the line bad.
+    ``priority`` is for a line that sets none. ``check``, if given, is run on the spec too (the
+    first pass of a file encodes it exactly as the enqueue will, ``ClientCore.build_job``);
+    what it raises makes the line bad. Without it the line is only parsed.
     """
     if not raw.strip():
         return None
     try:
         spec = parse_job_line(loads(_text(raw)), priority)
-        if check is None:
-            encode_payload(queue, spec.args, spec.kwargs, max_payload_bytes)
-            when_field(spec.defer, None)
-        else:
+        if check is not None:
             check(spec)
     except json.JSONDecodeError as exc:
         return f"not JSON: {exc.msg} (column {exc.colno})"
