@@ -354,6 +354,43 @@ def test_batch_enqueue_with_a_known_id_checks_each_record(p: Proto) -> None:
     assert not p.r.exists(p.layout.job("m1"))
 
 
+def test_batch_enqueue_of_new_ids_still_refuses_an_empty_one(p: Proto) -> None:
+    """In a batch of new ids only the first job without options goes through every check (the
+    others share its queue, level and max attempts), but each id is still checked."""
+    with pytest.raises(redis.ResponseError, match="empty job id; nothing was written"):
+        p.enqueue(NewJob("a"), NewJob("b"), NewJob(""))
+    assert not p.r.exists(p.layout.job("a")) and not p.r.exists(p.q().ready)
+
+
+def test_batch_enqueue_writes_each_kind_of_record_in_full(p: Proto) -> None:
+    """One batch mixing plain jobs, long arguments and every optional field: each record
+    holds exactly its fields (add_job builds the optional ones in a table it reuses, so no
+    job may carry another's)."""
+    long_args = "[" + ",".join(["1"] * 40) + "]"
+    p.enqueue(
+        NewJob("plain", "[1]"),
+        NewJob("opts", "[2]", unique_key="u", parent="par", priority=3, run="r1"),
+        NewJob("long", long_args),
+        NewJob("plain2", "[4]"),
+        NewJob("run2", "[5]", run="r1"),
+    )
+    base = {"queue", "status", "attempts", "max_attempts", "epoch", "enqueued_at", "ready_at"}
+    assert set(p.r.hgetall(p.layout.job("plain"))) == base | {"packed_args"}
+    assert set(p.r.hgetall(p.layout.job("plain2"))) == base | {"packed_args"}
+    opts = p.r.hgetall(p.layout.job("opts"))
+    assert set(opts) == base | {"packed_args", "unique_key", "parent", "priority", "run"}
+    assert (opts["unique_key"], opts["parent"], opts["priority"], opts["run"]) == (
+        "u",
+        "par",
+        "3",
+        "r1",
+    )
+    assert set(p.r.hgetall(p.layout.job("long"))) == base
+    assert p.r.get(p.layout.job_args("long")) == f"{len(long_args)}:{long_args}{{}}"
+    assert set(p.r.hgetall(p.layout.job("run2"))) == base | {"packed_args", "run"}
+    assert p.r.hget(p.layout.job("plain2"), "packed_args") == "3:[4]{}"
+
+
 def _evalsha_calls(r: redis.Redis) -> int:
     stats = r.info("commandstats")
     return sum(stats.get(k, {}).get("calls", 0) for k in ("cmdstat_evalsha", "cmdstat_eval"))

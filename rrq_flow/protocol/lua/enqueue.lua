@@ -36,21 +36,24 @@ local generation = check_read('HGET', KEYS[1], 'generation')
 check_type(KEYS[2], 'zset')
 local wake_pending = check_len(KEYS[3]) > 0
 check_type(KEYS[4], 'hash')
+local jkeys = {} -- by position: the record keys
+for i = 0, n - 1 do jkeys[i + 1] = job_key(ARGV[6 + i * 3]) end
+local fresh = false -- no record of the batch exists yet
 if n > 1 then
   -- Fresh ids, the usual case: one EXISTS per 1,000 answers for every record at once (none
   -- exists: none can be of a wrong type) instead of a TYPE each.
-  local jkeys = {}
-  for i = 0, n - 1 do jkeys[i + 1] = job_key(ARGV[6 + i * 3]) end
   local found = 0
   for i = 1, n, 1000 do
     found = found + rcall('EXISTS', unpack(jkeys, i, math.min(i + 999, n)))
   end
   if found == 0 then
+    fresh = true
     for _, jk in ipairs(jkeys) do checked[jk] = 'none' end
   end
 end
 local EMPTY = { '', '', '', '', '' }
 local opts = {} -- by position: the decoded options
+local plain_checked = false -- a job without options was checked (queue, level, max attempts)
 for i = 0, n - 1 do
   local b = 6 + i * 3
   local blob = ARGV[b + 1]
@@ -70,7 +73,14 @@ for i = 0, n - 1 do
     o = decoded
   end
   opts[i] = o
-  check_add_job(queue, ARGV[b], o[1], o[2], max_attempts, o[4])
+  if o == EMPTY and fresh and plain_checked then
+    -- The rest of check_add_job is the same for every such job: its record is known missing,
+    -- and the queue, its default level and max attempts were checked with the first.
+    if ARGV[b] == '' then refuse('empty job id') end
+  else
+    check_add_job(queue, ARGV[b], o[1], o[2], max_attempts, o[4])
+    plain_checked = plain_checked or o == EMPTY
+  end
 end
 
 if not generation then rcall('HSET', KEYS[1], 'generation', ARGV[4]) end
@@ -82,7 +92,7 @@ for i = 0, n - 1 do
   local b = 6 + i * 3
   local o = opts[i]
   local id, verdict = add_job(queue, ARGV[b], ARGV[b + 1], o[1], o[2], o[3], max_attempts, now,
-    o[4], o[5], sink)
+    o[4], o[5], sink, jkeys[i + 1])
   if verdict == 'new' then
     any_ready = true
   else

@@ -17,7 +17,8 @@
   arguments as stored in args:<id> (pack_args(args JSON, kwargs JSON)). ``prio``: the
   job's priority as a string ('' or '0': the default level). ``sink`` (optional, enqueue.lua):
   a table that collects the queue entries and the count instead of writing them one by one; the
-  caller writes them with flush_added(sink) before it returns.
+  caller writes them with flush_added(sink) before it returns. ``jk`` (optional): the record's
+  key, job_key(id), when the caller has made it already.
 ]]
 local TERMINAL = { done = true, dead = true, failed = true, cancelled = true }
 
@@ -69,9 +70,12 @@ end
 
 -- queue -> its key (made once per call, not once per job)
 local queue_keys = {}
+-- add_job's optional record fields (the first `last` entries count)
+local OPTIONAL = {}
 
-local function add_job(queue, id, blob, when, ukey, parent, max_attempts, now, prio, run, sink)
-  local jk = job_key(id)
+local function add_job(queue, id, blob, when, ukey, parent, max_attempts, now, prio, run, sink,
+    jk)
+  jk = jk or job_key(id)
   if job_exists(jk) then return id, 'exists', false end
   local uk
   if ukey ~= '' then
@@ -90,19 +94,16 @@ local function add_job(queue, id, blob, when, ukey, parent, max_attempts, now, p
     if ready_at > now then status = 'scheduled' end
   end
   local ready_s = num_str(ready_at) -- strings, not numbers (see num_str)
-  local rec = { 'queue', queue, 'status', status, 'attempts', '0', 'max_attempts', max_attempts,
-    'epoch', '0', 'enqueued_at', num_str(now), 'ready_at', ready_s }
+  -- The optional fields go into a table kept from job to job: no table is made per job.
+  local opt, last = OPTIONAL, 0
   if ukey ~= '' then
-    rec[#rec + 1] = 'unique_key'
-    rec[#rec + 1] = ukey
+    opt[1], opt[2], last = 'unique_key', ukey, 2
   end
   if parent ~= '' then
-    rec[#rec + 1] = 'parent'
-    rec[#rec + 1] = parent
+    opt[last + 1], opt[last + 2], last = 'parent', parent, last + 2
   end
   if run and run ~= '' then
-    rec[#rec + 1] = 'run'
-    rec[#rec + 1] = run
+    opt[last + 1], opt[last + 2], last = 'run', run, last + 2
   end
   local qk = queue_keys[queue]
   if not qk then
@@ -111,16 +112,16 @@ local function add_job(queue, id, blob, when, ukey, parent, max_attempts, now, p
   end
   local level = ready_key_for(qk, prio)
   if level ~= qk then
-    rec[#rec + 1] = 'priority'
-    rec[#rec + 1] = prio
+    opt[last + 1], opt[last + 2], last = 'priority', prio, last + 2
   end
   if #blob <= LONG_VALUE then
-    rec[#rec + 1] = 'packed_args'
-    rec[#rec + 1] = blob
+    opt[last + 1], opt[last + 2], last = 'packed_args', blob, last + 2
   else
     rcall('SET', args_key(id), blob)
   end
-  rcall('HSET', jk, unpack(rec))
+  rcall('HSET', jk, 'queue', queue, 'status', status, 'attempts', '0', 'max_attempts',
+    max_attempts, 'epoch', '0', 'enqueued_at', num_str(now), 'ready_at', ready_s,
+    unpack(opt, 1, last))
   checked[jk] = 'hash'
   if uk then rcall('SET', uk, id) end
   if sink and level == qk then
