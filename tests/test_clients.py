@@ -7,10 +7,12 @@ states exactly what happened to the job it waits on.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +252,52 @@ def test_a_call_that_timed_out_is_never_answered_by_its_late_reply(redis_url: st
     held.close()
     slow.close()
     admin.close()
+
+
+def test_commands_sent_back_to_back_read_every_reply_before_an_error(redis_url: str) -> None:
+    """call_many sends a batch without a pipeline object and reads all its replies: an error
+    reply in the middle is raised after the rest were read (and ran), so the next call on the
+    held connection gets its own reply; a thread that finds it busy is served by the pool."""
+    r = redis.Redis.from_url(redis_url)
+    held = HeldConnection(r)
+    assert held.call_many([["SET", "a", "1"], ["INCR", "a"], ["ECHO", "x"]]) == [b"OK", 2, b"x"]
+    with pytest.raises(redis.exceptions.ResponseError, match="not an integer"):
+        held.call_many([["SET", "s", "text"], ["INCR", "s"], ["SET", "after", "ran"]])
+    assert r.get("after") == b"ran"
+    assert held.call("ECHO", "mine") == b"mine"
+    with held._lock:  # another thread's call holds the connection
+        assert held.call_many([["ECHO", "pooled"]]) == [b"pooled"]
+    held.close()
+    r.close()
+    cluster_like = HeldConnection(object())  # no plain pool: the caller uses a pipeline
+    assert cluster_like.call_many([["PING"]]) is None
+
+
+def test_enqueue_many_holds_off_the_garbage_collector_only_while_it_encodes(
+    cfg: PipelineConfig, p: Proto
+) -> None:
+    """The collector is off while the jobs are encoded, and on again after, whether the batch
+    went in or was refused; a caller that turned it off keeps it off."""
+    seen: list[bool] = []
+
+    def specs() -> Iterator[list[int]]:  # read while the jobs are encoded
+        for i in range(3):
+            seen.append(gc.isenabled())
+            yield [i]
+
+    with SyncClient(cfg) as client:
+        assert len(client.enqueue_many("q", specs())) == 3
+        assert seen == [False, False, False] and gc.isenabled()
+        with pytest.raises(PayloadError):
+            client.enqueue_many("q", [[1], [object()]])
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            client.enqueue_many("q", [[4]])
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+    assert p.r.zcard(p.q().ready) == 4
 
 
 def test_a_forked_child_never_uses_its_parents_held_connection(redis_url: str) -> None:

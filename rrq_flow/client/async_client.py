@@ -108,8 +108,7 @@ class Client:
         run: str | None = None,
     ) -> list[str]:
         """Enqueue many jobs, one script call per batch; all validated before any is sent."""
-        batches = self._core.build_batches(queue, jobs, batch_size, run)
-        routed: list[RoutedCall] = self._core.enqueue_calls(queue, batches)
+        routed: list[RoutedCall] = self._core.prepare(queue, jobs, batch_size, run)
         if routed:
             await self._check_partitions()
         replies = []

@@ -35,8 +35,8 @@ from rrq_flow.protocol.scripts import (
     ENQUEUE_SCRIPTS,
     FunctionsUnavailable,
     call_sync,
+    evalsha_command,
     fcall_sync,
-    pipe_evalsha,
     preload_sync,
 )
 
@@ -138,10 +138,9 @@ class SyncClient:
         """Enqueue many jobs (each a JobSpec or a sequence of positional args), pipelined in
         batches of ``batch_size`` per script call. Every job is validated before any is sent.
         ``run``: the batch-run id of every job whose JobSpec names none."""
-        batches = self._core.build_batches(queue, jobs, batch_size, run)
-        if not batches:
+        routed = self._core.prepare(queue, jobs, batch_size, run)
+        if not routed:
             return []
-        routed = self._core.enqueue_calls(queue, batches)
         self._check_partitions()
         return in_order(routed, self._send_enqueues([r.call for r in routed]))
 
@@ -178,12 +177,16 @@ class SyncClient:
 
     def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
         durability = self.config.redis.durability
-        pipe = self.redis.pipeline(transaction=False)
-        for c in calls:
-            pipe_evalsha(pipe, c.script, c.keys, c.args)
+        commands = [evalsha_command(c.script, c.keys, c.args) for c in calls]
         if durability is not None:
-            pipe.execute_command("WAIT", *wait_args(durability))  # type: ignore[no-untyped-call]
-        replies = list(pipe.execute())
+            commands.append(["WAIT", *wait_args(durability)])
+        # Back to back on the held connection; a Cluster or Sentinel client by its pipeline.
+        replies = self._held.call_many(commands)
+        if replies is None:
+            pipe = self.redis.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+            replies = list(pipe.execute())
         if durability is not None:
             acked = replies.pop()
             ids = [

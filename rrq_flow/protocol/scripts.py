@@ -359,6 +359,11 @@ def _send_and_read(conn: Any, command: Sequence[ScriptArg]) -> Any:
     return conn.read_response()
 
 
+def evalsha_command(s: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> list[ScriptArg]:
+    """The EVALSHA command of ``s`` as one list of arguments."""
+    return ["EVALSHA", s.sha, len(keys), *keys, *args]
+
+
 def pack_command(*parts: str | bytes | int | float) -> bytes:
     """One command as a RESP array of bulk strings: hiredis' packer (C, not a loop of ours; the
     same text as redis-py's encoder for str, int and float). The worker's own connection and
@@ -370,7 +375,7 @@ def pack_command(*parts: str | bytes | int | float) -> bytes:
 def pipe_evalsha(pipe: Any, s: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> None:
     """Queue an EVALSHA of ``s`` on a redis-py pipeline (a cluster pipeline refuses ``evalsha()``
     but routes the raw command by its keys)."""
-    pipe.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)
+    pipe.execute_command(*evalsha_command(s, keys, args))
 
 
 _TIME_SCRIPT = "return redis.call('TIME')"  # the server's clock from the node that owns a key
