@@ -8,7 +8,8 @@ Enqueues N jobs of ``benchjob:trio_job(t0, sleep_s)`` into queue ``bench`` of pi
 ``{"n": N, "seconds": <time in the enqueue loop only>, "method": "..."}``.
 
 - bulk (no --spacing-ms): ``SyncClient.enqueue_many`` — every job is validated and encoded
-  first, then one pipeline of one ``enqueue.lua`` call per 1,000 jobs. Like RQ's adapter, the
+  first, then one ``enqueue.lua`` call per 1,000 jobs, all sent back to back before the replies
+  are read. Like RQ's adapter, the
   jobs' arguments (t0 = time.time()) are built inside the timed loop.
 - spaced (--spacing-ms): ``SyncClient.enqueue``, one job (one script call) at a time, job i at
   start + i*MS (``benchjob.spaced``), t0 = time.time() just before each call.
@@ -89,7 +90,7 @@ def enqueue(variant: str, n: int, sleep_s: float, spacing_ms: float) -> tuple[fl
             t = time.perf_counter()
             client.enqueue_many(QUEUE, [(time.time(), sleep_s) for _ in range(n)])
             secs = time.perf_counter() - t
-            method = "SyncClient.enqueue_many (one pipeline, 1 script call per 1000 jobs)"
+            method = "SyncClient.enqueue_many (1 script call per 1000 jobs, sent back to back)"
     finally:
         client.close()
     return secs, method
