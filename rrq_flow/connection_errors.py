@@ -41,6 +41,19 @@ class RedisAccessDenied(RedisUnavailable):
     """Redis answered but refused us: authentication failed or an ACL permission is missing."""
 
 
+class RedisRefused(RedisUnavailable):
+    """Redis answered a call with an error reply: out of memory, a read-only replica, ..."""
+
+
+def stop_reason(exc: BaseException) -> str:
+    """What a worker's summary says stopped it, for a Redis it could not use."""
+    if isinstance(exc, RedisAccessDenied):
+        return "Redis denied access"
+    if isinstance(exc, RedisRefused):
+        return "Redis refused the call"
+    return "Redis unreachable"
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     """``exc``, the members of exception groups, and their causes and contexts, once each."""
     seen: set[int] = set()

@@ -472,8 +472,8 @@ def test_a_read_only_state_directory_is_named(
 
 
 def test_a_full_redis_is_one_line_and_exit_3(tmp_path: Path) -> None:
-    """maxmemory reached (noeviction): writes are refused with what to do; the access check
-    itself still passes (Redis refuses everything queued in MULTI then), so a read-only command
+    """maxmemory reached (noeviction): writes are refused with what to do (a worker's summary
+    says Redis refused, not that it is unreachable); the access check itself still passes (Redis refuses everything queued in MULTI then), so a read-only command
     such as `health` still answers."""
     from rrq_flow.redis_server import start_redis_server
 
@@ -499,6 +499,10 @@ def test_a_full_redis_is_one_line_and_exit_3(tmp_path: Path) -> None:
             assert out.returncode == 3, (args, out.stderr)
             assert "Traceback" not in out.stderr, out.stderr
             assert "refused the call" in out.stderr and "out of memory" in out.stderr, out.stderr
+        worker = cli("run", str(path), "--burst", "--progress", "off")
+        assert worker.returncode == 3 and "Traceback" not in worker.stderr, worker.stderr
+        assert "out of memory" in worker.stderr
+        assert "finished (Redis refused the call)" in worker.stdout + worker.stderr
         health = cli("health", str(path))
         assert health.returncode == 1 and "no live worker" in health.stdout + health.stderr
         assert "refused" not in health.stderr and "Traceback" not in health.stderr

@@ -35,7 +35,13 @@ from rrq_flow.acl import denial_message, missing_commands_async
 from rrq_flow.client.partition_check import check_partitions_async
 from rrq_flow.config.model import PipelineConfig
 from rrq_flow.connection import open_async_redis
-from rrq_flow.connection_errors import RedisAccessDenied, explain, user_of
+from rrq_flow.connection_errors import (
+    RedisAccessDenied,
+    RedisRefused,
+    explain,
+    stop_reason,
+    user_of,
+)
 from rrq_flow.errors import (
     ConfigError,
     DataLossDetected,
@@ -49,6 +55,7 @@ from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import Protocol, ms
 from rrq_flow.protocol.partitions import Partitions
 from rrq_flow.protocol.scripts import preload_async, server_seconds
+from rrq_flow.redis_errors import classify, is_error_reply
 from rrq_flow.worker.handoff import Handoff
 from rrq_flow.worker.observer import WorkerObserver
 from rrq_flow.worker.partition_slots import SharedSlots
@@ -220,7 +227,7 @@ class Worker:
                 return code
             log.error("%s", found)
             self.stop_reason = (
-                "data loss detected" if isinstance(found, DataLossDetected) else "Redis unreachable"
+                "data loss detected" if isinstance(found, DataLossDetected) else stop_reason(found)
             )
             code = EXIT_REDIS
         except Exception as exc:
@@ -337,7 +344,8 @@ class Worker:
                 server_now = await server_seconds(self.redis, self.layout.meta)
                 missing = await missing_commands_async(self.redis, self.config.pipeline)
         except (*TRANSIENT, coredis.exceptions.RedisError, ssl.SSLError) as exc:  # type: ignore[misc]
-            raise RedisUnavailable(explain(exc, self.url)) from None
+            refused = is_error_reply(exc) and classify(exc) == "operator"
+            raise (RedisRefused if refused else RedisUnavailable)(explain(exc, self.url)) from None
         except BaseExceptionGroup as group:
             # coredis runs its connection pool in a task group: a refused connection or a
             # failed handshake (TLS, AUTH) arrives wrapped.
