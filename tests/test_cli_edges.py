@@ -473,8 +473,9 @@ def test_a_read_only_state_directory_is_named(
 
 def test_a_full_redis_is_one_line_and_exit_3(tmp_path: Path) -> None:
     """maxmemory reached (noeviction): writes are refused with what to do (a worker's summary
-    says Redis refused, not that it is unreachable); the access check itself still passes (Redis refuses everything queued in MULTI then), so a read-only command
-    such as `health` still answers."""
+    says Redis refused, not that it is unreachable). Redis then refuses everything queued in
+    MULTI, but the access check still passes and `status` reads without its transaction, so the
+    read-only commands still answer."""
     from rrq_flow.redis_server import start_redis_server
 
     base = tmp_path / "redis"
@@ -503,6 +504,8 @@ def test_a_full_redis_is_one_line_and_exit_3(tmp_path: Path) -> None:
         assert worker.returncode == 3 and "Traceback" not in worker.stderr, worker.stderr
         assert "out of memory" in worker.stderr
         assert "finished (Redis refused the call)" in worker.stdout + worker.stderr
+        status = cli("status", str(path))  # its transaction is refused: read without one
+        assert status.returncode == 0 and status.stdout.splitlines()[2].split()[0] == "q", status
         health = cli("health", str(path))
         assert health.returncode == 1 and "no live worker" in health.stdout + health.stderr
         assert "refused" not in health.stderr and "Traceback" not in health.stderr

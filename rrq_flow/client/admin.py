@@ -275,11 +275,11 @@ class Admin:
         names = self._queues(queues)
         self._ensure_scripts()
         try:
-            replies = self._status_pipeline(names)
+            replies = self._status_snapshot(names)
         except redis.exceptions.NoScriptError:
             self._scripts_loaded = False  # the server lost its script cache
             self._ensure_scripts()
-            replies = self._status_pipeline(names)
+            replies = self._status_snapshot(names)
         now = _server_ms(replies[0])
         drained = replies[1]
         per = replies[2:]
@@ -316,9 +316,22 @@ class Admin:
             )
         return out
 
-    def _status_pipeline(self, names: list[str]) -> list[Any]:
+    def _status_snapshot(self, names: list[str]) -> list[Any]:
+        """The status reads in one MULTI/EXEC. At maxmemory Redis refuses every command queued
+        in a transaction, reads included: then the same reads go as a plain pipeline (counts
+        that may be a few jobs apart), so that `status` still answers while Redis is full."""
+        try:
+            return self._status_pipeline(names, transaction=True)
+        except redis.exceptions.ResponseError as exc:
+            from rrq_flow.redis_errors import error_code  # only now: it imports coredis
+
+            if error_code(exc) != "OOM":
+                raise
+            return self._status_pipeline(names, transaction=False)
+
+    def _status_pipeline(self, names: list[str], *, transaction: bool) -> list[Any]:
         drained = self.protocol.drained(names, with_total=True)
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=transaction)
         pipe_time(pipe, self.layout.meta)
         pipe_evalsha(pipe, drained.script, drained.keys, drained.args)
         for name in names:
