@@ -23,7 +23,7 @@ PIPELINE_COMMANDS: tuple[str, ...] = (
     "evalsha",
     "exec",  # MULTI/EXEC: the admin's one transaction (rrq_flow/client/admin.py)
     "exists",
-    "fcall",  # the scripts as functions (worker/wake_connection.py, SyncClient.enqueue); optional
+    "fcall",  # the scripts as functions (worker/wake_connection.py, the clients' enqueue); optional
     "function|load",  # loads rrq-flow's function library where a server lacks it; optional
     "get",
     "hdel",
@@ -132,8 +132,8 @@ return {denied, unknown, unscriptable}
 
 # In the rule, but not demanded: without INFO, `run` warns that it cannot check the server's
 # persistence and eviction settings and goes on (rrq_flow/server_checks.py); without FCALL or
-# FUNCTION LOAD (or on Redis 6, which has neither), the worker and SyncClient.enqueue call the
-# scripts by EVALSHA.
+# FUNCTION LOAD (or on Redis 6, which has neither), the worker and the clients' enqueues call
+# the scripts by EVALSHA.
 OPTIONAL = frozenset({"info", "fcall", "function|load"})
 
 SCRIPT_COMMANDS = tuple(

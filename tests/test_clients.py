@@ -610,22 +610,45 @@ async def test_async_enqueue_and_job(cfg: PipelineConfig, p: Proto) -> None:
 
 
 async def test_async_enqueue_many_one_script_call_per_batch(cfg: PipelineConfig, p: Proto) -> None:
-    preload_sync(p.r)
     async with Client(cfg) as client:
-        before = _script_calls(p.r)
+        await client.enqueue("q", "load the library")
+        before = _script_calls(p.r), calls(p.r, "fcall")
         ids = await client.enqueue_many("q", [[i] for i in range(1200)], batch_size=500)
-        after = _script_calls(p.r)
-    assert (after[0] - before[0], after[1] - before[1]) == (3, 0)
-    assert len(set(ids)) == 1200 and p.r.zcard(p.q().ready) == 1200
+        after = _script_calls(p.r), calls(p.r, "fcall")
+    assert after[0] == before[0] and after[1] - before[1] == 3  # by FCALL, one per batch
+    assert len(set(ids)) == 1200 and p.r.zcard(p.q().ready) == 1201
 
 
-async def test_async_enqueue_falls_back_to_eval_without_cached_script(
+async def test_async_enqueue_calls_a_function_and_loads_the_library(
     cfg: PipelineConfig, p: Proto
 ) -> None:
-    p.r.script_flush()
+    p.r.function_flush()  # as on a new server
     async with Client(cfg) as client:
-        job_id = await client.enqueue("q", 1)
-        assert (await client.job(job_id)).status == "queued"
+        evalsha, fcall = _script_calls(p.r), calls(p.r, "fcall")
+        first = await client.enqueue("q", 1)
+        assert libraries(p.r) == [library().name]
+        second = await client.enqueue("q", 2, k="v")
+        assert _script_calls(p.r) == evalsha and calls(p.r, "fcall") >= fcall + 2
+        assert (await client.job(first)).args == [1]
+        assert (await client.job(second)).kwargs == {"k": "v"}
+        p.r.function_flush()  # e.g. a restart without persistence: loaded again
+        third = await client.enqueue("q", 3)
+    assert libraries(p.r) == [library().name]
+    assert set(p.r.zrange(p.q().ready, 0, -1)) == {first, second, third}
+
+
+async def test_async_client_without_functions_calls_by_evalsha_or_eval(tmp_path: Path) -> None:
+    """A user who may not run FCALL or FUNCTION LOAD: the async client calls by EVALSHA from
+    then on, and by EVAL when the server's script cache is empty."""
+    for admin, user, url in users_without_functions(tmp_path):
+        admin.script_flush()
+        async with Client(make_pipeline(url, make_queue("q"))) as client:
+            before = calls(admin, "evalsha") + calls(admin, "eval")
+            job = await client.enqueue("q", user)
+            assert not client._functions, user
+            assert (await client.job(job)).args == [user]
+            assert calls(admin, "evalsha") + calls(admin, "eval") > before
+        assert admin.function_list() == [], user
 
 
 async def test_async_wait_returns_result_of_completion(cfg: PipelineConfig, p: Proto) -> None:

@@ -28,7 +28,13 @@ from rrq_flow.errors import JobFailed, JobNotFound, RunNotFound
 from rrq_flow.failover import MasterWatch
 from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import Call, parse_enqueue
-from rrq_flow.protocol.scripts import ENQUEUE_SCRIPTS, call_async, preload_async
+from rrq_flow.protocol.scripts import (
+    ENQUEUE_SCRIPTS,
+    FunctionsUnavailable,
+    call_async,
+    fcall_async,
+    preload_async,
+)
 
 
 class Client:
@@ -46,6 +52,7 @@ class Client:
         self._scripts_loaded = False
         self._partitions_checked = False
         self._master_watch = MasterWatch()
+        self._functions = False
 
     @property
     def redis(self) -> coredis.Redis[str]:
@@ -60,6 +67,9 @@ class Client:
 
             url = self._stack.enter_context(redis_url_for(self.config))
         self._redis = open_async_redis(url, self.config.redis)
+        # Script calls go by FCALL until the server or the user turns functions down; a Cluster
+        # client calls by EVALSHA (as SyncClient does: the library would be loaded per master).
+        self._functions = not isinstance(self._redis, coredis.RedisCluster)
         await self._stack.enter_async_context(self._redis)
         self._master_watch = MasterWatch()
         return self
@@ -75,6 +85,11 @@ class Client:
 
     async def _run(self, call: Call) -> Any:
         await self._master_watch.check_async(self.redis)
+        if self._functions:
+            try:
+                return await fcall_async(self.redis, call.script, call.keys, call.args)
+            except FunctionsUnavailable:
+                self._functions = False
         return await call_async(self.redis, call.script, call.keys, call.args)
 
     async def enqueue(

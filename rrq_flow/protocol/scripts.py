@@ -310,20 +310,48 @@ def fcall_sync(
                 return send("FCALL", s.function, len(keys), *keys, *args)
             return lean_command(client, "FCALL", s.function, len(keys), *keys, *args)
         except redis.exceptions.ResponseError as exc:
-            refusal = function_refusal(str(exc))
-            if refusal == "unavailable" or (refusal == "missing" and attempt):
-                raise FunctionsUnavailable(str(exc)) from exc
-            if refusal is None:
-                raise
+            _after_refused_call(exc, attempt)
         try:
             client.function_load(library().source)
         except redis.exceptions.ResponseError as exc:
-            if "already exists" in str(exc):
-                continue  # loaded by someone else in the meantime
-            if function_refusal(str(exc)) == "unavailable":
-                raise FunctionsUnavailable(str(exc)) from exc
-            raise
+            _after_refused_load(exc)
     raise AssertionError("unreachable")  # the second attempt returns or raises
+
+
+async def fcall_async(
+    client: Any, s: Script, keys: Sequence[str], args: Sequence[ScriptArg]
+) -> Any:
+    """:func:`fcall_sync` on a coredis client."""
+    for attempt in range(2):
+        try:
+            return await client.fcall(s.function, keys=keys, args=args)
+        except coredis.exceptions.ResponseError as exc:
+            _after_refused_call(exc, attempt)
+        try:
+            await client.function_load(library().source)
+        except coredis.exceptions.ResponseError as exc:
+            _after_refused_load(exc)
+    raise AssertionError("unreachable")  # the second attempt returns or raises
+
+
+def _after_refused_call(exc: Exception, attempt: int) -> None:
+    """An FCALL's error reply: returns when the library is missing the first time (load it and
+    call again); raises FunctionsUnavailable where functions cannot be used, else ``exc``."""
+    refusal = function_refusal(str(exc))
+    if refusal == "unavailable" or (refusal == "missing" and attempt):
+        raise FunctionsUnavailable(str(exc)) from exc
+    if refusal is None:
+        raise exc
+
+
+def _after_refused_load(exc: Exception) -> None:
+    """FUNCTION LOAD's error reply: returns when someone else loaded the library meanwhile;
+    raises FunctionsUnavailable where functions cannot be used, else ``exc``."""
+    if "already exists" in str(exc):
+        return
+    if function_refusal(str(exc)) == "unavailable":
+        raise FunctionsUnavailable(str(exc)) from exc
+    raise exc
 
 
 def lean_command(client: Any, *command: ScriptArg) -> Any:
