@@ -45,6 +45,18 @@ class RedisRefused(RedisUnavailable):
     """Redis answered a call with an error reply: out of memory, a read-only replica, ..."""
 
 
+def unusable(exc: BaseException, url: str) -> RedisUnavailable:
+    """The error to raise for a Redis that failed a start-up call, of the kind :func:`explain`
+    names: access denied (authentication, permission), refused (any other error reply: OOM,
+    READONLY, LOADING...), or unreachable."""
+    text = explain(exc, url)
+    if is_access_error(exc):
+        return RedisAccessDenied(text)
+    if _is_refusal(exc):
+        return RedisRefused(text)
+    return RedisUnavailable(text)
+
+
 def stop_reason(exc: BaseException) -> str:
     """What a worker's summary says stopped it, for a Redis it could not use."""
     if isinstance(exc, RedisAccessDenied):

@@ -63,3 +63,37 @@ def test_validate_never_echoes_a_password(
         out, err = capsys.readouterr()
         assert code == 1, (out, err)
         assert "redis.url" in out and SECRET not in out + err, (out, err)
+
+
+def test_a_start_up_failure_says_which_kind_it_is_without_the_password() -> None:
+    """A worker that cannot use Redis at start names the kind in its summary: access denied,
+    refused (any other error reply, as the logged line says), or unreachable. The message never
+    carries the password."""
+    import coredis.exceptions
+
+    from rrq_flow.connection_errors import (
+        RedisAccessDenied,
+        RedisRefused,
+        stop_reason,
+        unusable,
+    )
+    from rrq_flow.errors import RedisUnavailable
+
+    url = f"redis://app:{SECRET}@h:1/0"
+    cases = [
+        (coredis.exceptions.AuthenticationFailureError("WRONGPASS"), "Redis denied access"),
+        (
+            coredis.exceptions.ResponseError("NOPERM no permissions to run 'hset'"),
+            "Redis denied access",
+        ),
+        (coredis.exceptions.ResponseError("OOM command not allowed"), "Redis refused the call"),
+        (coredis.exceptions.ResponseError("READONLY You can't write"), "Redis refused the call"),
+        (coredis.exceptions.ResponseError("LOADING Redis is loading"), "Redis refused the call"),
+        (coredis.exceptions.ConnectionError(f"Error 111 connecting {url}"), "Redis unreachable"),
+    ]
+    for exc, reason in cases:
+        error = unusable(exc, url)
+        assert isinstance(error, RedisUnavailable) and stop_reason(error) == reason, (exc, error)
+        assert SECRET not in str(error)
+    assert isinstance(unusable(cases[0][0], url), RedisAccessDenied)
+    assert isinstance(unusable(cases[2][0], url), RedisRefused)

@@ -37,9 +37,8 @@ from rrq_flow.config.model import PipelineConfig
 from rrq_flow.connection import open_async_redis
 from rrq_flow.connection_errors import (
     RedisAccessDenied,
-    RedisRefused,
-    explain,
     stop_reason,
+    unusable,
     user_of,
 )
 from rrq_flow.errors import (
@@ -55,7 +54,6 @@ from rrq_flow.protocol.keys import KeyLayout
 from rrq_flow.protocol.ops import Protocol, ms
 from rrq_flow.protocol.partitions import Partitions
 from rrq_flow.protocol.scripts import preload_async, server_seconds
-from rrq_flow.redis_errors import classify, is_error_reply
 from rrq_flow.worker.handoff import Handoff
 from rrq_flow.worker.observer import WorkerObserver
 from rrq_flow.worker.partition_slots import SharedSlots
@@ -344,14 +342,13 @@ class Worker:
                 server_now = await server_seconds(self.redis, self.layout.meta)
                 missing = await missing_commands_async(self.redis, self.config.pipeline)
         except (*TRANSIENT, coredis.exceptions.RedisError, ssl.SSLError) as exc:  # type: ignore[misc]
-            refused = is_error_reply(exc) and classify(exc) == "operator"
-            raise (RedisRefused if refused else RedisUnavailable)(explain(exc, self.url)) from None
+            raise unusable(exc, self.url) from None
         except BaseExceptionGroup as group:
             # coredis runs its connection pool in a task group: a refused connection or a
             # failed handshake (TLS, AUTH) arrives wrapped.
             if group.subgroup((*TRANSIENT, coredis.exceptions.RedisError, ssl.SSLError)) is None:
                 raise
-            raise RedisUnavailable(explain(group, self.url)) from None
+            raise unusable(group, self.url) from None
         if missing:
             user = user_of(self.url)
             raise RedisAccessDenied(denial_message(user, missing, self.config.pipeline))
