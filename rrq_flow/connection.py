@@ -155,6 +155,18 @@ def cluster_seeds(url: str, settings: RedisSettings) -> list[tuple[str, int]]:
     return list(dict.fromkeys(seeds))
 
 
+def setup_commands(loc: RedisLocation) -> list[tuple[str | int, ...]]:
+    """AUTH and SELECT as ``loc`` says: what a connection that speaks RESP itself sends first."""
+    commands: list[tuple[str | int, ...]] = []
+    if loc.password is not None:
+        commands.append(
+            ("AUTH", loc.username, loc.password) if loc.username else ("AUTH", loc.password)
+        )
+    if loc.db:
+        commands.append(("SELECT", loc.db))
+    return commands
+
+
 def data_location(url: str, settings: RedisSettings) -> RedisLocation:
     """The URL's location, with Sentinel's data-node password when ``redis.sentinel`` sets one."""
     loc = parse_redis_url(url)

@@ -6,6 +6,7 @@ states exactly what happened to the job it waits on.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gc
 import json
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import coredis.exceptions
 import pytest
 import redis
 import trio
@@ -28,8 +30,10 @@ from rrq_flow.client._core import JobSpec
 from rrq_flow.client.async_client import Client
 from rrq_flow.client.held_connection import HeldConnection
 from rrq_flow.client.jobinfo import JobInfo
+from rrq_flow.client.lean_connection import lean_connection_for
 from rrq_flow.client.sync_client import SyncClient
 from rrq_flow.config.model import PipelineConfig
+from rrq_flow.connection_errors import explain
 from rrq_flow.errors import (
     InvalidJobId,
     JobFailed,
@@ -649,6 +653,15 @@ async def test_async_client_without_functions_calls_by_evalsha_or_eval(tmp_path:
             assert (await client.job(job)).args == [user]
             assert calls(admin, "evalsha") + calls(admin, "eval") > before
         assert admin.function_list() == [], user
+        # A wrong password: refused at AUTH, said as for any client, without the password.
+        bad = url.replace(":pw@", ":not-the-pw@")
+        lean = lean_connection_for(bad, make_pipeline(bad).redis)
+        assert lean is not None
+        with pytest.raises(coredis.exceptions.AuthenticationFailureError) as refused:
+            await lean.call("PING")
+        text = explain(refused.value, bad)
+        assert text.startswith(f"authentication failed for user '{user}'"), text
+        assert "not-the-pw" not in text and lean._stream is None
 
 
 async def test_async_wait_returns_result_of_completion(cfg: PipelineConfig, p: Proto) -> None:
@@ -707,6 +720,108 @@ async def test_async_bad_input_writes_nothing(cfg: PipelineConfig, p: Proto) -> 
         with pytest.raises(PayloadError):
             await client.enqueue_many("q", [[1], [2], [float("nan")]], batch_size=1)
     assert p.r.dbsize() == 0
+
+
+async def test_async_enqueues_go_on_the_lean_connection_and_survive_a_kill(
+    cfg: PipelineConfig, p: Proto
+) -> None:
+    """One connection of the client's own carries its script calls; one the server closed
+    while idle is made again, and the call made once more (enqueue is safe to repeat)."""
+    async with Client(cfg) as client:
+        lean = client._lean
+        assert lean is not None
+        first = await client.enqueue("q", 1)
+        stream = lean._stream
+        assert stream is not None
+        fcalls = calls(p.r, "fcall")
+        second = await client.enqueue("q", 2)
+        assert lean._stream is stream and calls(p.r, "fcall") == fcalls + 1
+        p.r.client_kill_filter(_type="normal", skipme=True)  # every other client's connection
+        third = await client.enqueue("q", 3)
+        assert lean._stream is not None and lean._stream is not stream
+        assert [(await client.job(j)).args for j in (first, second, third)] == [[1], [2], [3]]
+    assert p.r.zcard(p.q().ready) == 3
+
+
+async def test_async_enqueue_error_reply_is_coredis_kind_and_leaves_connection_clean(
+    cfg: PipelineConfig, p: Proto
+) -> None:
+    async with Client(cfg) as client:
+        await client.enqueue("q", "connect")
+        lean = client._lean
+        assert lean is not None
+        stream = lean._stream
+        p.r.delete(p.q().ready)
+        p.r.set(p.q().ready, "not a zset")  # the script refuses before its first write
+        with pytest.raises(coredis.exceptions.ResponseError, match="expected a zset"):
+            await client.enqueue("q", 2)
+        p.r.delete(p.q().ready)
+        job = await client.enqueue("q", 3)
+        assert lean._stream is stream  # the error reply was read whole: same connection
+    assert p.r.zrange(p.q().ready, 0, -1) == [job]
+
+
+async def test_async_enqueue_cut_off_by_timeout_or_cancel_never_reads_a_late_reply(
+    redis_url: str, p: Proto
+) -> None:
+    """While Redis holds writes back (CLIENT PAUSE): a call that times out raises TimeoutError,
+    one that is cancelled is cancelled; both close the connection, so the late replies can
+    never answer the calls after them."""
+    cfg = make_pipeline(redis_url, make_queue("q"))
+    cfg = dataclasses.replace(cfg, redis=dataclasses.replace(cfg.redis, command_timeout=0.3))
+    async with Client(cfg) as client:
+        await client.enqueue("q", "connect")
+        lean = client._lean
+        assert lean is not None
+        p.r.execute_command("CLIENT", "PAUSE", "800", "WRITE")
+        with pytest.raises(TimeoutError):
+            await client.enqueue("q", "timed out", job_id="late-1")
+        assert lean._stream is None and not lean.busy
+        with trio.move_on_after(0.2) as cancelled:
+            await client.enqueue("q", "cancelled", job_id="late-2")
+        assert cancelled.cancelled_caught and lean._stream is None and not lean.busy
+        await trio.sleep(0.8)  # the pause is over
+        job = await client.enqueue("q", "after", job_id="after")
+        assert job == "after" and (await client.job(job)).args == ["after"]
+
+
+async def test_async_concurrent_enqueues_share_the_lean_connection_and_coredis(
+    cfg: PipelineConfig, p: Proto
+) -> None:
+    async with Client(cfg) as client:
+        ids: list[str] = []
+
+        async def producer(k: int) -> None:
+            for i in range(20):
+                ids.append(await client.enqueue("q", k, i))
+
+        async with trio.open_nursery() as nursery:
+            for k in range(25):
+                nursery.start_soon(producer, k)
+    assert len(set(ids)) == 500 and p.r.zcard(p.q().ready) == 500
+
+
+def test_async_client_lean_connection_under_asyncio(redis_url: str, p: Proto) -> None:
+    """The same client under asyncio (anyio): single and concurrent enqueues, a database
+    number (SELECT), a connection the server closed."""
+    import asyncio
+
+    url = f"{redis_url}?db=3"
+    db3 = redis.Redis(unix_socket_path=redis_url.removeprefix("unix://"), db=3)
+
+    async def main() -> list[str]:
+        async with Client(make_pipeline(url, make_queue("q"))) as client:
+            first = await client.enqueue("q", 1)
+            db3.client_kill_filter(_type="normal", skipme=True)
+            rest = await asyncio.gather(*(client.enqueue("q", i) for i in range(50)))
+            assert (await client.job(first)).args == [1]
+            return [first, *rest]
+
+    ids = asyncio.run(main())
+    assert len(set(ids)) == 51 and db3.zcard(p.q().ready) == 51
+    assert p.r.dbsize() == 0  # database 0 untouched
+    db3.flushdb()
+    db3.close()
 
 
 def test_client_requires_context(cfg: PipelineConfig) -> None:

@@ -18,6 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from rrq_flow.cli import main
+from rrq_flow.client.lean_connection import lean_connection_for
 from rrq_flow.config.model import RedisSettings, TLSSettings
 from rrq_flow.connection import open_async_redis, open_sync_redis
 from rrq_flow.protocol.scripts import script
@@ -142,8 +143,9 @@ def test_a_server_demanding_client_certificates_refuses_a_client_without_one(
 
 
 def test_every_connection_kind_checks_the_host_name(tls: TLSServers) -> None:
-    """The async client, the sync client and the idle wait's connection all refuse the
-    certificate for evil.example.com (coredis' own ssl=True used to accept it)."""
+    """The async client (and its lean connection), the sync client and the idle wait's
+    connection all refuse the certificate for evil.example.com (coredis' own ssl=True used to
+    accept it)."""
     certs = tls.certs
     settings = RedisSettings(
         connect_timeout=2,
@@ -170,7 +172,19 @@ def test_every_connection_kind_checks_the_host_name(tls: TLSServers) -> None:
         finally:
             await conn.aclose()
 
+    async def lean_ping(url: str) -> object:
+        conn = lean_connection_for(url, settings)
+        assert conn is not None
+        try:
+            return await conn.call("PING")
+        finally:
+            await conn.aclose()
+
     assert trio.run(async_ping, good) == "PONG"
+    assert trio.run(lean_ping, good) == "PONG"
+    with pytest.raises(BaseException) as refused:
+        trio.run(lean_ping, evil)
+    assert "mismatch" in repr(_causes(refused.value))
     with pytest.raises(BaseException) as refused:
         trio.run(async_ping, evil)
     assert "mismatch" in repr(_causes(refused.value))

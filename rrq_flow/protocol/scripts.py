@@ -319,11 +319,18 @@ def fcall_sync(
 
 
 async def fcall_async(
-    client: Any, s: Script, keys: Sequence[str], args: Sequence[ScriptArg]
+    client: Any,
+    s: Script,
+    keys: Sequence[str],
+    args: Sequence[ScriptArg],
+    send: Callable[..., Awaitable[Any]] | None = None,
 ) -> Any:
-    """:func:`fcall_sync` on a coredis client."""
+    """:func:`fcall_sync` on a coredis client. ``send``: what sends the command (default:
+    ``client.fcall``); it raises an error reply as coredis does."""
     for attempt in range(2):
         try:
+            if send is not None:
+                return await send("FCALL", s.function, len(keys), *keys, *args)
             return await client.fcall(s.function, keys=keys, args=args)
         except coredis.exceptions.ResponseError as exc:
             _after_refused_call(exc, attempt)

@@ -29,7 +29,7 @@ import hiredis
 import trio
 
 from rrq_flow.config.model import RedisSettings
-from rrq_flow.connection import RedisLocation, open_stream
+from rrq_flow.connection import RedisLocation, open_stream, setup_commands
 from rrq_flow.protocol.scripts import Script, ScriptArg, function_refusal, library
 from rrq_flow.protocol.scripts import pack_command as _encode
 from rrq_flow.worker.wake_locator import FixedLocator, Locator, locator_for
@@ -86,12 +86,7 @@ class WakeConnection:
         stream = await open_stream(loc, self.settings)
         with trio.fail_after(self.settings.connect_timeout):
             self._stream, self._parser = stream, _Parser()
-            setup: list[bytes] = []
-            if loc.password is not None:
-                auth = [loc.username, loc.password] if loc.username else [loc.password]
-                setup.append(_encode("AUTH", *auth))
-            if loc.db:
-                setup.append(_encode("SELECT", loc.db))
+            setup = [_encode(*command) for command in setup_commands(loc)]
             if setup:
                 await stream.send_all(b"".join(setup))
                 for reply in await self._read(len(setup)):
