@@ -3,13 +3,14 @@
 
 Each tree (a directory holding an ``rrq_flow`` package, e.g. a ``git worktree`` of another
 commit) runs in a fresh process with ``PYTHONPATH=TREE``: it opens a ``Client``, enqueues one job
-(connecting, loading the library), then N jobs one ``await client.enqueue(...)`` after the other,
-under ``trio.run`` and then under ``asyncio.run``, into one private redis-server (no
-persistence), emptied before each run. Trees alternate over ``--reps`` rounds; printed: the
-median µs per call of each tree and loop.
+(connecting, loading the library), then N jobs one ``await client.enqueue(...)`` after the other
+(``--tasks T``: from T concurrent tasks, N/T each), under ``trio.run`` and then under
+``asyncio.run``, into one private redis-server (no persistence), emptied before each run.
+Trees alternate over ``--reps`` rounds; printed: the median wall time per call (all tasks
+together) of each tree and loop.
 
     .venv/bin/python bench/async_enqueue.py                       # this tree, N=3000, 5 reps
-    .venv/bin/python bench/async_enqueue.py --trees /tmp/old . --n 2000 --reps 3
+    .venv/bin/python bench/async_enqueue.py --trees /tmp/old . --n 2000 --reps 3 --tasks 20
 """
 
 from __future__ import annotations
@@ -34,22 +35,34 @@ import trio
 from rrq_flow.client.async_client import Client
 from rrq_flow.config.model import PipelineConfig, QueueConfig, RedisSettings
 
-url, n = sys.argv[1], int(sys.argv[2])
+url, n, tasks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 cfg = PipelineConfig(
     pipeline="bench",
     queues={"bench": QueueConfig(name="bench", handler="bench_handlers:noop")},
     redis=RedisSettings(url=url),
 )
 
-async def main() -> float:
+async def produce(client: Client, calls: int) -> None:
+    for _ in range(calls):
+        await client.enqueue("bench", time.time(), 0)
+
+async def with_trio() -> float:
     async with Client(cfg, url=url) as client:
         await client.enqueue("bench", 0.0, 0)
         t = time.perf_counter()
-        for _ in range(n):
-            await client.enqueue("bench", time.time(), 0)
+        async with trio.open_nursery() as nursery:
+            for _ in range(tasks):
+                nursery.start_soon(produce, client, n // tasks)
         return (time.perf_counter() - t) / n * 1e6
 
-print(json.dumps({"trio": trio.run(main), "asyncio": asyncio.run(main())}))
+async def with_asyncio() -> float:
+    async with Client(cfg, url=url) as client:
+        await client.enqueue("bench", 0.0, 0)
+        t = time.perf_counter()
+        await asyncio.gather(*(produce(client, n // tasks) for _ in range(tasks)))
+        return (time.perf_counter() - t) / n * 1e6
+
+print(json.dumps({"trio": trio.run(with_trio), "asyncio": asyncio.run(with_asyncio())}))
 """
 
 
@@ -58,6 +71,7 @@ def main() -> int:
     ap.add_argument("--trees", nargs="+", default=[str(HERE.parent)])
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--tasks", type=int, default=1, help="concurrent producer tasks (N split)")
     args = ap.parse_args()
     trees = [str(Path(t).resolve()) for t in args.trees]
     with tempfile.TemporaryDirectory(prefix="rrqasync-") as tmp:
@@ -69,7 +83,7 @@ def main() -> int:
                 for tree in trees if rep % 2 == 0 else trees[::-1]:
                     r.flushall()
                     out = subprocess.run(
-                        [sys.executable, "-c", CHILD, server.url, str(args.n)],
+                        [sys.executable, "-c", CHILD, server.url, str(args.n), str(args.tasks)],
                         env={"PYTHONPATH": tree, "PATH": "/usr/bin:/bin"},
                         cwd=tmp,
                         capture_output=True,
@@ -80,8 +94,8 @@ def main() -> int:
                     print(f"[rep {rep}] {tree}: {runs[tree][-1]}", file=sys.stderr, flush=True)
         finally:
             server.stop()
-    print(f"N = {args.n} calls per run, medians of {args.reps} interleaved runs\n")
-    print("| tree | trio µs per call | asyncio µs per call |\n|---|---|---|")
+    print(f"N = {args.n} calls per run from {args.tasks} task(s), medians of {args.reps} runs\n")
+    print("| tree | trio: wall µs per call | asyncio: wall µs per call |\n|---|---|---|")
     for tree, results in runs.items():
         trio_us = statistics.median(x["trio"] for x in results)
         asyncio_us = statistics.median(x["asyncio"] for x in results)

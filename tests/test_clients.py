@@ -30,7 +30,7 @@ from rrq_flow.client._core import JobSpec
 from rrq_flow.client.async_client import Client
 from rrq_flow.client.held_connection import HeldConnection
 from rrq_flow.client.jobinfo import JobInfo
-from rrq_flow.client.lean_connection import lean_connection_for
+from rrq_flow.client.lean_connection import LEAN_CONNECTIONS, lean_connections_for
 from rrq_flow.client.sync_client import SyncClient
 from rrq_flow.config.model import PipelineConfig
 from rrq_flow.connection_errors import explain
@@ -655,7 +655,8 @@ async def test_async_client_without_functions_calls_by_evalsha_or_eval(tmp_path:
         assert admin.function_list() == [], user
         # A wrong password: refused at AUTH, said as for any client, without the password.
         bad = url.replace(":pw@", ":not-the-pw@")
-        lean = lean_connection_for(bad, make_pipeline(bad).redis)
+        pool = lean_connections_for(bad, make_pipeline(bad).redis)
+        lean = pool and pool.free()
         assert lean is not None
         with pytest.raises(coredis.exceptions.AuthenticationFailureError) as refused:
             await lean.call("PING")
@@ -728,9 +729,9 @@ async def test_async_enqueues_go_on_the_lean_connection_and_survive_a_kill(
     """One connection of the client's own carries its script calls; one the server closed
     while idle is made again, and the call made once more (enqueue is safe to repeat)."""
     async with Client(cfg) as client:
-        lean = client._lean
-        assert lean is not None
         first = await client.enqueue("q", 1)
+        assert client._lean is not None
+        (lean,) = client._lean.connections
         stream = lean._stream
         assert stream is not None
         fcalls = calls(p.r, "fcall")
@@ -748,8 +749,8 @@ async def test_async_enqueue_error_reply_is_coredis_kind_and_leaves_connection_c
 ) -> None:
     async with Client(cfg) as client:
         await client.enqueue("q", "connect")
-        lean = client._lean
-        assert lean is not None
+        assert client._lean is not None
+        (lean,) = client._lean.connections
         stream = lean._stream
         p.r.delete(p.q().ready)
         p.r.set(p.q().ready, "not a zset")  # the script refuses before its first write
@@ -771,8 +772,8 @@ async def test_async_enqueue_cut_off_by_timeout_or_cancel_never_reads_a_late_rep
     cfg = dataclasses.replace(cfg, redis=dataclasses.replace(cfg.redis, command_timeout=0.3))
     async with Client(cfg) as client:
         await client.enqueue("q", "connect")
-        lean = client._lean
-        assert lean is not None
+        assert client._lean is not None
+        (lean,) = client._lean.connections
         p.r.execute_command("CLIENT", "PAUSE", "800", "WRITE")
         with pytest.raises(TimeoutError):
             await client.enqueue("q", "timed out", job_id="late-1")
@@ -785,7 +786,7 @@ async def test_async_enqueue_cut_off_by_timeout_or_cancel_never_reads_a_late_rep
         assert job == "after" and (await client.job(job)).args == ["after"]
 
 
-async def test_async_concurrent_enqueues_share_the_lean_connection_and_coredis(
+async def test_async_concurrent_enqueues_share_the_lean_connections_and_coredis(
     cfg: PipelineConfig, p: Proto
 ) -> None:
     async with Client(cfg) as client:
@@ -798,6 +799,9 @@ async def test_async_concurrent_enqueues_share_the_lean_connection_and_coredis(
         async with trio.open_nursery() as nursery:
             for k in range(25):
                 nursery.start_soon(producer, k)
+        assert client._lean is not None
+        made = len(client._lean.connections)
+    assert 1 < made <= LEAN_CONNECTIONS  # made as concurrent calls needed them, no more
     assert len(set(ids)) == 500 and p.r.zcard(p.q().ready) == 500
 
 

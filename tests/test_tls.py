@@ -18,7 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from rrq_flow.cli import main
-from rrq_flow.client.lean_connection import lean_connection_for
+from rrq_flow.client.lean_connection import lean_connections_for
 from rrq_flow.config.model import RedisSettings, TLSSettings
 from rrq_flow.connection import open_async_redis, open_sync_redis
 from rrq_flow.protocol.scripts import script
@@ -173,7 +173,8 @@ def test_every_connection_kind_checks_the_host_name(tls: TLSServers) -> None:
             await conn.aclose()
 
     async def lean_ping(url: str) -> object:
-        conn = lean_connection_for(url, settings)
+        pool = lean_connections_for(url, settings)
+        conn = pool and pool.free()
         assert conn is not None
         try:
             return await conn.call("PING")

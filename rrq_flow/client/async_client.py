@@ -20,7 +20,7 @@ from rrq_flow.client.batch_runs import (
     parse_run,
 )
 from rrq_flow.client.jobinfo import JobInfo
-from rrq_flow.client.lean_connection import LeanConnection, lean_connection_for
+from rrq_flow.client.lean_connection import LeanConnections, lean_connections_for
 from rrq_flow.client.partition_check import check_partitions_async
 from rrq_flow.config.model import PipelineConfig
 from rrq_flow.connection import open_async_redis
@@ -54,7 +54,7 @@ class Client:
         self._partitions_checked = False
         self._master_watch = MasterWatch()
         self._functions = False
-        self._lean: LeanConnection | None = None
+        self._lean: LeanConnections | None = None
 
     @property
     def redis(self) -> coredis.Redis[str]:
@@ -74,9 +74,9 @@ class Client:
         self._functions = not isinstance(self._redis, coredis.RedisCluster)
         await self._stack.enter_async_context(self._redis)
         self._master_watch = MasterWatch()
-        # Script calls go on a lean connection of the client's own where the URL names one
-        # server, while it is free; through coredis otherwise (client/lean_connection.py).
-        self._lean = lean_connection_for(url, self.config.redis)
+        # Script calls go on lean connections of the client's own where the URL names one
+        # server (a few at most); through coredis otherwise (client/lean_connection.py).
+        self._lean = lean_connections_for(url, self.config.redis)
         if self._lean is not None:
             self._stack.push_async_callback(self._lean.aclose)
         return self
@@ -93,8 +93,8 @@ class Client:
     async def _run(self, call: Call) -> Any:
         await self._master_watch.check_async(self.redis)
         if self._functions:
-            lean = self._lean
-            send = lean.call if lean is not None and not lean.busy else None
+            lean = self._lean.free() if self._lean is not None else None
+            send = lean.call if lean is not None else None
             try:
                 return await fcall_async(self.redis, call.script, call.keys, call.args, send)
             except FunctionsUnavailable:

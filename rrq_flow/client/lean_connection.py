@@ -8,8 +8,9 @@ or EVALSHA), over TCP, a unix socket or TLS (the same verified context as every 
 connection), under asyncio and trio alike (anyio). It is the async twin of
 :class:`~rrq_flow.client.held_connection.HeldConnection`.
 
-One call at a time: the Client sends on it only while it is free (``busy``) and through coredis
-otherwise, so concurrent enqueues of many tasks never queue up behind one another. A call that
+One call at a time on each: concurrent calls of several tasks take one each, up to a few per
+Client (``LeanConnections``), and go through coredis beyond that, so they never queue up behind
+one another. A call that
 fails, times out or is cancelled closes the connection, so a late reply can never answer a
 later call; the next call connects again. A connection the server closed while it sat idle is
 found out by the next call (its write or read fails), which is then made once more on a new
@@ -172,9 +173,41 @@ class LeanConnection:
             await anyio.aclose_forcefully(stream)
 
 
-def lean_connection_for(url: str, settings: RedisSettings) -> LeanConnection | None:
-    """The lean connection for ``url``; None for a Cluster or Sentinel (whose clients follow
+LEAN_CONNECTIONS = 4  # per Client: concurrent calls beyond that go through coredis
+
+
+class LeanConnections:
+    """Up to ``size`` lean connections of one Client, each made when concurrent calls first
+    need it (most producers only ever make one)."""
+
+    def __init__(self, location: RedisLocation, settings: RedisSettings, size: int) -> None:
+        self._loc = location
+        self._settings = settings
+        self._size = size
+        self.connections: list[LeanConnection] = []
+
+    def free(self) -> LeanConnection | None:
+        """A connection no call is using (a new one while there are fewer than ``size``), or
+        None: the call then goes through coredis."""
+        for conn in self.connections:
+            if not conn.busy:
+                return conn
+        if len(self.connections) < self._size:
+            conn = LeanConnection(self._loc, self._settings)
+            self.connections.append(conn)
+            return conn
+        return None
+
+    async def aclose(self) -> None:
+        for conn in self.connections:
+            await conn.aclose()
+
+
+def lean_connections_for(
+    url: str, settings: RedisSettings, size: int = LEAN_CONNECTIONS
+) -> LeanConnections | None:
+    """The lean connections for ``url``; None for a Cluster or Sentinel (whose clients follow
     slots and failovers: coredis carries every call there)."""
     if settings.cluster or settings.sentinel is not None:
         return None
-    return LeanConnection(data_location(url, settings), settings)
+    return LeanConnections(data_location(url, settings), settings, size)
