@@ -805,6 +805,18 @@ async def test_async_concurrent_enqueues_share_the_lean_connections_and_coredis(
     assert len(set(ids)) == 500 and p.r.zcard(p.q().ready) == 500
 
 
+async def test_a_closed_lean_connection_never_connects_again(redis_url: str) -> None:
+    """A task still calling after its Client closed fails; it opens no connection."""
+    pool = lean_connections_for(redis_url, make_pipeline(redis_url).redis)
+    conn = pool and pool.free()
+    assert pool is not None and conn is not None
+    assert await conn.call("PING") == "PONG"
+    await pool.aclose()
+    with pytest.raises(coredis.exceptions.ConnectionError, match="closed"):
+        await conn.call("PING")
+    assert conn._stream is None and not conn.busy
+
+
 def test_async_client_lean_connection_under_asyncio(redis_url: str, p: Proto) -> None:
     """The same client under asyncio (anyio): single and concurrent enqueues, a database
     number (SELECT), a connection the server closed."""

@@ -66,6 +66,7 @@ class LeanConnection:
         self._stream: anyio.abc.ByteStream | None = None
         self._reader = self._new_reader()
         self._freed: anyio.Event | None = None  # made only when a call waits for this one
+        self._closed = False
         self.busy = False
 
     async def call(self, *command: ScriptArg) -> Any:
@@ -100,7 +101,7 @@ class LeanConnection:
                     return await self._read(stream)
                 raise TimeoutError(f"Redis did not answer within {timeout:g} s")
             except BaseException as exc:
-                await self.aclose()  # unknown state: a late reply must not answer the next call
+                await self._drop()  # unknown state: a late reply must not answer the next call
                 if isinstance(exc, _BROKEN) and not isinstance(exc, TimeoutError):
                     if again and reused:
                         continue
@@ -120,6 +121,8 @@ class LeanConnection:
             reader.feed(await stream.receive(65536))
 
     async def _connect(self) -> anyio.abc.ByteStream:
+        if self._closed:
+            raise anyio.ClosedResourceError("the client was closed")
         loc, settings = self._loc, self._settings
         stream: anyio.abc.ByteStream
         with anyio.fail_after(settings.connect_timeout):
@@ -167,10 +170,16 @@ class LeanConnection:
             notEnoughData=_INCOMPLETE,
         )
 
-    async def aclose(self) -> None:
+    async def _drop(self) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:
             await anyio.aclose_forcefully(stream)
+
+    async def aclose(self) -> None:
+        """Close it for good: a call still running (a task outliving its Client) fails
+        instead of connecting again."""
+        self._closed = True
+        await self._drop()
 
 
 LEAN_CONNECTIONS = 4  # per Client: concurrent calls beyond that go through coredis
